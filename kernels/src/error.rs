@@ -1,0 +1,29 @@
+use crate::{DType, Device};
+
+/// Every failure of the compute substrate. Launchers return these; only `main` turns
+/// one into a message and an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op}: shape mismatch for `{arg}`: expected {expected:?}, got {got:?}")]
+    Shape {
+        op: &'static str,
+        arg: &'static str,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("{op}: `{arg}` must be {expected:?}, got {got:?}")]
+    DType {
+        op: &'static str,
+        arg: &'static str,
+        expected: DType,
+        got: DType,
+    },
+    #[error("{op}: tensors on different devices ({a} and {b})")]
+    DeviceMismatch { op: &'static str, a: Device, b: Device },
+    #[error("{op}: {msg}")]
+    Invalid { op: &'static str, msg: String },
+    #[error("device `{requested}` is not available: {reason}")]
+    DeviceUnavailable { requested: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,71 @@
+//! The fused classifier tail: logits -> softmax -> cross-entropy -> dlogits, in one pass
+//! over each row, without keeping the probabilities.
+//!
+//! logits (N,Vp): only the first V columns are real; the padding (V..Vp) is ignored by the
+//! softmax and gets zero gradient, so padding never changes the loss or leaks into training.
+//! forward:  losses[n] = logsumexp(logits[n,:V]) - logits[n, target[n]]
+//! backward (fused, optional): logits[n,:] is overwritten in place by
+//!           dlogits = dloss * (softmax(logits[n,:V]) - onehot(target[n])), 0 in the padding.
+
+use super::{expect_dtype, rows_cols, same_device};
+use crate::{DType, Device, Error, Result, Tensor};
+
+const OP: &str = "crossentropy_forward";
+
+/// Losses per row; when `dloss` is `Some`, also turns `logits` into dlogits in place
+/// (dloss is d(total loss)/d(losses[n]), e.g. 1/N for a mean).
+pub fn crossentropy_forward(
+    losses: &mut Tensor,
+    logits: &mut Tensor,
+    targets: &Tensor,
+    vocab: usize,
+    dloss: Option<f32>,
+) -> Result<()> {
+    let (n, vp) = rows_cols(logits);
+    expect_dtype(OP, "targets", targets, DType::U32)?;
+    if targets.numel() != n {
+        return Err(Error::Shape { op: OP, arg: "targets", expected: vec![n], got: targets.shape().to_vec() });
+    }
+    losses.expect_shape(OP, "losses", &[n])?;
+    if vocab == 0 || vocab > vp {
+        return Err(Error::Invalid { op: OP, msg: format!("vocab {vocab} must be in 1..={vp} (the logits width)") });
+    }
+    match same_device(OP, &[losses, logits, targets])? {
+        Device::Cpu => cpu::crossentropy_forward(losses.f32_mut()?, logits.f32_mut()?, targets.u32()?, vp, vocab, dloss),
+    }
+}
+
+pub mod cpu {
+    use rayon::prelude::*;
+
+    use crate::{Error, Result};
+
+    pub fn crossentropy_forward(
+        losses: &mut [f32],
+        logits: &mut [f32],
+        targets: &[u32],
+        vp: usize,
+        vocab: usize,
+        dloss: Option<f32>,
+    ) -> Result<()> {
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid { op: "crossentropy_forward", msg: format!("target {bad} is outside the vocabulary (size {vocab})") });
+        }
+        logits.par_chunks_mut(vp).zip(losses.par_iter_mut().zip(targets.par_iter())).for_each(|(row, (loss, &target))| {
+            let real = &mut row[..vocab];
+            let max = real.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let sum: f32 = real.iter().map(|&x| (x - max).exp()).sum();
+            let log_sum = sum.ln();
+            *loss = log_sum + max - real[target as usize];
+            if let Some(dloss) = dloss {
+                let inv = 1.0 / sum;
+                for x in real.iter_mut() {
+                    *x = dloss * (*x - max).exp() * inv;
+                }
+                real[target as usize] -= dloss;
+                row[vocab..].fill(0.0);
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! Every op the models need, forward and backward, each in its own file with its faces
+//! side by side: the public launcher (checks shapes and dispatches on the device) and the
+//! CPU implementation in a `cpu` submodule, which is also the reference the CUDA kernels
+//! are tested against.
+//!
+//! Dimension names: B batch, T time, C channels, NH heads, HS head size, V vocab,
+//! Vp padded vocab, N rows (= B*T), IC/OC matmul in/out channels.
+//! Gradient rule: parameter gradients accumulate (`+=`), activation gradients overwrite (`=`).
+
+pub mod adamw;
+pub mod attention;
+pub mod crossentropy;
+pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
+pub mod matmul;
+pub mod norm;
+pub mod residual;
+
+mod cpu_util;
+
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// Errors unless every tensor is on the same device; returns that device.
+pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
+    let first = tensors[0].device();
+    for t in &tensors[1..] {
+        if t.device() != first {
+            return Err(Error::DeviceMismatch { op, a: first, b: t.device() });
+        }
+    }
+    Ok(first)
+}
+
+pub(crate) fn expect_dtype(op: &'static str, arg: &'static str, t: &Tensor, expected: DType) -> Result<()> {
+    if t.dtype() != expected {
+        return Err(Error::DType { op, arg, expected, got: t.dtype() });
+    }
+    Ok(())
+}
+
+/// Splits `x`'s shape into (rows, last dimension).
+pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
+    let c = *t.shape().last().unwrap_or(&1);
+    let n = if c == 0 { 0 } else { t.numel() / c };
+    (n, c)
+}
