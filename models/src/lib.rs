@@ -1,1 +1,20 @@
+//! Layers with forward and backward, and the models built from them.
+//!
+//! - [`Layer`]: the building block. `backward` is a required method: a layer without a
+//!   backward cannot be written, so no parameter silently goes without a gradient.
+//! - [`Param`]: a named parameter with its gradient and its optimizer settings.
+//! - [`Model`]: what the trainer drives (GPT-2 here; custom models implement it too).
+//!
+//! Nothing here knows how an op is computed or on which device: that is `kernels`' job.
 
+pub mod error;
+pub mod gpt;
+pub mod layers;
+pub mod model;
+pub mod param;
+
+pub use error::{Error, Result};
+pub use gpt::{Gpt, GptConfig};
+pub use layers::Layer;
+pub use model::Model;
+pub use param::Param;

@@ -1,0 +1,70 @@
+use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
+use kernels::{Device, Tensor};
+
+use super::{empty_like, saved, Layer};
+use crate::param::{constant, normal};
+use crate::{Param, Result};
+
+/// y = x @ W + b with W stored [in, out] (Hugging Face GPT-2's Conv1D layout).
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    input: Option<Tensor>,
+}
+
+impl Linear {
+    /// W ~ N(0, std^2) (decayed by AdamW), b = 0.
+    pub fn new(device: Device, name: &str, c_in: usize, c_out: usize, bias: bool, std: f32, rng: &mut fastrand::Rng) -> Self {
+        let w = Tensor::from_vec(&[c_in, c_out], normal(rng, c_in * c_out, std)).expect("shape matches");
+        let _ = device; // CPU tensors now; the CUDA backend will upload here
+        Self {
+            weight: Param::new(format!("{name}.weight"), w, true),
+            bias: bias.then(|| Param::new(format!("{name}.bias"), constant(Device::Cpu, &[c_out], 0.0), false)),
+            input: None,
+        }
+    }
+
+    fn out_shape(&self, x: &Tensor) -> Vec<usize> {
+        let mut s = x.shape().to_vec();
+        *s.last_mut().expect("input has a channel dimension") = self.weight.value.shape()[1];
+        s
+    }
+}
+
+impl Layer for Linear {
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let mut out = empty_like(x, &self.out_shape(x));
+        matmul_forward(&mut out, x, &self.weight.value, self.bias.as_ref().map(|b| &b.value), WeightLayout::InOut)?;
+        self.input = Some(x.clone());
+        Ok(out)
+    }
+
+    fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
+        let x = saved(&self.input, "Linear")?;
+        let mut dx = empty_like(x, x.shape());
+        matmul_backward(
+            &mut dx,
+            &mut self.weight.grad,
+            self.bias.as_mut().map(|b| &mut b.grad),
+            dout,
+            x,
+            &self.weight.value,
+            WeightLayout::InOut,
+        )?;
+        Ok(dx)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
+        f(&self.weight);
+        if let Some(b) = &self.bias {
+            f(b);
+        }
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
+    }
+}

@@ -1,0 +1,45 @@
+use kernels::{Device, Tensor};
+
+use super::{Gelu, Layer, Linear};
+use crate::{Param, Result};
+
+/// c_fc (C -> 4C), GeLU, c_proj (4C -> C).
+pub struct Mlp {
+    pub c_fc: Linear,
+    pub gelu: Gelu,
+    pub c_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(device: Device, name: &str, c: usize, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Self {
+        Self {
+            c_fc: Linear::new(device, &format!("{name}.c_fc"), c, 4 * c, true, std, rng),
+            gelu: Gelu::default(),
+            c_proj: Linear::new(device, &format!("{name}.c_proj"), 4 * c, c, true, proj_std, rng),
+        }
+    }
+}
+
+impl Layer for Mlp {
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let h = self.c_fc.forward(x)?;
+        let h = self.gelu.forward(&h)?;
+        self.c_proj.forward(&h)
+    }
+
+    fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
+        let dh = self.c_proj.backward(dout)?;
+        let dh = self.gelu.backward(&dh)?;
+        self.c_fc.backward(&dh)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
+        self.c_fc.visit_params(f);
+        self.c_proj.visit_params(f);
+    }
+
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.c_fc.visit_params_mut(f);
+        self.c_proj.visit_params_mut(f);
+    }
+}

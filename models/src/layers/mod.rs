@@ -1,0 +1,40 @@
+//! The building blocks. Every layer implements [`Layer`], whose `backward` is required.
+
+mod attention;
+mod block;
+mod embedding;
+mod gelu;
+mod layernorm;
+mod linear;
+mod mlp;
+
+pub use attention::CausalSelfAttention;
+pub use block::Block;
+pub use embedding::Embedding;
+pub use gelu::Gelu;
+pub use layernorm::LayerNorm;
+pub use linear::Linear;
+pub use mlp::Mlp;
+
+use kernels::Tensor;
+
+use crate::{Param, Result};
+
+pub trait Layer {
+    /// Computes the output and keeps what backward needs.
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor>;
+    /// Given d loss / d output, accumulates parameter gradients (`+=`) and returns
+    /// d loss / d input (for integer inputs such as token ids, an empty tensor).
+    fn backward(&mut self, dout: &Tensor) -> Result<Tensor>;
+    fn visit_params(&self, f: &mut dyn FnMut(&Param));
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param));
+}
+
+/// A fresh output tensor on `like`'s device.
+pub(crate) fn empty_like(like: &Tensor, shape: &[usize]) -> Tensor {
+    Tensor::zeros(like.device(), shape)
+}
+
+pub(crate) fn saved<'a, T>(slot: &'a Option<T>, layer: &'static str) -> Result<&'a T> {
+    slot.as_ref().ok_or(crate::Error::NoForward { layer })
+}

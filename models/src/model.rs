@@ -1,0 +1,40 @@
+use kernels::Tensor;
+
+use crate::{Param, Result};
+
+/// What the trainer drives. GPT-2 implements it; so can any model a library user builds
+/// from the engine's layers.
+pub trait Model {
+    /// Runs the model on token ids `inputs` (B,T). With `targets` (B,T) returns the mean
+    /// cross-entropy loss and keeps what `backward` needs; without, keeps the logits for
+    /// [`Model::logits`] and returns `None`.
+    fn forward(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<f32>>;
+
+    /// Backward from the last forward's loss, times `loss_scale` (e.g. 1/accumulation
+    /// steps). Parameter gradients accumulate.
+    fn backward(&mut self, loss_scale: f32) -> Result<()>;
+
+    /// Logits (B,T,V_stored) of the last forward run without targets. Columns at and past
+    /// [`Model::vocab_size`] are padding and must be ignored.
+    fn logits(&self) -> Option<&Tensor>;
+
+    fn visit_params(&self, f: &mut dyn FnMut(&Param));
+    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param));
+
+    fn vocab_size(&self) -> usize;
+    /// The longest sequence the model accepts.
+    fn context_length(&self) -> usize;
+    /// Training FLOPs per token at sequence length `seq_len` (forward + backward).
+    fn flops_per_token(&self, seq_len: usize) -> f64;
+
+    /// A Hugging Face `config.json` describing the exported checkpoint, if the model has one.
+    fn hf_config_json(&self) -> Option<String> {
+        None
+    }
+
+    fn num_params(&self) -> usize {
+        let mut n = 0;
+        self.visit_params(&mut |p| n += p.export_shape.iter().product::<usize>());
+        n
+    }
+}
