@@ -1,1 +1,15 @@
+//! Training on top of `kernels`, `models` and `datasets`: the typed config, the trainer,
+//! AdamW, checkpoints, evaluation and sampling, and the `engine` command line.
+//!
+//! Library users get the whole stack from here.
 
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod optim;
+pub mod sample;
+pub mod schedule;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use {datasets, kernels, models};

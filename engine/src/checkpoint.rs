@@ -1,0 +1,204 @@
+//! Checkpoints: a directory holding
+//! - `model.safetensors`: every parameter under its (Hugging Face) name and export shape,
+//!   so padding never leaks out;
+//! - `config.json`: the Hugging Face config for that export (GPT-2);
+//! - `optimizer.safetensors`: AdamW's m and v (`<name>.m`, `<name>.v`, stored shapes);
+//! - `state.json`: the step, the resolved run config and the last losses.
+//!
+//! A checkpoint is written into a temporary directory and renamed into place, so a crash
+//! never leaves a half-written checkpoint under the final name.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kernels::{Device, Tensor};
+use models::{Gpt, Model};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::io;
+use crate::optim::AdamW;
+use crate::{Error, Result};
+
+pub const FORMAT: u32 = 1;
+const LATEST: &str = "latest";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub format: u32,
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub train_loss: Option<f32>,
+    pub val_loss: Option<f32>,
+    pub vocab_size: usize,
+    /// The resolved run config, as TOML.
+    pub config_toml: String,
+}
+
+fn ckpt_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
+}
+
+fn f32_bytes(data: &[f32]) -> Vec<u8> {
+    data.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn write_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<u8>)>, metadata: HashMap<String, String>) -> Result<()> {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| (name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).expect("sizes match")))
+        .collect();
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| ckpt_err(path, e.to_string()))
+}
+
+/// Writes a checkpoint for `step` under `run_dir/checkpoints/step-XXXXXX` and points
+/// `run_dir/checkpoints/latest` at it. Returns its path.
+pub fn save(run_dir: &Path, model: &dyn Model, opt: &AdamW, state: &CheckpointState) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    fs::create_dir_all(&root).map_err(io(&root))?;
+    let name = format!("step-{:06}", state.step);
+    let dir = root.join(&name);
+    let tmp = root.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+
+    let mut weights = Vec::new();
+    let mut moments = Vec::new();
+    let mut i = 0;
+    model.visit_params(&mut |p| {
+        let data = p.value.to_vec();
+        let n: usize = p.export_shape.iter().product();
+        weights.push((p.name.clone(), p.export_shape.clone(), f32_bytes(&data[..n])));
+        let (m, v) = &opt.state[i];
+        moments.push((format!("{}.m", p.name), p.value.shape().to_vec(), f32_bytes(&m.to_vec())));
+        moments.push((format!("{}.v", p.name), p.value.shape().to_vec(), f32_bytes(&v.to_vec())));
+        i += 1;
+    });
+    let pt = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(&tmp.join("model.safetensors"), weights, pt)?;
+    write_safetensors(&tmp.join("optimizer.safetensors"), moments, HashMap::from([("step".into(), opt.step.to_string())]))?;
+    if let Some(json) = model.hf_config_json() {
+        fs::write(tmp.join("config.json"), json).map_err(io(tmp.join("config.json")))?;
+    }
+    let state_json = serde_json::to_string_pretty(state).expect("state serializes");
+    fs::write(tmp.join("state.json"), state_json).map_err(io(tmp.join("state.json")))?;
+
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    let latest = root.join(LATEST);
+    let latest_tmp = root.join(".latest.tmp");
+    fs::write(&latest_tmp, &name).map_err(io(&latest_tmp))?;
+    fs::rename(&latest_tmp, &latest).map_err(io(&latest))?;
+    Ok(dir)
+}
+
+/// A checkpoint directory from either a checkpoint directory or a run directory (whose
+/// newest checkpoint is used).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = path.join("checkpoints").join(LATEST);
+    if let Ok(name) = fs::read_to_string(&latest) {
+        let dir = path.join("checkpoints").join(name.trim());
+        if dir.join("state.json").is_file() {
+            return Ok(dir);
+        }
+    }
+    if !path.exists() {
+        return Err(ckpt_err(path, "no such file or directory"));
+    }
+    Err(ckpt_err(path, "not a checkpoint (no state.json) nor a run directory with checkpoints/latest"))
+}
+
+pub fn read_state(dir: &Path) -> Result<(CheckpointState, Config)> {
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path).map_err(|e| ckpt_err(dir, format!("cannot read state.json: {e}")))?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| ckpt_err(dir, format!("state.json is malformed: {e}")))?;
+    if state.format != FORMAT {
+        return Err(ckpt_err(dir, format!("format {} is not supported (expected {FORMAT})", state.format)));
+    }
+    let config = Config::parse(&state.config_toml, &path.display().to_string(), &[])?;
+    Ok((state, config))
+}
+
+fn read_file(dir: &Path, file: &str) -> Result<Vec<u8>> {
+    fs::read(dir.join(file)).map_err(|e| ckpt_err(dir, format!("cannot read {file}: {e}")))
+}
+
+/// Copies tensor `name` (expected `shape`) from `st` into the leading block of `dst`.
+fn load_into(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, shape: &[usize], dst: &mut Tensor) -> Result<()> {
+    let view = st.tensor(name).map_err(|_| ckpt_err(dir, format!("{file} has no tensor `{name}`")))?;
+    if view.dtype() != Dtype::F32 {
+        return Err(ckpt_err(dir, format!("{file}: `{name}` is {:?}, expected F32", view.dtype())));
+    }
+    if view.shape() != shape {
+        return Err(ckpt_err(dir, format!("{file}: `{name}` has shape {:?}, the model expects {shape:?}", view.shape())));
+    }
+    let out = dst.f32_mut()?;
+    for (o, chunk) in out.iter_mut().zip(view.data().chunks_exact(4)) {
+        *o = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+    }
+    Ok(())
+}
+
+/// Loads a model's parameters from `dir/model.safetensors`; every parameter must be there
+/// with its export shape. Padding rows are zero.
+pub fn load_weights(dir: &Path, model: &mut dyn Model) -> Result<()> {
+    let bytes = read_file(dir, "model.safetensors")?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(dir, format!("model.safetensors is malformed: {e}")))?;
+    let mut result = Ok(());
+    let mut expected = 0;
+    model.visit_params_mut(&mut |p| {
+        expected += 1;
+        if result.is_ok() {
+            let shape = p.export_shape.clone();
+            p.value = Tensor::zeros(p.value.device(), p.value.shape());
+            result = load_into(dir, "model.safetensors", &st, &p.name, &shape, &mut p.value);
+        }
+    });
+    result?;
+    if st.len() != expected {
+        let mut known = Vec::new();
+        model.visit_params(&mut |p| known.push(p.name.clone()));
+        let extra: Vec<String> = st.names().into_iter().filter(|n| !known.iter().any(|k| k == n)).map(String::from).collect();
+        return Err(ckpt_err(dir, format!("model.safetensors has tensors the model does not: {extra:?}")));
+    }
+    Ok(())
+}
+
+/// Restores AdamW's state from `dir/optimizer.safetensors`.
+pub fn load_optimizer(dir: &Path, model: &dyn Model, opt: &mut AdamW, step: u64) -> Result<()> {
+    let bytes = read_file(dir, "optimizer.safetensors")?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(dir, format!("optimizer.safetensors is malformed: {e}")))?;
+    let mut result = Ok(());
+    let mut i = 0;
+    model.visit_params(&mut |p| {
+        if result.is_ok() {
+            let shape = p.value.shape().to_vec();
+            let (m, v) = &mut opt.state[i];
+            result = load_into(dir, "optimizer.safetensors", &st, &format!("{}.m", p.name), &shape, m)
+                .and_then(|_| load_into(dir, "optimizer.safetensors", &st, &format!("{}.v", p.name), &shape, v));
+        }
+        i += 1;
+    });
+    result?;
+    opt.step = step;
+    Ok(())
+}
+
+/// A checkpoint's model with its config (for eval and sampling).
+pub fn load_model(path: &Path, device: Device) -> Result<(PathBuf, CheckpointState, Config, Gpt)> {
+    let dir = resolve(path)?;
+    let (state, config) = read_state(&dir)?;
+    let mut model = Gpt::new(config.gpt_config(state.vocab_size), device, config.run.seed)?;
+    load_weights(&dir, &mut model)?;
+    Ok((dir, state, config, model))
+}

@@ -1,0 +1,263 @@
+//! The typed run configuration. Every section rejects unknown keys; every field has a
+//! default, so a config names only what it changes. Errors name the file, the key and
+//! what was expected.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub run: RunConfig,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The run directory is `<out_dir>/<name>`.
+    pub name: String,
+    pub out_dir: PathBuf,
+    pub seed: u64,
+    /// "auto" (the GPU when one is usable, else the CPU), "cpu" or "cuda".
+    pub device: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self { name: "run".into(), out_dir: "runs".into(), seed: 1337, device: "auto".into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// A UTF-8 text file; absent means the embedded Tiny Shakespeare.
+    pub path: Option<PathBuf>,
+    /// "byte" (vocab 256).
+    pub tokenizer: String,
+    /// The last fraction of the text held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { path: None, tokenizer: "byte".into(), val_fraction: 0.1 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Longest sequence the model accepts (position embeddings).
+    pub context_length: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { n_layer: 4, n_head: 4, n_embd: 128, context_length: 128 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence (T); at most model.context_length.
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub max_steps: u64,
+    /// Peak learning rate, reached after `warmup_steps`, then cosine decay to `min_lr`.
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    /// Also decay biases, LayerNorm parameters and embeddings (off by default).
+    pub decay_all_params: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this value; 0 disables clipping.
+    pub grad_clip: f64,
+    /// Validation loss every this many steps (and at the end); 0: only at the end.
+    pub eval_interval: u64,
+    /// Validation batches per evaluation.
+    pub eval_batches: usize,
+    /// A metrics line every this many steps.
+    pub log_interval: u64,
+    /// A checkpoint every this many steps (and at the end); 0: only at the end.
+    pub checkpoint_interval: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            seq_len: 128,
+            grad_accum: 1,
+            max_steps: 1000,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 100,
+            weight_decay: 0.1,
+            decay_all_params: false,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            eval_interval: 250,
+            eval_batches: 20,
+            log_interval: 10,
+            checkpoint_interval: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `key=value` overrides (values in TOML syntax; a bare word is
+    /// taken as a string), then checks every value.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            file: path.display().to_string(),
+            msg: format!("cannot read config: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses config text; `file` names the source in errors.
+    pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
+        let err = |msg: String| Error::Config { file: file.to_string(), msg };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(toml_message(&e, text)))?;
+        for o in overrides {
+            apply_override(&mut table, o).map_err(|m| err(format!("--set {o}: {m}")))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            err(format!("key `{key}`: {}", e.into_inner().message().trim()))
+        })?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Impossible values, each named by its key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let (m, t) = (&self.model, &self.train);
+        let positive = [
+            ("model.n_layer", m.n_layer),
+            ("model.n_head", m.n_head),
+            ("model.n_embd", m.n_embd),
+            ("model.context_length", m.context_length),
+            ("train.batch_size", t.batch_size),
+            ("train.seq_len", t.seq_len),
+            ("train.grad_accum", t.grad_accum),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(format!("key `{key}`: must be at least 1, got 0"));
+            }
+        }
+        if m.n_embd % m.n_head != 0 {
+            return Err(format!("key `model.n_embd`: {} is not a multiple of model.n_head ({})", m.n_embd, m.n_head));
+        }
+        if t.seq_len > m.context_length {
+            return Err(format!(
+                "key `train.seq_len`: {} is larger than the model's context (model.context_length = {})",
+                t.seq_len, m.context_length
+            ));
+        }
+        if t.max_steps == 0 {
+            return Err("key `train.max_steps`: must be at least 1, got 0".into());
+        }
+        for (key, v) in [("train.lr", t.lr), ("train.min_lr", t.min_lr), ("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("key `{key}`: must be a finite number >= 0, got {v}"));
+            }
+        }
+        if t.lr == 0.0 {
+            return Err("key `train.lr`: must be greater than 0".into());
+        }
+        for (key, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("key `{key}`: must be in [0, 1), got {v}"));
+            }
+        }
+        if !(t.eps > 0.0) {
+            return Err(format!("key `train.eps`: must be greater than 0, got {}", t.eps));
+        }
+        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+            return Err(format!("key `data.val_fraction`: must be in (0, 1), got {}", self.data.val_fraction));
+        }
+        if self.data.tokenizer != "byte" {
+            return Err(format!("key `data.tokenizer`: expected \"byte\", got \"{}\"", self.data.tokenizer));
+        }
+        if kernels::device::DeviceRequest::parse(&self.run.device).is_none() {
+            return Err(format!("key `run.device`: expected \"auto\", \"cpu\" or \"cuda\", got \"{}\"", self.run.device));
+        }
+        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == ".." {
+            return Err(format!("key `run.name`: must be a plain directory name, got \"{}\"", self.run.name));
+        }
+        Ok(())
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.out_dir.join(&self.run.name)
+    }
+
+    pub fn gpt_config(&self, vocab_size: usize) -> models::GptConfig {
+        models::GptConfig {
+            vocab_size,
+            context_length: self.model.context_length,
+            n_layer: self.model.n_layer,
+            n_head: self.model.n_head,
+            n_embd: self.model.n_embd,
+        }
+    }
+}
+
+/// toml's messages carry a source excerpt over several lines; keep the line/column and the reason.
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("invalid TOML at line {line}, column {col}: {msg}")
+        }
+        None => format!("invalid TOML: {msg}"),
+    }
+}
+
+fn apply_override(table: &mut toml::Table, item: &str) -> std::result::Result<(), String> {
+    let (key, raw) = item.split_once('=').ok_or("expected key=value")?;
+    let (key, raw) = (key.trim(), raw.trim());
+    let value: toml::Value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("just parsed"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("bad key `{key}`"));
+    }
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| format!("`{p}` in `{key}` is not a section"))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,29 @@
+use std::path::PathBuf;
+
+/// Every failure the engine reports. `main` prints one line and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}: {msg}")]
+    Config { file: String, msg: String },
+    #[error(transparent)]
+    Kernel(#[from] kernels::Error),
+    #[error(transparent)]
+    Model(#[from] models::Error),
+    #[error(transparent)]
+    Data(#[from] datasets::Error),
+    #[error("checkpoint {}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("training diverged at step {step}: loss is {loss}")]
+    Diverged { step: u64, loss: f32 },
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}
