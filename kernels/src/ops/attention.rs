@@ -52,6 +52,23 @@ pub fn attention_backward(dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &
 
 pub mod cpu {
     use super::*;
+    use crate::ops::cpu_math::{exp, multiversion};
+
+    multiversion! {
+        /// Softmax over row[..=i] (the positions query i may see); zero after it.
+        fn causal_softmax_row(row: &mut [f32], i: usize) {
+            let (seen, future) = row.split_at_mut(i + 1);
+            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0f32;
+            for x in seen.iter_mut() {
+                *x = exp(*x - max);
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            seen.iter_mut().for_each(|x| *x *= inv);
+            future.fill(0.0);
+        }
+    }
 
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize) {
@@ -72,15 +89,7 @@ pub mod cpu {
                 sgemm(t, t, hs, Mat { ptr: p.as_mut_ptr(), rs: t as isize, cs: 1 }, false, Mat::rows(q, 3 * c), Mat::trans(k, 3 * c), scale, false);
             }
             for (i, row) in p.chunks_mut(t).enumerate() {
-                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0.0f32;
-                for x in &mut row[..=i] {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row[..=i].iter_mut().for_each(|x| *x *= inv);
-                row[i + 1..].fill(0.0);
+                causal_softmax_row(row, i);
             }
             // SAFETY: as above.
             unsafe {

@@ -38,7 +38,27 @@ pub fn crossentropy_forward(
 pub mod cpu {
     use rayon::prelude::*;
 
+    use crate::ops::cpu_math::{exp, multiversion};
     use crate::{Error, Result};
+
+    multiversion! {
+        /// One row: returns the loss; with `grad`, overwrites the row with dlogits.
+        fn row_forward(row: &mut [f32], vocab: usize, target: usize, dloss: f32, grad: bool) -> f32 {
+            let (real, padding) = row.split_at_mut(vocab);
+            let max = real.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let sum: f32 = real.iter().map(|&x| exp(x - max)).sum();
+            let loss = sum.ln() + max - real[target];
+            if grad {
+                let scale = dloss / sum;
+                for x in real.iter_mut() {
+                    *x = scale * exp(*x - max);
+                }
+                real[target] -= dloss;
+                padding.fill(0.0);
+            }
+            loss
+        }
+    }
 
     pub fn crossentropy_forward(
         losses: &mut [f32],
@@ -52,19 +72,7 @@ pub mod cpu {
             return Err(Error::Invalid { op: "crossentropy_forward", msg: format!("target {bad} is outside the vocabulary (size {vocab})") });
         }
         logits.par_chunks_mut(vp).zip(losses.par_iter_mut().zip(targets.par_iter())).for_each(|(row, (loss, &target))| {
-            let real = &mut row[..vocab];
-            let max = real.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let sum: f32 = real.iter().map(|&x| (x - max).exp()).sum();
-            let log_sum = sum.ln();
-            *loss = log_sum + max - real[target as usize];
-            if let Some(dloss) = dloss {
-                let inv = 1.0 / sum;
-                for x in real.iter_mut() {
-                    *x = dloss * (*x - max).exp() * inv;
-                }
-                real[target as usize] -= dloss;
-                row[vocab..].fill(0.0);
-            }
+            *loss = row_forward(row, vocab, target as usize, dloss.unwrap_or(0.0), dloss.is_some());
         });
         Ok(())
     }

@@ -23,30 +23,44 @@ pub fn gelu_backward(dinp: &mut Tensor, inp: &Tensor, dout: &Tensor) -> Result<(
 }
 
 pub mod cpu {
+    //! gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3):
+    //! the sigmoid form is exact and vectorizes (see cpu_math).
     use rayon::prelude::*;
+
+    use crate::ops::cpu_math::{multiversion, sigmoid};
 
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF: f32 = 0.044715;
     const CHUNK: usize = 4096;
 
-    pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
-        out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
+    multiversion! {
+        fn forward_chunk(out: &mut [f32], inp: &[f32]) {
+            for (o, &x) in out.iter_mut().zip(inp) {
                 let u = SQRT_2_OVER_PI * (x + COEF * x * x * x);
-                *o = 0.5 * x * (1.0 + u.tanh());
+                *o = x * sigmoid(2.0 * u);
             }
-        });
+        }
+    }
+
+    multiversion! {
+        fn backward_chunk(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+            for ((di, &x), &d) in dinp.iter_mut().zip(inp).zip(dout) {
+                let u = SQRT_2_OVER_PI * (x + COEF * x * x * x);
+                let s = sigmoid(2.0 * u); // = 0.5 (1 + tanh u)
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * COEF * x * x);
+                // d/dx [x s(2u)] = s + x * 2 s (1 - s) du   (2 s (1 - s) = 0.5 sech^2 u)
+                *di = d * (s + 2.0 * x * s * (1.0 - s) * du);
+            }
+        }
+    }
+
+    pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+        out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| forward_chunk(o, x));
     }
 
     pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-        dinp.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK))).for_each(|(di, (x, d))| {
-            for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                let u = SQRT_2_OVER_PI * (x + COEF * x * x * x);
-                let th = u.tanh();
-                let sech2 = 1.0 - th * th;
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * COEF * x * x);
-                *di = d * (0.5 * (1.0 + th) + 0.5 * x * sech2 * du);
-            }
-        });
+        dinp.par_chunks_mut(CHUNK)
+            .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
+            .for_each(|(di, (x, d))| backward_chunk(di, x, d));
     }
 }

@@ -17,6 +17,7 @@ pub mod matmul;
 pub mod norm;
 pub mod residual;
 
+mod cpu_math;
 mod cpu_util;
 
 use crate::{DType, Device, Error, Result, Tensor};
