@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// Configs that would need more memory than this (see [`Config::min_memory_bytes`]) are
+/// rejected up front: 1 TiB, far beyond any one device this engine runs on, so a typo such
+/// as an extra three zeros gives an error instead of an allocation failure or overflow.
+pub const MAX_MEMORY_BYTES: f64 = 1024.0 * GIB;
+const GIB: f64 = (1u64 << 30) as f64;
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -143,7 +149,12 @@ impl Config {
         }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            err(format!("key `{key}`: {}", e.into_inner().message().trim()))
+            let msg = format!("key `{key}`: {}", e.into_inner().message().trim());
+            // A value that came from --set is named as such, not blamed on the file.
+            match overrides.iter().rev().find(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key)) {
+                Some(o) => err(format!("--set {o}: {msg}")),
+                None => err(msg),
+            }
         })?;
         config.validate().map_err(err)?;
         Ok(config)
@@ -164,6 +175,7 @@ impl Config {
             ("train.batch_size", t.batch_size),
             ("train.seq_len", t.seq_len),
             ("train.grad_accum", t.grad_accum),
+            ("train.eval_batches", t.eval_batches),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -177,6 +189,20 @@ impl Config {
             return Err(format!(
                 "key `train.seq_len`: {} is larger than the model's context (model.context_length = {})",
                 t.seq_len, m.context_length
+            ));
+        }
+        let bytes = self.min_memory_bytes();
+        if bytes > MAX_MEMORY_BYTES {
+            return Err(format!(
+                "too large: model.n_layer = {}, model.n_embd = {}, model.context_length = {}, train.batch_size = {}, \
+                 train.seq_len = {} need at least {:.0} GiB, more than the {:.0} GiB this engine accepts",
+                m.n_layer,
+                m.n_embd,
+                m.context_length,
+                t.batch_size,
+                t.seq_len,
+                bytes / GIB,
+                MAX_MEMORY_BYTES / GIB
             ));
         }
         if t.max_steps == 0 {
@@ -211,6 +237,20 @@ impl Config {
             return Err(format!("key `run.name`: must be a plain directory name, got \"{}\"", self.run.name));
         }
         Ok(())
+    }
+
+    /// A rough lower bound, in bytes, of what training holds: the parameters with their
+    /// gradients and AdamW's m and v (4 f32 copies), plus one micro-batch's logits and the
+    /// (B, H, T, T) attention scores each layer keeps for backward. In f64, so absurd sizes
+    /// cannot overflow.
+    pub fn min_memory_bytes(&self) -> f64 {
+        let (m, t) = (&self.model, &self.train);
+        let (l, c, ctx, h) = (m.n_layer as f64, m.n_embd as f64, m.context_length as f64, m.n_head as f64);
+        let (b, seq) = (t.batch_size as f64, t.seq_len as f64);
+        let vocab = 256.0; // the byte tokenizer (the only one), padded to a multiple of 128
+        let params = vocab * c + ctx * c + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
+        let activations = b * seq * vocab + l * b * h * seq * seq;
+        4.0 * (4.0 * params + activations)
     }
 
     pub fn run_dir(&self) -> PathBuf {

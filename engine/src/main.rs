@@ -104,6 +104,9 @@ fn run(cli: Cli) -> Result<()> {
             let data = load_dataset(&config)?;
             let t = &config.train;
             let batches = batches.unwrap_or(t.eval_batches);
+            if batches == 0 {
+                return Err(Error::Usage("--batches must be at least 1".into()));
+            }
             let loss = evaluate(&mut model, &data.val, t.batch_size, t.seq_len, batches)?;
             let windows: usize = datasets::sequential_batches(&data.val, t.batch_size, t.seq_len, batches).iter().map(|b| b.batch_size).sum();
             if let Some(path) = dump_tokens {

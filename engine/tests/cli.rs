@@ -1,0 +1,430 @@
+//! The `engine` binary end to end: every bad input ends with exit code 1 and one line on
+//! stderr, `error: ...`, that names the problem (never a panic); tiny real runs train,
+//! evaluate, sample and resume.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
+const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+
+/// Runs `engine args...` in `cwd` with `RUST_BACKTRACE` unset, so a panic would show its
+/// "run with `RUST_BACKTRACE=1`" hint.
+fn engine_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(ENGINE).args(args).current_dir(cwd).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a clean failure: exit code 1, exactly one stderr line starting with `error: `
+/// that contains every one of `needles`, and no sign of a panic. Returns that line.
+#[track_caller]
+fn assert_fails(out: &Output, needles: &[&str]) -> String {
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "panicked:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{stderr}");
+    let line = lines[0];
+    assert!(line.starts_with("error: "), "stderr does not start with `error: `: {line}");
+    for needle in needles {
+        assert!(line.contains(needle), "stderr does not name {needle:?}: {line}");
+    }
+    line.to_string()
+}
+
+#[track_caller]
+fn assert_succeeds(out: &Output) {
+    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
+}
+
+/// `--set` overrides for a model and run small enough to train in well under a second.
+fn tiny_args(out_dir: &Path, max_steps: u64) -> Vec<String> {
+    let sets = [
+        "model.n_layer=1".to_string(),
+        "model.n_embd=16".into(),
+        "model.n_head=2".into(),
+        "model.context_length=16".into(),
+        "train.seq_len=16".into(),
+        "train.batch_size=2".into(),
+        format!("train.max_steps={max_steps}"),
+        "train.eval_batches=1".into(),
+        "run.name=tiny".into(),
+        // A TOML literal string, so the path is taken as written.
+        format!("run.out_dir='{}'", out_dir.display()),
+    ];
+    sets.into_iter().flat_map(|s| ["--set".to_string(), s]).collect()
+}
+
+/// `engine train <shipped config> <tiny overrides> <extra...> --quiet`.
+fn train(dir: &Path, max_steps: u64, extra: &[&str]) -> Output {
+    let mut args = vec!["train".to_string(), SHIPPED_CONFIG.to_string(), "--quiet".into()];
+    args.extend(tiny_args(dir, max_steps));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    engine_in(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Trains a tiny 3-step run under `dir`; returns its run directory.
+fn trained_run(dir: &Path) -> PathBuf {
+    let out = train(dir, 3, &[]);
+    assert_succeeds(&out);
+    dir.join("tiny")
+}
+
+fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, body).unwrap();
+    path
+}
+
+/// `engine train <config file with body>` from a fresh temporary directory.
+fn train_config(name: &str, body: &str) -> (TempDir, Output) {
+    let dir = TempDir::new().unwrap();
+    let config = write(dir.path(), name, body);
+    let out = engine_in(dir.path(), &["train", config.to_str().unwrap(), "--quiet"]);
+    (dir, out)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+// ---- config files ----
+
+#[test]
+fn missing_config_file_names_the_path() {
+    let dir = TempDir::new().unwrap();
+    let out = engine_in(dir.path(), &["train", "absent-config.toml"]);
+    assert_fails(&out, &["absent-config.toml", "cannot read config"]);
+}
+
+#[test]
+fn malformed_toml_names_file_and_line() {
+    let (_dir, out) = train_config("broken.toml", "[run]\nname = \"x\"\n[train\nbatch_size = 4\n");
+    assert_fails(&out, &["broken.toml", "invalid TOML", "line 3"]);
+}
+
+#[test]
+fn unknown_key_names_the_key_and_file() {
+    let (_dir, out) = train_config("typo.toml", "[train]\nbatch_sise = 4\n");
+    assert_fails(&out, &["typo.toml", "train.batch_sise", "unknown field `batch_sise`", "batch_size"]);
+}
+
+#[test]
+fn unknown_section_names_it() {
+    let (_dir, out) = train_config("section.toml", "[optimizer]\nlr = 1.0\n");
+    assert_fails(&out, &["section.toml", "unknown field `optimizer`"]);
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let (_dir, out) = train_config("type.toml", "[train]\nbatch_size = \"big\"\n");
+    assert_fails(&out, &["type.toml", "key `train.batch_size`", "invalid type", "\"big\""]);
+}
+
+#[test]
+fn zero_layers_is_rejected() {
+    let (_dir, out) = train_config("layers.toml", "[model]\nn_layer = 0\n");
+    assert_fails(&out, &["layers.toml", "key `model.n_layer`", "at least 1"]);
+}
+
+#[test]
+fn seq_len_longer_than_context_is_rejected() {
+    let (_dir, out) = train_config("ctx.toml", "[model]\ncontext_length = 64\n[train]\nseq_len = 65\n");
+    assert_fails(&out, &["ctx.toml", "key `train.seq_len`", "65", "model.context_length = 64"]);
+}
+
+#[test]
+fn n_embd_not_a_multiple_of_n_head_is_rejected() {
+    let (_dir, out) = train_config("heads.toml", "[model]\nn_embd = 100\nn_head = 3\n");
+    assert_fails(&out, &["heads.toml", "key `model.n_embd`", "not a multiple of model.n_head (3)"]);
+}
+
+#[test]
+fn zero_eval_batches_is_rejected() {
+    let (_dir, out) = train_config("eval.toml", "[train]\neval_batches = 0\n");
+    assert_fails(&out, &["eval.toml", "key `train.eval_batches`", "at least 1"]);
+}
+
+#[test]
+fn absurdly_large_model_is_rejected_before_allocating() {
+    // An extra few zeros: would abort on allocation.
+    let (_dir, out) = train_config("huge.toml", "[model]\nn_layer = 1\nn_embd = 16\nn_head = 2\ncontext_length = 1000000000000\n");
+    assert_fails(&out, &["huge.toml", "too large", "model.context_length = 1000000000000", "GiB"]);
+    // Sizes whose products overflow usize: would panic with "capacity overflow".
+    let (_dir, out) = train_config("overflow.toml", "[model]\nn_embd = 4611686018427387904\nn_head = 1\n");
+    assert_fails(&out, &["overflow.toml", "too large", "model.n_embd = 4611686018427387904"]);
+    let (_dir, out) = train_config("batch.toml", "[train]\nbatch_size = 4611686018427387904\n");
+    assert_fails(&out, &["batch.toml", "too large", "train.batch_size = 4611686018427387904"]);
+}
+
+#[test]
+fn unknown_device_names_the_key() {
+    let (_dir, out) = train_config("device.toml", "[run]\ndevice = \"gpu\"\n");
+    assert_fails(&out, &["device.toml", "key `run.device`", "\"gpu\"", "\"cuda\""]);
+}
+
+#[test]
+fn cuda_device_fails_clearly_without_a_cuda_backend() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), 3, &["--set", "run.device=cuda"]);
+    assert_fails(&out, &["device `cuda` is not available", "no CUDA backend"]);
+    assert!(!dir.path().join("tiny").exists(), "a failed device check must not create the run directory");
+}
+
+// ---- --set ----
+
+#[test]
+fn set_with_wrong_type_names_the_override_and_key() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), 3, &["--set", "train.max_steps=abc"]);
+    assert_fails(&out, &["--set train.max_steps=abc", "key `train.max_steps`", "invalid type", "expected u64"]);
+}
+
+#[test]
+fn set_with_unknown_key_names_the_override() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), 3, &["--set", "train.batch_sise=4"]);
+    assert_fails(&out, &["--set train.batch_sise=4", "train.batch_sise", "unknown field"]);
+}
+
+#[test]
+fn set_without_equals_sign_is_rejected() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), 3, &["--set", "train.max_steps"]);
+    assert_fails(&out, &["--set train.max_steps", "expected key=value"]);
+}
+
+#[test]
+fn set_into_a_value_that_is_not_a_section_is_rejected() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), 3, &["--set", "train.max_steps.x=1"]);
+    assert_fails(&out, &["--set train.max_steps.x=1", "`max_steps`", "not a section"]);
+}
+
+#[test]
+fn set_with_impossible_value_names_the_key() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), 3, &["--set", "model.n_layer=0"]);
+    assert_fails(&out, &["key `model.n_layer`", "at least 1"]);
+}
+
+// ---- data ----
+
+#[test]
+fn missing_data_file_names_it() {
+    let (_dir, out) = train_config("data.toml", "[data]\npath = \"nope.txt\"\n");
+    assert_fails(&out, &["nope.txt", "cannot read data file"]);
+}
+
+#[test]
+fn data_file_too_short_for_one_window_is_rejected() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "short.txt", "just a few bytes");
+    let out = train(dir.path(), 3, &["--set", "data.path=\"short.txt\""]);
+    assert_fails(&out, &["too few for one window of 17"]);
+}
+
+// ---- checkpoints ----
+
+#[test]
+fn sample_with_missing_checkpoint_names_the_path() {
+    let dir = TempDir::new().unwrap();
+    let out = engine_in(dir.path(), &["sample", "no-such-run"]);
+    assert_fails(&out, &["checkpoint no-such-run", "no such file or directory"]);
+}
+
+#[test]
+fn eval_with_missing_checkpoint_names_the_path() {
+    let dir = TempDir::new().unwrap();
+    let out = engine_in(dir.path(), &["eval", "no-such-run/checkpoints/step-000003"]);
+    assert_fails(&out, &["no-such-run/checkpoints/step-000003", "no such file or directory"]);
+}
+
+#[test]
+fn eval_of_a_directory_that_is_no_checkpoint_says_so() {
+    let dir = TempDir::new().unwrap();
+    let out = engine_in(dir.path(), &["eval", s(dir.path())]);
+    assert_fails(&out, &[s(dir.path()), "not a checkpoint"]);
+}
+
+#[test]
+fn eval_with_zero_batches_is_rejected() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let out = engine_in(dir.path(), &["eval", s(&run), "--batches", "0"]);
+    assert_fails(&out, &["--batches", "at least 1"]);
+}
+
+/// Rewrites the checkpoint's recorded config (state.json `config_toml`) with `edit`.
+fn edit_state_config(ckpt: &Path, edit: impl Fn(&str) -> String) {
+    let path = ckpt.join("state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let toml = state["config_toml"].as_str().unwrap().to_string();
+    let edited = edit(&toml);
+    assert_ne!(edited, toml, "the edit must change the config");
+    state["config_toml"] = serde_json::Value::String(edited);
+    fs::write(&path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+}
+
+#[test]
+fn checkpoint_whose_config_disagrees_with_its_weights_names_file_and_shapes() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    edit_state_config(&checkpoint_dir(&run, 3), |t| t.replace("n_embd = 16", "n_embd = 32"));
+    let out = engine_in(dir.path(), &["eval", s(&run)]);
+    assert_fails(&out, &["step-000003", "model.safetensors", "wte.weight", "[256, 16]", "[256, 32]"]);
+    let out = engine_in(dir.path(), &["sample", s(&run), "--tokens", "5"]);
+    assert_fails(&out, &["model.safetensors", "[256, 16]", "[256, 32]"]);
+}
+
+#[test]
+fn checkpoint_with_garbage_weights_is_named_malformed() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    fs::write(checkpoint_dir(&run, 3).join("model.safetensors"), b"this is not a safetensors file at all").unwrap();
+    let out = engine_in(dir.path(), &["eval", s(&run)]);
+    assert_fails(&out, &["step-000003", "model.safetensors is malformed"]);
+    fs::write(checkpoint_dir(&run, 3).join("model.safetensors"), b"").unwrap();
+    let out = engine_in(dir.path(), &["sample", s(&run)]);
+    assert_fails(&out, &["model.safetensors is malformed"]);
+}
+
+#[test]
+fn checkpoint_missing_a_tensor_names_it() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let path = checkpoint_dir(&run, 3).join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let dropped = "ln_f.bias";
+    let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        st.tensors().into_iter().filter(|(name, _)| name != dropped).collect();
+    assert_eq!(kept.len() + 1, st.len(), "the checkpoint should hold {dropped}");
+    safetensors::serialize_to_file(kept, None, &path).unwrap();
+    let out = engine_in(dir.path(), &["eval", s(&run)]);
+    assert_fails(&out, &["model.safetensors has no tensor `ln_f.bias`"]);
+}
+
+#[test]
+fn checkpoint_with_malformed_state_json_is_named() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    fs::write(checkpoint_dir(&run, 3).join("state.json"), "{not json").unwrap();
+    let out = engine_in(dir.path(), &["eval", s(&checkpoint_dir(&run, 3))]);
+    assert_fails(&out, &["step-000003", "state.json is malformed"]);
+}
+
+#[test]
+fn checkpoint_with_an_invalid_recorded_config_names_state_json_and_key() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    edit_state_config(&checkpoint_dir(&run, 3), |t| t.replace("n_head = 2", "n_head = 3"));
+    let out = engine_in(dir.path(), &["eval", s(&run)]);
+    assert_fails(&out, &["state.json", "key `model.n_embd`", "not a multiple of model.n_head (3)"]);
+}
+
+#[test]
+fn resume_without_a_checkpoint_fails() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), 3, &["--resume"]);
+    assert_fails(&out, &["checkpoint", "tiny", "no such file or directory"]);
+}
+
+#[test]
+fn resume_with_a_different_model_names_the_shape() {
+    let dir = TempDir::new().unwrap();
+    trained_run(dir.path());
+    let out = train(dir.path(), 5, &["--resume", "--set", "model.context_length=32"]);
+    assert_fails(&out, &["model.safetensors", "wpe.weight", "[16, 16]", "[32, 16]"]);
+}
+
+// ---- working runs ----
+
+#[test]
+fn train_writes_the_run_directory() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), 3, &[]);
+    assert_succeeds(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("trained 3 steps"), "{stdout}");
+    assert!(text(&out.stderr).is_empty(), "--quiet must keep stderr empty: {}", text(&out.stderr));
+    let run = dir.path().join("tiny");
+    let config = fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("n_embd = 16") && config.contains("max_steps = 3"), "{config}");
+    assert_eq!(fs::read_to_string(run.join("checkpoints/latest")).unwrap().trim(), "step-000003");
+    for file in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
+        assert!(checkpoint_dir(&run, 3).join(file).is_file(), "missing {file}");
+    }
+    let log = fs::read_to_string(run.join("metrics.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], "# step loss val_loss lr grad_norm tokens_per_s ms");
+    assert_eq!(lines.len(), 4, "{log}");
+    let last: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!(last.len(), 7, "{log}");
+    assert_eq!(last[0], "3");
+    assert!(last[2].parse::<f32>().unwrap().is_finite(), "the last step carries a val loss: {log}");
+}
+
+#[test]
+fn eval_json_reports_a_finite_val_loss() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let out = engine_in(dir.path(), &["eval", s(&run), "--json"]);
+    assert_succeeds(&out);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let loss = v["val_loss"].as_f64().expect("val_loss is a number");
+    assert!(loss.is_finite() && loss > 0.0, "{stdout}");
+    assert_eq!(v["step"], 3);
+    assert_eq!(v["seq_len"], 16);
+    // A checkpoint directory works as well as a run directory, and gives the same loss.
+    let out = engine_in(dir.path(), &["eval", s(&checkpoint_dir(&run, 3)), "--json"]);
+    assert_succeeds(&out);
+    let w: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v, w);
+}
+
+#[test]
+fn sample_continues_the_prompt() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let out = engine_in(dir.path(), &["sample", s(&run), "--tokens", "20", "--prompt", "ROMEO:"]);
+    assert_succeeds(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("ROMEO:"), "{stdout:?}");
+    assert!(stdout.len() > "ROMEO:".len(), "{stdout:?}");
+}
+
+#[test]
+fn resume_continues_from_the_checkpoint_step() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let out = train(dir.path(), 5, &["--resume"]);
+    assert_succeeds(&out);
+    assert!(text(&out.stdout).starts_with("trained 5 steps"), "{}", text(&out.stdout));
+    assert!(checkpoint_dir(&run, 3).is_dir() && checkpoint_dir(&run, 5).is_dir());
+    assert_eq!(fs::read_to_string(run.join("checkpoints/latest")).unwrap().trim(), "step-000005");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(checkpoint_dir(&run, 5).join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 5);
+    let log = fs::read_to_string(run.join("metrics.log")).unwrap();
+    let headers = log.lines().filter(|l| l.starts_with('#')).count();
+    assert_eq!(headers, 1, "one header across the resume: {log}");
+    let steps: Vec<&str> = log.lines().filter(|l| !l.starts_with('#')).map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(steps, ["1", "2", "3", "4", "5"], "{log}");
+    let out = engine_in(dir.path(), &["eval", s(&run), "--json"]);
+    assert_succeeds(&out);
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["step"], 5);
+}
