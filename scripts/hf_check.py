@@ -93,6 +93,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()  # keep the output to the comparison itself
     ckpt_dir = os.path.abspath(args.checkpoint_dir)
+    # A run directory stands for its newest checkpoint, as it does for `engine eval`.
+    latest = os.path.join(ckpt_dir, "checkpoints", "latest")
+    if os.path.isfile(latest):
+        with open(latest) as f:
+            ckpt_dir = os.path.join(ckpt_dir, "checkpoints", f.read().strip())
     if not os.path.isdir(ckpt_dir):
         return fail(f"checkpoint dir not found: {ckpt_dir}")
 

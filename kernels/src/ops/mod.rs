@@ -46,3 +46,8 @@ pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
     let n = if c == 0 { 0 } else { t.numel() / c };
     (n, c)
 }
+
+/// Threads the CPU backend runs on (rayon's pool; `RAYON_NUM_THREADS` sets it).
+pub fn num_threads() -> usize {
+    rayon::current_num_threads()
+}
