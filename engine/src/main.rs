@@ -107,8 +107,7 @@ fn run(cli: Cli) -> Result<()> {
             if batches == 0 {
                 return Err(Error::Usage("--batches must be at least 1".into()));
             }
-            let loss = evaluate(&mut model, &data.val, t.batch_size, t.seq_len, batches)?;
-            let windows: usize = datasets::sequential_batches(&data.val, t.batch_size, t.seq_len, batches).iter().map(|b| b.batch_size).sum();
+            let (loss, windows) = evaluate(&mut model, &data.val, t.batch_size, t.seq_len, batches)?;
             if let Some(path) = dump_tokens {
                 dump_windows(&path, &data.val, windows, t.seq_len)?;
             }

@@ -1,7 +1,7 @@
 //! The training loop: warm-up + cosine learning rate, gradient accumulation, clipping,
 //! periodic validation and checkpoints, a live progress line and a plain metrics log.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -56,17 +56,19 @@ pub fn batch_tensors(batch: &Batch) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_u32(&shape, batch.inputs.clone())?, Tensor::from_u32(&shape, batch.targets.clone())?))
 }
 
-/// Mean cross-entropy over the first `max_batches` consecutive windows of `tokens`.
-pub fn evaluate(model: &mut dyn Model, tokens: &[u32], batch_size: usize, seq_len: usize, max_batches: usize) -> Result<f32> {
-    let (mut total, mut count) = (0.0f64, 0usize);
+/// Mean cross-entropy over the first `max_batches` consecutive windows of `tokens`, and
+/// how many windows that was.
+pub fn evaluate(model: &mut dyn Model, tokens: &[u32], batch_size: usize, seq_len: usize, max_batches: usize) -> Result<(f32, usize)> {
+    let (mut total, mut count, mut windows) = (0.0f64, 0usize, 0usize);
     for batch in datasets::sequential_batches(tokens, batch_size, seq_len, max_batches) {
         let (x, y) = batch_tensors(&batch)?;
         let loss = model.forward(&x, Some(&y))?.expect("targets given");
         let n = batch.batch_size * batch.seq_len;
         total += loss as f64 * n as f64;
         count += n;
+        windows += batch.batch_size;
     }
-    Ok((total / count.max(1) as f64) as f32)
+    Ok(((total / count.max(1) as f64) as f32, windows))
 }
 
 fn resolve_device(config: &Config) -> Result<(Device, String)> {
@@ -169,7 +171,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let last = done == t.max_steps;
         let mut val = None;
         if last || (t.eval_interval > 0 && done % t.eval_interval == 0) {
-            let v = evaluate(&mut model, &data.val, t.batch_size, t.seq_len, t.eval_batches)?;
+            let (v, _) = evaluate(&mut model, &data.val, t.batch_size, t.seq_len, t.eval_batches)?;
             summary.val_losses.push((done, v));
             val = Some(v);
             last_val = Some(v);
@@ -215,9 +217,4 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         summary.checkpoint = checkpoint::resolve(&run_dir)?;
     }
     Ok(summary)
-}
-
-/// Opens (creating) a file for the caller, naming it in errors.
-pub fn create_file(path: &std::path::Path) -> Result<File> {
-    File::create(path).map_err(io(path))
 }
