@@ -24,6 +24,16 @@ pub enum Error {
     Invalid { op: &'static str, msg: String },
     #[error("device `{requested}` is not available: {reason}")]
     DeviceUnavailable { requested: String, reason: String },
+    #[error("{op}: no kernel for {device} yet")]
+    NoKernel { op: &'static str, device: Device },
+    #[error("NVRTC is not usable: {reason}")]
+    Nvrtc { reason: String },
+    #[error("NVRTC failed to compile {file} for {arch}:\n{log}")]
+    Compile { file: String, arch: String, log: String },
+    #[error("launching `{kernel}` failed: {msg}")]
+    Launch { kernel: String, msg: String },
+    #[error("{op}: CUDA error: {msg}")]
+    Cuda { op: String, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,7 +1,8 @@
 //! The compute substrate of the engine.
 //!
-//! - [`Device`]: where a tensor lives and where its ops run (the CPU now; CUDA comes
-//!   in its own backend).
+//! - [`Device`]: where a tensor lives and where its ops run: the CPU (f32, rayon), or an
+//!   NVIDIA GPU through [`cuda`] (our own kernels, compiled by NVRTC at first use).
+//!   [`device::select`] turns the config's `auto`/`cpu`/`cuda` into a device, never panicking.
 //! - [`Tensor`]: a typed buffer with a shape, on one device. Clones share storage;
 //!   writing to a shared tensor copies it first, so saved activations stay intact.
 //! - [`ops`]: every op the models need, forward and backward. Each op dispatches on
@@ -10,6 +11,7 @@
 //! Gradient rule, as everywhere in the engine: parameter gradients accumulate (`+=`),
 //! activation gradients overwrite (`=`).
 
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod ops;

@@ -1,14 +1,29 @@
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use half::bf16;
+
+use crate::cuda::{self, CudaElement, CudaSlice};
 use crate::{Device, Error, Result};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
+    /// bfloat16: the GPU's compute type for weights and activations (fp32 accumulation).
+    Bf16,
     /// Token ids.
     U32,
+}
+
+impl DType {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::Bf16 => 2,
+        }
+    }
 }
 
 impl fmt::Display for DType {
@@ -17,17 +32,56 @@ impl fmt::Display for DType {
     }
 }
 
-#[derive(Clone, Debug)]
+/// The buffer behind a tensor. CUDA buffers live on their device's compute stream.
+#[derive(Debug)]
 enum Storage {
     CpuF32(Vec<f32>),
+    CpuBf16(Vec<bf16>),
     CpuU32(Vec<u32>),
+    CudaF32(CudaSlice<f32>),
+    CudaBf16(CudaSlice<bf16>),
+    CudaU32(CudaSlice<u32>),
+}
+
+impl Storage {
+    /// A deep copy; fails (rather than panicking, as `CudaSlice::clone` would) when the
+    /// device cannot allocate.
+    fn try_clone(&self) -> Result<Self> {
+        let err = |e: cuda::DriverError| Error::Cuda { op: "copying a shared tensor before a write".into(), msg: e.to_string() };
+        Ok(match self {
+            Storage::CpuF32(v) => Storage::CpuF32(v.clone()),
+            Storage::CpuBf16(v) => Storage::CpuBf16(v.clone()),
+            Storage::CpuU32(v) => Storage::CpuU32(v.clone()),
+            Storage::CudaF32(s) => Storage::CudaF32(s.try_clone().map_err(err)?),
+            Storage::CudaBf16(s) => Storage::CudaBf16(s.try_clone().map_err(err)?),
+            Storage::CudaU32(s) => Storage::CudaU32(s.try_clone().map_err(err)?),
+        })
+    }
+
+    fn cuda_any(&self) -> Option<&dyn Any> {
+        match self {
+            Storage::CudaF32(s) => Some(s),
+            Storage::CudaBf16(s) => Some(s),
+            Storage::CudaU32(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn cuda_any_mut(&mut self) -> Option<&mut dyn Any> {
+        match self {
+            Storage::CudaF32(s) => Some(s),
+            Storage::CudaBf16(s) => Some(s),
+            Storage::CudaU32(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// A typed, contiguous, row-major buffer with a shape, on one device.
 ///
-/// Cloning is cheap (the storage is shared); a write through [`Tensor::f32_mut`] copies
-/// shared storage first, so a layer may keep its input for backward while the caller
-/// goes on using it.
+/// Cloning is cheap (the storage is shared); a write through [`Tensor::f32_mut`] (or
+/// [`Tensor::cuda_slice_mut`] on the GPU) copies shared storage first, so a layer may keep
+/// its input for backward while the caller goes on using it.
 #[derive(Clone, Debug)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -35,17 +89,42 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// An f32 tensor of zeros. On a GPU this allocates device memory and panics if that
+    /// fails; code that can run on a GPU should prefer [`Tensor::try_zeros`].
     pub fn zeros(device: Device, shape: &[usize]) -> Self {
-        match device {
-            Device::Cpu => Self::from_vec(shape, vec![0.0; shape.iter().product()])
-                .expect("length matches shape by construction"),
-        }
+        Self::try_zeros(device, DType::F32, shape)
+            .unwrap_or_else(|e| panic!("Tensor::zeros({device}, {shape:?}) failed: {e}"))
+    }
+
+    /// A tensor of zeros of any dtype on any device.
+    pub fn try_zeros(device: Device, dtype: DType, shape: &[usize]) -> Result<Self> {
+        let n = shape.iter().product();
+        let storage = match (device, dtype) {
+            (Device::Cpu, DType::F32) => Storage::CpuF32(vec![0.0; n]),
+            (Device::Cpu, DType::Bf16) => Storage::CpuBf16(vec![bf16::ZERO; n]),
+            (Device::Cpu, DType::U32) => Storage::CpuU32(vec![0; n]),
+            (Device::Cuda(ordinal), dtype) => {
+                let dev = cuda::device(ordinal)?;
+                match dtype {
+                    DType::F32 => Storage::CudaF32(dev.alloc_zeros(n)?),
+                    DType::Bf16 => Storage::CudaBf16(dev.alloc_zeros(n)?),
+                    DType::U32 => Storage::CudaU32(dev.alloc_zeros(n)?),
+                }
+            }
+        };
+        Ok(Self { shape: shape.to_vec(), storage: Arc::new(storage) })
     }
 
     /// An f32 tensor on the CPU. Errors if `data.len()` is not the product of `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
         check_len("Tensor::from_vec", shape, data.len())?;
         Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuF32(data)) })
+    }
+
+    /// A bf16 tensor on the CPU (a host staging buffer; the CPU ops compute in f32).
+    pub fn from_bf16(shape: &[usize], data: Vec<bf16>) -> Result<Self> {
+        check_len("Tensor::from_bf16", shape, data.len())?;
+        Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuBf16(data)) })
     }
 
     /// A u32 (token id) tensor on the CPU.
@@ -64,14 +143,18 @@ impl Tensor {
 
     pub fn dtype(&self) -> DType {
         match &*self.storage {
-            Storage::CpuF32(_) => DType::F32,
-            Storage::CpuU32(_) => DType::U32,
+            Storage::CpuF32(_) | Storage::CudaF32(_) => DType::F32,
+            Storage::CpuBf16(_) | Storage::CudaBf16(_) => DType::Bf16,
+            Storage::CpuU32(_) | Storage::CudaU32(_) => DType::U32,
         }
     }
 
     pub fn device(&self) -> Device {
         match &*self.storage {
-            Storage::CpuF32(_) | Storage::CpuU32(_) => Device::Cpu,
+            Storage::CpuF32(_) | Storage::CpuBf16(_) | Storage::CpuU32(_) => Device::Cpu,
+            Storage::CudaF32(s) => Device::Cuda(s.ordinal()),
+            Storage::CudaBf16(s) => Device::Cuda(s.ordinal()),
+            Storage::CudaU32(s) => Device::Cuda(s.ordinal()),
         }
     }
 
@@ -88,30 +171,104 @@ impl Tensor {
         Ok(Self { shape: shape.to_vec(), storage: self.storage.clone() })
     }
 
-    /// A copy of the data on the host, as f32.
-    pub fn to_vec(&self) -> Vec<f32> {
-        match &*self.storage {
-            Storage::CpuF32(v) => v.clone(),
-            Storage::CpuU32(v) => v.iter().map(|&x| x as f32).collect(),
+    /// The same data on `device`, same dtype. A tensor already there is returned as a
+    /// clone (shared storage). Copies to and from a GPU go through its compute stream and
+    /// the copy to the host waits for it.
+    pub fn to_device(&self, device: Device) -> Result<Self> {
+        if device == self.device() {
+            return Ok(self.clone());
         }
+        // From a GPU: to the host first (waits for the compute stream), then on from there.
+        let host = match &*self.storage {
+            Storage::CudaF32(s) => Some(Self::host(&self.shape, Storage::CpuF32(cuda::device(s.ordinal())?.dtoh(s)?))),
+            Storage::CudaBf16(s) => Some(Self::host(&self.shape, Storage::CpuBf16(cuda::device(s.ordinal())?.dtoh(s)?))),
+            Storage::CudaU32(s) => Some(Self::host(&self.shape, Storage::CpuU32(cuda::device(s.ordinal())?.dtoh(s)?))),
+            _ => None,
+        };
+        if let Some(host) = host {
+            return host.to_device(device);
+        }
+        let Device::Cuda(ordinal) = device else { unreachable!("a CPU tensor asked for the CPU returned above") };
+        let dev = cuda::device(ordinal)?;
+        let storage = match &*self.storage {
+            Storage::CpuF32(v) => Storage::CudaF32(dev.htod(v)?),
+            Storage::CpuBf16(v) => Storage::CudaBf16(dev.htod(v)?),
+            Storage::CpuU32(v) => Storage::CudaU32(dev.htod(v)?),
+            _ => unreachable!("GPU storage handled above"),
+        };
+        Ok(Self { shape: self.shape.clone(), storage: Arc::new(storage) })
+    }
+
+    fn host(shape: &[usize], storage: Storage) -> Self {
+        Self { shape: shape.to_vec(), storage: Arc::new(storage) }
+    }
+
+    /// The same values as `dtype`, on the same device (`ops::cast`; a clone if already `dtype`).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let mut out = Self::try_zeros(self.device(), dtype, &self.shape)?;
+        crate::ops::cast::cast(&mut out, self)?;
+        Ok(out)
+    }
+
+    /// The same data on the CPU (a clone when it is already there).
+    pub fn to_host(&self) -> Result<Self> {
+        self.to_device(Device::Cpu)
+    }
+
+    /// A copy of the data on the host, as f32, from any device and dtype. Panics if a GPU
+    /// copy fails; use [`Tensor::try_to_vec`] where that must be an error.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.try_to_vec().unwrap_or_else(|e| panic!("Tensor::to_vec: {e}"))
+    }
+
+    /// A copy of the data on the host, as f32 (bf16 widened exactly, u32 converted).
+    pub fn try_to_vec(&self) -> Result<Vec<f32>> {
+        Ok(match &*self.storage {
+            Storage::CpuF32(v) => v.clone(),
+            Storage::CpuBf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::CpuU32(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::CudaF32(_) | Storage::CudaBf16(_) | Storage::CudaU32(_) => return self.to_host()?.try_to_vec(),
+        })
     }
 
     /// Host view of an f32 CPU tensor.
     pub fn f32(&self) -> Result<&[f32]> {
         match &*self.storage {
             Storage::CpuF32(v) => Ok(v),
-            _ => Err(self.dtype_error("f32", DType::F32)),
+            _ => Err(self.view_error("f32", DType::F32)),
         }
     }
 
     /// Mutable host view of an f32 CPU tensor (copies the storage first if it is shared).
     pub fn f32_mut(&mut self) -> Result<&mut [f32]> {
-        if self.dtype() != DType::F32 {
-            return Err(self.dtype_error("f32_mut", DType::F32));
+        if self.dtype() != DType::F32 || self.device() != Device::Cpu {
+            return Err(self.view_error("f32_mut", DType::F32));
         }
-        match Arc::make_mut(&mut self.storage) {
+        match self.storage_mut()? {
             Storage::CpuF32(v) => Ok(v),
-            _ => unreachable!("dtype checked above"),
+            _ => unreachable!("dtype and device checked above"),
+        }
+    }
+
+    /// Host view of a bf16 CPU tensor.
+    pub fn bf16(&self) -> Result<&[bf16]> {
+        match &*self.storage {
+            Storage::CpuBf16(v) => Ok(v),
+            _ => Err(self.view_error("bf16", DType::Bf16)),
+        }
+    }
+
+    /// Mutable host view of a bf16 CPU tensor (copies the storage first if it is shared).
+    pub fn bf16_mut(&mut self) -> Result<&mut [bf16]> {
+        if self.dtype() != DType::Bf16 || self.device() != Device::Cpu {
+            return Err(self.view_error("bf16_mut", DType::Bf16));
+        }
+        match self.storage_mut()? {
+            Storage::CpuBf16(v) => Ok(v),
+            _ => unreachable!("dtype and device checked above"),
         }
     }
 
@@ -119,17 +276,55 @@ impl Tensor {
     pub fn u32(&self) -> Result<&[u32]> {
         match &*self.storage {
             Storage::CpuU32(v) => Ok(v),
-            _ => Err(self.dtype_error("u32", DType::U32)),
+            _ => Err(self.view_error("u32", DType::U32)),
         }
     }
 
-    fn dtype_error(&self, op: &'static str, expected: DType) -> Error {
-        Error::DType { op, arg: "self", expected, got: self.dtype() }
+    /// The device buffer of a GPU tensor whose dtype is `T` (what a launcher passes as an
+    /// input argument).
+    pub fn cuda_slice<T: CudaElement>(&self) -> Result<&CudaSlice<T>> {
+        let err = self.view_error("cuda_slice", T::DTYPE);
+        self.storage.cuda_any().and_then(|s| s.downcast_ref::<CudaSlice<T>>()).ok_or(err)
     }
 
-    /// Sets every element to zero (gradient reset).
+    /// The device buffer of a GPU tensor whose dtype is `T`, for writing (what a launcher
+    /// passes as an output). Copies the storage first (device to device) if it is shared.
+    pub fn cuda_slice_mut<T: CudaElement>(&mut self) -> Result<&mut CudaSlice<T>> {
+        let err = self.view_error("cuda_slice_mut", T::DTYPE);
+        if self.dtype() != T::DTYPE || !matches!(self.device(), Device::Cuda(_)) {
+            return Err(err);
+        }
+        self.storage_mut()?.cuda_any_mut().and_then(|s| s.downcast_mut::<CudaSlice<T>>()).ok_or(err)
+    }
+
+    /// Unique access to the storage: copies it first if another tensor shares it.
+    fn storage_mut(&mut self) -> Result<&mut Storage> {
+        if Arc::get_mut(&mut self.storage).is_none() {
+            self.storage = Arc::new(self.storage.try_clone()?);
+        }
+        Ok(Arc::get_mut(&mut self.storage).expect("unique: just copied"))
+    }
+
+    /// The error for asking a tensor for a view it cannot give (wrong dtype or device).
+    fn view_error(&self, op: &'static str, expected: DType) -> Error {
+        if self.dtype() != expected {
+            Error::DType { op, arg: "self", expected, got: self.dtype() }
+        } else {
+            let wanted = if op.starts_with("cuda") { "a CUDA tensor" } else { "a CPU tensor" };
+            Error::Invalid { op, msg: format!("needs {wanted}, this one is on {}", self.device()) }
+        }
+    }
+
+    /// Sets every element to zero (gradient reset), on any device.
     pub fn fill_zero(&mut self) -> Result<()> {
-        self.f32_mut()?.fill(0.0);
+        match self.storage_mut()? {
+            Storage::CpuF32(v) => v.fill(0.0),
+            Storage::CpuBf16(v) => v.fill(bf16::ZERO),
+            Storage::CpuU32(v) => v.fill(0),
+            Storage::CudaF32(s) => memset_zeros(s)?,
+            Storage::CudaBf16(s) => memset_zeros(s)?,
+            Storage::CudaU32(s) => memset_zeros(s)?,
+        }
         Ok(())
     }
 
@@ -142,6 +337,11 @@ impl Tensor {
     }
 }
 
+fn memset_zeros<T: CudaElement>(s: &mut CudaSlice<T>) -> Result<()> {
+    let stream = s.stream().clone();
+    stream.memset_zeros(s).map_err(|e| Error::Cuda { op: "fill_zero".into(), msg: e.to_string() })
+}
+
 fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
     let n: usize = shape.iter().product();
     if n != len {
@@ -151,4 +351,36 @@ fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_until_written() {
+        let a = Tensor::from_vec(&[3], vec![1.0, 2.0, 3.0]).unwrap();
+        let mut b = a.clone();
+        b.f32_mut().unwrap()[0] = 9.0;
+        assert_eq!(a.to_vec(), [1.0, 2.0, 3.0]);
+        assert_eq!(b.to_vec(), [9.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn bf16_host_tensors() {
+        let t = Tensor::from_bf16(&[2], vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)]).unwrap();
+        assert_eq!(t.dtype(), DType::Bf16);
+        assert_eq!(t.to_vec(), [1.5, -2.0]);
+        assert!(matches!(t.f32(), Err(Error::DType { expected: DType::F32, got: DType::Bf16, .. })));
+        let z = Tensor::try_zeros(Device::Cpu, DType::Bf16, &[2, 2]).unwrap();
+        assert_eq!(z.to_vec(), [0.0; 4]);
+    }
+
+    #[test]
+    fn cpu_tensor_has_no_cuda_slice() {
+        let t = Tensor::zeros(Device::Cpu, &[4]);
+        let msg = t.cuda_slice::<f32>().unwrap_err().to_string();
+        assert!(msg.contains("needs a CUDA tensor, this one is on cpu"), "{msg}");
+        assert_eq!(t.to_device(Device::Cpu).unwrap().to_vec(), [0.0; 4]);
+    }
 }

@@ -27,6 +27,7 @@ pub fn adamw_update(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut T
         return Err(Error::Invalid { op, msg: "step counts from 1".into() });
     }
     match same_device(op, &[param, grad, m, v])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op, device }),
         Device::Cpu => cpu::adamw_update(param.f32_mut()?, grad.f32()?, m.f32_mut()?, v.f32_mut()?, hp),
     }
     Ok(())

@@ -34,6 +34,7 @@ pub fn attention_forward(out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, n_hea
     out.expect_shape(OP_FWD, "out", &[b, t, c])?;
     att.expect_shape(OP_FWD, "att", &[b, n_head, t, t])?;
     match same_device(OP_FWD, &[out, att, qkv])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_FWD, device }),
         Device::Cpu => cpu::attention_forward(out.f32_mut()?, att.f32_mut()?, qkv.f32()?, b, t, c, n_head),
     }
     Ok(())
@@ -45,6 +46,7 @@ pub fn attention_backward(dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &
     dout.expect_shape(OP_BWD, "dout", &[b, t, c])?;
     att.expect_shape(OP_BWD, "att", &[b, n_head, t, t])?;
     match same_device(OP_BWD, &[dqkv, dout, qkv, att])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_BWD, device }),
         Device::Cpu => cpu::attention_backward(dqkv.f32_mut()?, dout.f32()?, qkv.f32()?, att.f32()?, b, t, c, n_head),
     }
     Ok(())

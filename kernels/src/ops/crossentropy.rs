@@ -31,6 +31,7 @@ pub fn crossentropy_forward(
         return Err(Error::Invalid { op: OP, msg: format!("vocab {vocab} must be in 1..={vp} (the logits width)") });
     }
     match same_device(OP, &[losses, logits, targets])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP, device }),
         Device::Cpu => cpu::crossentropy_forward(losses.f32_mut()?, logits.f32_mut()?, targets.u32()?, vp, vocab, dloss),
     }
 }

@@ -15,6 +15,7 @@ pub fn embedding_forward(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &
     let (b, t, c) = check(OP_FWD, tokens, wte, wpe)?;
     out.expect_shape(OP_FWD, "out", &[b, t, c])?;
     match same_device(OP_FWD, &[out, tokens, wte, wpe])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_FWD, device }),
         Device::Cpu => cpu::embedding_forward(out.f32_mut()?, tokens.u32()?, wte.f32()?, wpe.f32()?, t, c),
     }
 }
@@ -24,6 +25,7 @@ pub fn embedding_backward(dwte: &mut Tensor, dwpe: &mut Tensor, dout: &Tensor, t
     let (b, t, c) = check(OP_BWD, tokens, dwte, dwpe)?;
     dout.expect_shape(OP_BWD, "dout", &[b, t, c])?;
     match same_device(OP_BWD, &[dwte, dwpe, dout, tokens])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_BWD, device }),
         Device::Cpu => {
             cpu::embedding_backward(dwte.f32_mut()?, dwpe.f32_mut()?, dout.f32()?, tokens.u32()?, t, c)
         }

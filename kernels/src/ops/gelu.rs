@@ -3,11 +3,12 @@
 //! backward: dinp = dout * d out / dx    (overwrites)
 
 use super::same_device;
-use crate::{Device, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 pub fn gelu_forward(out: &mut Tensor, inp: &Tensor) -> Result<()> {
     out.expect_shape("gelu_forward", "out", inp.shape())?;
     match same_device("gelu_forward", &[out, inp])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: "gelu_forward", device }),
         Device::Cpu => cpu::gelu_forward(out.f32_mut()?, inp.f32()?),
     }
     Ok(())
@@ -17,6 +18,7 @@ pub fn gelu_backward(dinp: &mut Tensor, inp: &Tensor, dout: &Tensor) -> Result<(
     dinp.expect_shape("gelu_backward", "dinp", inp.shape())?;
     dout.expect_shape("gelu_backward", "dout", inp.shape())?;
     match same_device("gelu_backward", &[dinp, inp, dout])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: "gelu_backward", device }),
         Device::Cpu => cpu::gelu_backward(dinp.f32_mut()?, inp.f32()?, dout.f32()?),
     }
     Ok(())

@@ -6,7 +6,7 @@
 //! (dinp overwrites; parameter gradients accumulate). mean and rstd (N) are saved for backward.
 
 use super::{rows_cols, same_device};
-use crate::{Device, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 pub const EPS: f32 = 1e-5;
 const OP_FWD: &str = "layernorm_forward";
@@ -28,6 +28,7 @@ pub fn layernorm_forward(
     weight.expect_shape(OP_FWD, "weight", &[c])?;
     bias.expect_shape(OP_FWD, "bias", &[c])?;
     match same_device(OP_FWD, &[out, mean, rstd, inp, weight, bias])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_FWD, device }),
         Device::Cpu => {
             cpu::layernorm_forward(out.f32_mut()?, mean.f32_mut()?, rstd.f32_mut()?, inp.f32()?, weight.f32()?, bias.f32()?);
             Ok(())
@@ -55,6 +56,7 @@ pub fn layernorm_backward(
     mean.expect_shape(OP_BWD, "mean", &[n])?;
     rstd.expect_shape(OP_BWD, "rstd", &[n])?;
     match same_device(OP_BWD, &[dinp, dweight, dbias, dout, inp, weight, mean, rstd])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_BWD, device }),
         Device::Cpu => {
             cpu::layernorm_backward(
                 dinp.f32_mut()?,

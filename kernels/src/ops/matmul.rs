@@ -60,6 +60,7 @@ pub fn matmul_forward(
         same_device(OP_FWD, &[out, b])?;
     }
     match same_device(OP_FWD, &[out, inp, weight])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_FWD, device }),
         Device::Cpu => {
             let bias = bias.map(|b| b.f32()).transpose()?;
             cpu::matmul_forward(out.f32_mut()?, inp.f32()?, weight.f32()?, bias, n, ic, oc, layout);
@@ -83,6 +84,7 @@ pub fn matmul_backward(
     dweight.expect_shape(OP_BWD, "dweight", weight.shape())?;
     dout.expect_shape(OP_BWD, "dout", &out_shape(inp, oc))?;
     match same_device(OP_BWD, &[dinp, dweight, dout, inp, weight])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_BWD, device }),
         Device::Cpu => {
             let dbias = match dbias {
                 Some(b) => {

@@ -9,8 +9,10 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod cast;
 pub mod crossentropy;
 pub mod embedding;
+pub mod fill;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;

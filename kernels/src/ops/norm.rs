@@ -3,12 +3,13 @@
 //! Clipping (as `torch.nn.utils.clip_grad_norm_`): every gradient is scaled by
 //! min(1, max_norm / (norm + 1e-6)); see `clip_coefficient`.
 
-use crate::{Device, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 pub fn global_norm(tensors: &[&Tensor]) -> Result<f32> {
     let mut total = 0.0f64;
     for t in tensors {
         total += match t.device() {
+            device @ Device::Cuda(_) => return Err(Error::NoKernel { op: "global_norm", device }),
             Device::Cpu => cpu::sum_squares(t.f32()?),
         };
     }

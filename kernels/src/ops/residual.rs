@@ -4,12 +4,13 @@
 //!           `accumulate` (dst += src) where two branches meet, and a plain copy elsewhere.
 
 use super::same_device;
-use crate::{Device, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 pub fn residual_forward(out: &mut Tensor, a: &Tensor, b: &Tensor) -> Result<()> {
     out.expect_shape("residual_forward", "out", a.shape())?;
     b.expect_shape("residual_forward", "b", a.shape())?;
     match same_device("residual_forward", &[out, a, b])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: "residual_forward", device }),
         Device::Cpu => cpu::residual_forward(out.f32_mut()?, a.f32()?, b.f32()?),
     }
     Ok(())
@@ -19,6 +20,7 @@ pub fn residual_forward(out: &mut Tensor, a: &Tensor, b: &Tensor) -> Result<()> 
 pub fn accumulate(dst: &mut Tensor, src: &Tensor) -> Result<()> {
     src.expect_shape("accumulate", "src", dst.shape())?;
     match same_device("accumulate", &[dst, src])? {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: "accumulate", device }),
         Device::Cpu => cpu::accumulate(dst.f32_mut()?, src.f32()?),
     }
     Ok(())
@@ -27,6 +29,7 @@ pub fn accumulate(dst: &mut Tensor, src: &Tensor) -> Result<()> {
 /// t *= s.
 pub fn scale(t: &mut Tensor, s: f32) -> Result<()> {
     match t.device() {
+        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: "scale", device }),
         Device::Cpu => cpu::scale(t.f32_mut()?, s),
     }
     Ok(())
