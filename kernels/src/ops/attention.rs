@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::cpu_util::{sgemm, Mat, SendPtr};
 use super::same_device;
+use crate::cuda;
 use crate::{Device, Error, Result, Tensor};
 
 const OP_FWD: &str = "attention_forward";
@@ -29,12 +30,30 @@ fn dims(op: &'static str, qkv: &Tensor, n_head: usize) -> Result<(usize, usize, 
     Ok((b, t, c3 / 3))
 }
 
+/// The shape of the state `attention_forward` saves for the backward (`att`), which
+/// depends on the device: the CPU keeps the probabilities (B, NH, T, T); CUDA keeps, per
+/// row, the logsumexp and the fp32 output (B, NH, T, HS + 1), and never a T x T matrix.
+/// Always f32. Treat it as opaque: [`attention_saved`] allocates it.
+pub fn attention_saved_shape(device: Device, b: usize, t: usize, c: usize, n_head: usize) -> Vec<usize> {
+    match device {
+        Device::Cpu => vec![b, n_head, t, t],
+        Device::Cuda(_) => vec![b, n_head, t, c / n_head.max(1) + 1],
+    }
+}
+
+/// A zeroed saved-state tensor for `attention_forward(out, att, qkv, n_head)` on qkv's device.
+pub fn attention_saved(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (b, t, c) = dims("attention_saved", qkv, n_head)?;
+    Tensor::try_zeros(qkv.device(), crate::DType::F32, &attention_saved_shape(qkv.device(), b, t, c, n_head))
+}
+
 pub fn attention_forward(out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, n_head: usize) -> Result<()> {
     let (b, t, c) = dims(OP_FWD, qkv, n_head)?;
     out.expect_shape(OP_FWD, "out", &[b, t, c])?;
-    att.expect_shape(OP_FWD, "att", &[b, n_head, t, t])?;
-    match same_device(OP_FWD, &[out, att, qkv])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_FWD, device }),
+    let device = same_device(OP_FWD, &[out, att, qkv])?;
+    att.expect_shape(OP_FWD, "att", &attention_saved_shape(device, b, t, c, n_head))?;
+    match device {
+        Device::Cuda(ordinal) => gpu::attention_forward(&*cuda::device(ordinal)?, out, att, qkv, b, t, c, n_head)?,
         Device::Cpu => cpu::attention_forward(out.f32_mut()?, att.f32_mut()?, qkv.f32()?, b, t, c, n_head),
     }
     Ok(())
@@ -44,9 +63,10 @@ pub fn attention_backward(dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &
     let (b, t, c) = dims(OP_BWD, qkv, n_head)?;
     dqkv.expect_shape(OP_BWD, "dqkv", qkv.shape())?;
     dout.expect_shape(OP_BWD, "dout", &[b, t, c])?;
-    att.expect_shape(OP_BWD, "att", &[b, n_head, t, t])?;
-    match same_device(OP_BWD, &[dqkv, dout, qkv, att])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_BWD, device }),
+    let device = same_device(OP_BWD, &[dqkv, dout, qkv, att])?;
+    att.expect_shape(OP_BWD, "att", &attention_saved_shape(device, b, t, c, n_head))?;
+    match device {
+        Device::Cuda(ordinal) => gpu::attention_backward(&*cuda::device(ordinal)?, dqkv, dout, qkv, att, b, t, c, n_head)?,
         Device::Cpu => cpu::attention_backward(dqkv.f32_mut()?, dout.f32()?, qkv.f32()?, att.f32()?, b, t, c, n_head),
     }
     Ok(())
@@ -143,5 +163,125 @@ pub mod cpu {
                 }
             },
         );
+    }
+}
+
+pub mod gpu {
+    //! Launchers for kernels/cuda/attention.cu (flash style; its header has the algorithm).
+    //!
+    //! qkv, out, dout and dqkv share one dtype (f32 or bf16, which picks the kernel); the
+    //! saved state is always f32: lse (B, NH, T) followed by the output o (B, NH, T, HS).
+    //! Preconditions checked here: HS in {32, 64, 128}; the dynamic shared memory the tile
+    //! size needs must be allowed by the device (the limit is raised per kernel).
+    use half::bf16;
+
+    use crate::cuda::{CudaDevice, CudaElement, CudaFunction, LaunchConfig, PushKernelArg};
+    use crate::{DType, Error, Result, Tensor};
+
+    const OP: &str = "attention (cuda)";
+    const FLOAT: usize = std::mem::size_of::<f32>();
+
+    /// Rows per tile for a head size (attention.cu: R = 64 for HS <= 64, 32 for HS = 128).
+    fn tile_rows(hs: usize) -> Result<usize> {
+        match hs {
+            32 | 64 => Ok(64),
+            128 => Ok(32),
+            _ => Err(Error::Invalid { op: OP, msg: format!("head size {hs} is not supported on CUDA (32, 64 or 128)") }),
+        }
+    }
+
+    fn int(what: &str, v: usize) -> Result<i32> {
+        i32::try_from(v).map_err(|_| Error::Invalid { op: OP, msg: format!("{what} = {v} does not fit the kernel's int") })
+    }
+
+    /// Grid (ceil(T / R), NH, B * z_per_batch), block 4R, `floats` of dynamic shared memory
+    /// (raising the kernel's limit above the 48 KB default).
+    fn config(f: &CudaFunction, dev: &CudaDevice, b: usize, t: usize, nh: usize, hs: usize, z_per_batch: usize, floats: usize) -> Result<LaunchConfig> {
+        let r = tile_rows(hs)?;
+        let z = b * z_per_batch;
+        if nh > 65535 || z > 65535 {
+            return Err(Error::Invalid { op: OP, msg: format!("grid ({nh} heads, {z} batch blocks) exceeds 65535") });
+        }
+        let bytes = floats * FLOAT;
+        use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32).map_err(|e| Error::Cuda {
+            op: format!("allowing {bytes} bytes of shared memory for attention (HS = {hs}) on {}", dev.name()),
+            msg: e.to_string(),
+        })?;
+        Ok(LaunchConfig { grid_dim: (t.div_ceil(r) as u32, nh as u32, z as u32), block_dim: (4 * r as u32, 1, 1), shared_mem_bytes: bytes as u32 })
+    }
+
+    fn check_saved(att: &Tensor) -> Result<()> {
+        crate::ops::expect_dtype(OP, "att", att, DType::F32)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward(dev: &CudaDevice, out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+        check_saved(att)?;
+        match qkv.dtype() {
+            DType::F32 => forward_typed::<f32>(dev, out, att, qkv, b, t, c, nh),
+            DType::Bf16 => forward_typed::<bf16>(dev, out, att, qkv, b, t, c, nh),
+            got => Err(Error::DType { op: OP, arg: "qkv", expected: DType::Bf16, got }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_typed<T: CudaElement>(dev: &CudaDevice, out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+        crate::ops::expect_dtype(OP, "out", out, T::DTYPE)?;
+        let hs = c / nh;
+        let r = tile_rows(hs)?;
+        if b == 0 || t == 0 {
+            return Ok(());
+        }
+        let kernel = format!("attention_fwd_{}", T::NAME);
+        let f = dev.function("attention", &kernel)?;
+        let cfg = config(&f, dev, b, t, nh, hs, 1, 3 * r * (hs + 4))?;
+        let (b_i, t_i, nh_i, hs_i) = (int("B", b)?, int("T", t)?, int("NH", nh)?, int("HS", hs)?);
+        int("B*T*3C", b * t * 3 * c)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(out.cuda_slice_mut::<T>()?).arg(att.cuda_slice_mut::<f32>()?).arg(qkv.cuda_slice::<T>()?);
+        launch.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i);
+        // SAFETY: matches attention.cu `attention_fwd_<dtype>(T* out, float* saved, const T* qkv,
+        // int B, int T, int NH, int HS)`; out is (B,T,C), saved B*NH*T*(HS+1) floats, qkv
+        // (B,T,3C) (checked by attention_forward); grid/block/shared memory from `config` match
+        // the R the kernel picks for this HS.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(dev: &CudaDevice, dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+        check_saved(att)?;
+        match qkv.dtype() {
+            DType::F32 => backward_typed::<f32>(dev, dqkv, dout, qkv, att, b, t, c, nh),
+            DType::Bf16 => backward_typed::<bf16>(dev, dqkv, dout, qkv, att, b, t, c, nh),
+            got => Err(Error::DType { op: OP, arg: "qkv", expected: DType::Bf16, got }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_typed<T: CudaElement>(dev: &CudaDevice, dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+        crate::ops::expect_dtype(OP, "dqkv", dqkv, T::DTYPE)?;
+        crate::ops::expect_dtype(OP, "dout", dout, T::DTYPE)?;
+        let hs = c / nh;
+        let r = tile_rows(hs)?;
+        if b == 0 || t == 0 {
+            return Ok(());
+        }
+        let kernel = format!("attention_bwd_{}", T::NAME);
+        let f = dev.function("attention", &kernel)?;
+        // two blocks per (tile, head, batch): one computes dQ, the other dK and dV
+        let cfg = config(&f, dev, b, t, nh, hs, 2, 4 * r * (hs + 4) + 2 * r)?;
+        let (b_i, t_i, nh_i, hs_i) = (int("B", b)?, int("T", t)?, int("NH", nh)?, int("HS", hs)?);
+        int("B*T*3C", b * t * 3 * c)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(dqkv.cuda_slice_mut::<T>()?).arg(dout.cuda_slice::<T>()?).arg(qkv.cuda_slice::<T>()?).arg(att.cuda_slice::<f32>()?);
+        launch.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i);
+        // SAFETY: matches attention.cu `attention_bwd_<dtype>(T* dqkv, const T* dout, const T* qkv,
+        // const float* saved, int B, int T, int NH, int HS)`; dqkv/qkv (B,T,3C), dout (B,T,C),
+        // saved B*NH*T*(HS+1) floats written by attention_fwd (shapes checked by
+        // attention_backward); every element of dqkv is written (rows < T, all 3C columns).
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //! reads either through strides, never transposing a copy.
 
 use super::{rows_cols, same_device};
+use crate::cuda;
 use crate::{Device, Error, Result, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +61,7 @@ pub fn matmul_forward(
         same_device(OP_FWD, &[out, b])?;
     }
     match same_device(OP_FWD, &[out, inp, weight])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_FWD, device }),
+        Device::Cuda(ordinal) => gpu::matmul_forward(&*cuda::device(ordinal)?, out, None, inp, weight, bias, n, ic, oc, layout, false)?,
         Device::Cpu => {
             let bias = bias.map(|b| b.f32()).transpose()?;
             cpu::matmul_forward(out.f32_mut()?, inp.f32()?, weight.f32()?, bias, n, ic, oc, layout);
@@ -84,7 +85,12 @@ pub fn matmul_backward(
     dweight.expect_shape(OP_BWD, "dweight", weight.shape())?;
     dout.expect_shape(OP_BWD, "dout", &out_shape(inp, oc))?;
     match same_device(OP_BWD, &[dinp, dweight, dout, inp, weight])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_BWD, device }),
+        Device::Cuda(ordinal) => {
+            if let Some(b) = &dbias {
+                b.expect_shape(OP_BWD, "dbias", &[oc])?;
+            }
+            gpu::matmul_backward(&*cuda::device(ordinal)?, dinp, dweight, dbias, dout, inp, weight, n, ic, oc, layout)?
+        }
         Device::Cpu => {
             let dbias = match dbias {
                 Some(b) => {
@@ -97,6 +103,43 @@ pub fn matmul_backward(
         }
     }
     Ok(())
+}
+
+/// Matmul with the GeLU fused into its epilogue: out = gelu(inp @ W + bias).
+///
+/// `pre` (same shape as `out`), when given, receives inp @ W + bias, the input
+/// `gelu_backward` needs; a caller short of memory passes `None` and recomputes it with
+/// `matmul_forward` before the backward. On the CPU this is `matmul_forward` then
+/// `gelu_forward` (same numbers, no fusion).
+pub fn matmul_gelu_forward(
+    out: &mut Tensor,
+    pre: Option<&mut Tensor>,
+    inp: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    layout: WeightLayout,
+) -> Result<()> {
+    const OP: &str = "matmul_gelu_forward";
+    let (n, ic, oc) = dims(OP, inp, weight, layout)?;
+    out.expect_shape(OP, "out", &out_shape(inp, oc))?;
+    if let Some(p) = &pre {
+        p.expect_shape(OP, "pre", &out_shape(inp, oc))?;
+        same_device(OP, &[out, p])?;
+    }
+    match same_device(OP, &[out, inp, weight])? {
+        Device::Cuda(ordinal) => gpu::matmul_forward(&*cuda::device(ordinal)?, out, pre, inp, weight, bias, n, ic, oc, layout, true),
+        Device::Cpu => match pre {
+            Some(pre) => {
+                matmul_forward(pre, inp, weight, bias, layout)?;
+                super::gelu::gelu_forward(out, pre)
+            }
+            None => {
+                let mut pre = Tensor::try_zeros(Device::Cpu, out.dtype(), out.shape())?;
+                matmul_forward(&mut pre, inp, weight, bias, layout)?;
+                super::gelu::gelu_forward(out, &pre)
+            }
+        },
+    }
 }
 
 pub mod cpu {
@@ -206,5 +249,245 @@ pub mod cpu {
                 }
             });
         }
+    }
+}
+
+pub mod gpu {
+    //! Launchers for kernels/cuda/matmul.cu (its header explains the tiling and the table of
+    //! operand layouts used below).
+    //!
+    //! Dtypes: inp, weight, bias, out, dout and dinp share one dtype, f32 or bf16 (the
+    //! kernel is chosen by it). Parameter gradients (dweight, dbias) may be that dtype or f32
+    //! with bf16 operands (fp32 gradient accumulation); f32 operands need f32 gradients.
+    //! Any M, IC, OC are supported. The bf16 fast path (cp.async) is taken when every leading
+    //! dimension is a multiple of 8 elements: tensors are whole allocations (cudaMalloc
+    //! aligns to 256 bytes), so that makes every 8-element chunk 16-byte aligned.
+    use half::bf16;
+
+    use super::WeightLayout;
+    use crate::cuda::{CudaDevice, CudaElement, LaunchConfig, PushKernelArg};
+    use crate::{DType, Error, Result, Tensor};
+
+    const OP: &str = "matmul (cuda)";
+    /// Block tile of the bf16 tensor-core kernels and of the fp32 FMA kernels (matmul.cu).
+    const TC_TILE: usize = 128;
+    const SIMT_TILE: usize = 64;
+    const THREADS: u32 = 256;
+
+    fn int(what: &str, v: usize) -> Result<i32> {
+        i32::try_from(v).map_err(|_| Error::Invalid { op: OP, msg: format!("{what} = {v} does not fit the kernel's int") })
+    }
+
+    fn gemm_config(m: usize, n: usize, tile: usize) -> Result<LaunchConfig> {
+        let (gx, gy) = (n.div_ceil(tile), m.div_ceil(tile));
+        if gy > 65535 || gx > i32::MAX as usize {
+            return Err(Error::Invalid { op: OP, msg: format!("{m} x {n} output needs a {gx} x {gy} grid (max 2^31 x 65535)") });
+        }
+        Ok(LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+    }
+
+    fn expect_dtype(arg: &'static str, t: &Tensor, expected: DType) -> Result<()> {
+        crate::ops::expect_dtype(OP, arg, t, expected)
+    }
+
+    /// out = inp @ W (+ bias) (then GeLU when `gelu`; `pre` gets the value before it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward(
+        dev: &CudaDevice,
+        out: &mut Tensor,
+        pre: Option<&mut Tensor>,
+        inp: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+        layout: WeightLayout,
+        gelu: bool,
+    ) -> Result<()> {
+        match inp.dtype() {
+            DType::F32 => forward_typed::<f32>(dev, out, pre, inp, weight, bias, n, ic, oc, layout, gelu),
+            DType::Bf16 => forward_typed::<bf16>(dev, out, pre, inp, weight, bias, n, ic, oc, layout, gelu),
+            got => Err(Error::DType { op: OP, arg: "inp", expected: DType::Bf16, got }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_typed<T: CudaElement>(
+        dev: &CudaDevice,
+        out: &mut Tensor,
+        pre: Option<&mut Tensor>,
+        inp: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+        layout: WeightLayout,
+        gelu: bool,
+    ) -> Result<()> {
+        expect_dtype("weight", weight, T::DTYPE)?;
+        expect_dtype("out", out, T::DTYPE)?;
+        if let Some(b) = bias {
+            expect_dtype("bias", b, T::DTYPE)?;
+        }
+        if let Some(p) = &pre {
+            expect_dtype("pre", p, T::DTYPE)?;
+        }
+        if n == 0 || oc == 0 {
+            return Ok(());
+        }
+        let bf16_path = T::DTYPE == DType::Bf16;
+        let cfg = gemm_config(n, oc, if bf16_path { TC_TILE } else { SIMT_TILE })?;
+        let (m_i, k_i, n_i) = (int("rows", n)?, int("IC", ic)?, int("OC", oc)?);
+        let outin = i32::from(layout == WeightLayout::OutIn);
+        let gelu_i = i32::from(gelu);
+        // B's leading dimension is K (OutIn, [OC, IC]) or N (InOut, [IC, OC]); A's is K.
+        let ldb = if layout == WeightLayout::OutIn { ic } else { oc };
+        let vec = i32::from(ic % 8 == 0 && ldb % 8 == 0);
+        let null: u64 = 0;
+        let kernel = format!("matmul_fwd_{}", T::NAME);
+        let f = dev.function("matmul", &kernel)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(out.cuda_slice_mut::<T>()?);
+        match pre {
+            Some(p) => launch.arg(p.cuda_slice_mut::<T>()?),
+            None => launch.arg(&null),
+        };
+        launch.arg(inp.cuda_slice::<T>()?).arg(weight.cuda_slice::<T>()?);
+        match bias {
+            Some(b) => launch.arg(b.cuda_slice::<T>()?),
+            None => launch.arg(&null),
+        };
+        launch.arg(&m_i).arg(&k_i).arg(&n_i).arg(&outin).arg(&gelu_i);
+        if bf16_path {
+            launch.arg(&vec);
+        }
+        // SAFETY: matches matmul.cu `matmul_fwd_bf16(bf16* out, bf16* pre, const bf16* inp,
+        // const bf16* weight, const bf16* bias, int M, int K, int N, int weight_outin, int gelu,
+        // int vec)` and `matmul_fwd_f32(...)` (the same without vec); null pre/bias are allowed;
+        // out/pre are (M,N), inp (M,K), weight K*N elements, bias N (shapes checked by the caller).
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
+    }
+
+    /// dinp = dout @ W^T; dweight += inp^T @ dout (in W's layout); dbias += column sums of dout.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward(
+        dev: &CudaDevice,
+        dinp: &mut Tensor,
+        dweight: &mut Tensor,
+        dbias: Option<&mut Tensor>,
+        dout: &Tensor,
+        inp: &Tensor,
+        weight: &Tensor,
+        n: usize,
+        ic: usize,
+        oc: usize,
+        layout: WeightLayout,
+    ) -> Result<()> {
+        let t = inp.dtype();
+        if !matches!(t, DType::F32 | DType::Bf16) {
+            return Err(Error::DType { op: OP, arg: "inp", expected: DType::Bf16, got: t });
+        }
+        for (arg, x) in [("dinp", &*dinp), ("dout", dout), ("weight", weight)] {
+            expect_dtype(arg, x, t)?;
+        }
+        if n == 0 || ic == 0 || oc == 0 {
+            return Ok(()); // dinp has no elements, or the product is empty: nothing to add
+        }
+        // dinp (n x ic) = dout (n x oc) @ B, B(k = oc, n = ic) = W(ic, oc)
+        let w_kmajor = layout == WeightLayout::InOut; // W[ic][oc]: B[n][k]
+        let ldw = if w_kmajor { oc } else { ic };
+        gemm(dev, t, dinp, false, (dout, oc, true), (weight, ldw, w_kmajor), n, ic, oc)?;
+        match layout {
+            // dW [ic, oc] += inp^T @ dout: A(m = ic, k = row) = inp (M-major), B = dout (N-major)
+            WeightLayout::InOut => gemm(dev, t, dweight, true, (inp, ic, false), (dout, oc, false), ic, oc, n)?,
+            // dW [oc, ic] += dout^T @ inp
+            WeightLayout::OutIn => gemm(dev, t, dweight, true, (dout, oc, false), (inp, ic, false), oc, ic, n)?,
+        }
+        if let Some(db) = dbias {
+            bias_backward(dev, t, db, dout, n, oc)?;
+        }
+        Ok(())
+    }
+
+    /// C (m x n, leading dimension n) (= or +=) A @ B, each operand `(tensor, ld, kmajor)`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        dev: &CudaDevice,
+        t: DType,
+        c: &mut Tensor,
+        accumulate: bool,
+        a: (&Tensor, usize, bool),
+        b: (&Tensor, usize, bool),
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let bf16_path = t == DType::Bf16;
+        let c_f32 = match (t, c.dtype()) {
+            (_, DType::F32) => 1i32,
+            (DType::Bf16, DType::Bf16) => 0,
+            (_, got) => return Err(Error::DType { op: OP, arg: "gradient", expected: DType::F32, got }),
+        };
+        let cfg = gemm_config(m, n, if bf16_path { TC_TILE } else { SIMT_TILE })?;
+        let (m_i, n_i, k_i) = (int("M", m)?, int("N", n)?, int("K", k)?);
+        let (lda, ldb) = (int("lda", a.1)?, int("ldb", b.1)?);
+        let (a_k, b_k) = (i32::from(a.2), i32::from(b.2));
+        let acc = i32::from(accumulate);
+        let vec = i32::from(a.1 % 8 == 0 && b.1 % 8 == 0);
+        let kernel = format!("matmul_bwd_{}", if bf16_path { "bf16" } else { "f32" });
+        let f = dev.function("matmul", &kernel)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        if bf16_path {
+            match c.dtype() {
+                DType::F32 => launch.arg(c.cuda_slice_mut::<f32>()?),
+                _ => launch.arg(c.cuda_slice_mut::<bf16>()?),
+            };
+            launch.arg(&c_f32).arg(&acc).arg(a.0.cuda_slice::<bf16>()?).arg(&lda).arg(&a_k);
+            launch.arg(b.0.cuda_slice::<bf16>()?).arg(&ldb).arg(&b_k).arg(&m_i).arg(&n_i).arg(&k_i).arg(&vec);
+        } else {
+            launch.arg(c.cuda_slice_mut::<f32>()?).arg(&acc).arg(a.0.cuda_slice::<f32>()?).arg(&lda).arg(&a_k);
+            launch.arg(b.0.cuda_slice::<f32>()?).arg(&ldb).arg(&b_k).arg(&m_i).arg(&n_i).arg(&k_i);
+        }
+        // SAFETY: matches matmul.cu `matmul_bwd_bf16(void* c, int c_f32, int accumulate,
+        // const bf16* a, int lda, int a_kmajor, const bf16* b, int ldb, int b_kmajor, int M,
+        // int N, int K, int vec)` / `matmul_bwd_f32(float* c, int accumulate, const float* a,
+        // int lda, int a_kmajor, const float* b, int ldb, int b_kmajor, int M, int N, int K)`;
+        // c_f32 says which element type c is; the callers pass operands whose extents match
+        // (m, n, k) and the leading dimensions given (shapes checked by matmul_backward).
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
+    }
+
+    fn bias_backward(dev: &CudaDevice, t: DType, dbias: &mut Tensor, dout: &Tensor, m: usize, n: usize) -> Result<()> {
+        let (m_i, n_i) = (int("rows", m)?, int("OC", n)?);
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(32) as u32, 1, 1), block_dim: (32, 16, 1), shared_mem_bytes: 0 };
+        let kernel = format!("matmul_bias_bwd_{}", if t == DType::Bf16 { "bf16" } else { "f32" });
+        let f = dev.function("matmul", &kernel)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        match (t, dbias.dtype()) {
+            (DType::Bf16, DType::F32) | (DType::Bf16, DType::Bf16) => {
+                let d_f32 = i32::from(dbias.dtype() == DType::F32);
+                match dbias.dtype() {
+                    DType::F32 => launch.arg(dbias.cuda_slice_mut::<f32>()?),
+                    _ => launch.arg(dbias.cuda_slice_mut::<bf16>()?),
+                };
+                launch.arg(&d_f32).arg(dout.cuda_slice::<bf16>()?).arg(&m_i).arg(&n_i);
+                // SAFETY: matches matmul.cu `matmul_bias_bwd_bf16(void* dbias, int dbias_f32,
+                // const bf16* dout, int M, int N)`; dbias holds N elements of the type d_f32
+                // names, dout M*N; grid covers N in blocks of 32 columns, block (32, 16).
+                unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+            }
+            (DType::F32, DType::F32) => {
+                launch.arg(dbias.cuda_slice_mut::<f32>()?).arg(dout.cuda_slice::<f32>()?).arg(&m_i).arg(&n_i);
+                // SAFETY: matches matmul.cu `matmul_bias_bwd_f32(float* dbias, const float* dout,
+                // int M, int N)`; dbias holds N floats, dout M*N.
+                unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+            }
+            (_, got) => return Err(Error::DType { op: OP, arg: "dbias", expected: DType::F32, got }),
+        }
+        Ok(())
     }
 }
