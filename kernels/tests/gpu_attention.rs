@@ -1,0 +1,147 @@
+//! Causal flash attention on the GPU against the CPU reference (BRIEF §5): forward output
+//! and backward dqkv (q, k and v gradients), f32 and bf16, at GPT-2 124M shape (B=4, T=1024,
+//! C=768, NH=12, HS=64), at the tiny default's head size (HS=32), at HS=128, and at odd T
+//! (1, 37, 65, 129, 300: partial tiles, a tile boundary +1). The CPU reference keeps the
+//! (B,NH,T,T) probabilities; the GPU keeps lse + o (B,NH,T,HS+1): each device gets its own
+//! saved state from `attention_saved`. Outputs are poisoned (NaN) before each launch.
+//! Tolerances: f32 <= 1e-5 relative in norm and elementwise (1e-5 * max|ref| + 1e-5 |ref|);
+//! bf16 <= 1e-2 relative in norm, the reference running on the bf16-rounded inputs.
+//! Without a GPU every test prints `skipped: ...` and passes.
+
+mod common;
+
+use common::{assert_close, assert_rel_norm, gpu_or_skip, poison};
+use half::bf16;
+use kernels::ops::attention::{attention_backward, attention_forward, attention_saved, attention_saved_shape};
+use kernels::{DType, Device, Tensor};
+
+fn pair(device: Device, shape: &[usize], data: Vec<f32>, dtype: DType) -> (Tensor, Tensor) {
+    let (host, seen) = match dtype {
+        DType::Bf16 => {
+            let b: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+            let seen = b.iter().map(|x| x.to_f32()).collect();
+            (Tensor::from_bf16(shape, b).unwrap(), seen)
+        }
+        _ => (Tensor::from_vec(shape, data.clone()).unwrap(), data),
+    };
+    (host.to_device(device).unwrap(), Tensor::from_vec(shape, seen).unwrap())
+}
+
+fn random_pair(device: Device, shape: &[usize], seed: u64, scale: f32, dtype: DType) -> (Tensor, Tensor) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let n = shape.iter().product();
+    pair(device, shape, (0..n).map(|_| (rng.f32() * 2.0 - 1.0) * scale).collect(), dtype)
+}
+
+fn poisoned(device: Device, dtype: DType, shape: &[usize]) -> Tensor {
+    let mut t = Tensor::try_zeros(device, dtype, shape).unwrap();
+    poison(&mut t);
+    t
+}
+
+fn check(name: &str, dtype: DType, gpu: &[f32], reference: &[f32]) {
+    match dtype {
+        DType::Bf16 => assert_rel_norm(name, gpu, reference, 1e-2),
+        _ => {
+            assert_rel_norm(name, gpu, reference, 1e-5);
+            let max = reference.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert_close(name, gpu, reference, 1e-5 * max, 1e-5);
+        }
+    }
+    eprintln!("ok   {name}");
+}
+
+/// Columns [from, to) of every row of a (rows, width) matrix (splits dqkv into dq, dk, dv).
+fn columns(data: &[f32], width: usize, from: usize, to: usize) -> Vec<f32> {
+    data.chunks(width).flat_map(|row| row[from..to].iter().copied()).collect()
+}
+
+/// Forward and backward on `device` in `dtype` against the CPU; returns the GPU dqkv.
+fn run_case(device: Device, dtype: DType, b: usize, t: usize, c: usize, nh: usize, seed: u64) -> Vec<f32> {
+    let tag = format!("attention {dtype:?} B={b} T={t} C={c} NH={nh} HS={}", c / nh);
+    // scale 1.5: scores of std ~1 for HS=64, so the softmax is neither flat nor one-hot
+    let (qkv, qkv_ref) = random_pair(device, &[b, t, 3 * c], seed, 1.5, dtype);
+    let (dout, dout_ref) = random_pair(device, &[b, t, c], seed + 1, 1.0, dtype);
+
+    let mut out_ref = Tensor::zeros(Device::Cpu, &[b, t, c]);
+    let mut att_ref = attention_saved(&qkv_ref, nh).unwrap();
+    attention_forward(&mut out_ref, &mut att_ref, &qkv_ref, nh).unwrap();
+    let mut dqkv_ref = Tensor::zeros(Device::Cpu, &[b, t, 3 * c]);
+    attention_backward(&mut dqkv_ref, &dout_ref, &qkv_ref, &att_ref, nh).unwrap();
+
+    let mut out = poisoned(device, dtype, &[b, t, c]);
+    let mut att = attention_saved(&qkv, nh).unwrap();
+    assert_eq!(att.shape(), attention_saved_shape(device, b, t, c, nh).as_slice());
+    poison(&mut att);
+    attention_forward(&mut out, &mut att, &qkv, nh).unwrap();
+    check(&format!("{tag}: out"), dtype, &out.to_vec(), &out_ref.to_vec());
+
+    let mut dqkv = poisoned(device, dtype, &[b, t, 3 * c]);
+    attention_backward(&mut dqkv, &dout, &qkv, &att, nh).unwrap();
+    let (g, r) = (dqkv.to_vec(), dqkv_ref.to_vec());
+    for (name, k) in [("dq", 0), ("dk", 1), ("dv", 2)] {
+        check(&format!("{tag}: {name}"), dtype, &columns(&g, 3 * c, k * c, (k + 1) * c), &columns(&r, 3 * c, k * c, (k + 1) * c));
+    }
+    g
+}
+
+#[test]
+fn attention_gpt2_124m_shape_matches_cpu() {
+    let Some(dev) = gpu_or_skip() else { return };
+    for dtype in [DType::F32, DType::Bf16] {
+        run_case(dev.device(), dtype, 4, 1024, 768, 12, 100);
+    }
+}
+
+#[test]
+fn attention_head_sizes_and_odd_lengths_match_cpu() {
+    let Some(dev) = gpu_or_skip() else { return };
+    // (B, T, C, NH): HS = 32 (the tiny default: 128 wide, 4 heads), 64, 128
+    let shapes = [
+        (2, 256, 128, 4),
+        (1, 1, 128, 4),
+        (3, 37, 128, 4),
+        (2, 65, 128, 4),
+        (1, 129, 192, 3),
+        (2, 300, 256, 2),
+        (1, 33, 256, 2),
+        (1, 1, 256, 2),
+        (1, 1000, 128, 1),
+    ];
+    for (i, &(b, t, c, nh)) in shapes.iter().enumerate() {
+        for dtype in [DType::F32, DType::Bf16] {
+            run_case(dev.device(), dtype, b, t, c, nh, 200 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn attention_backward_is_deterministic() {
+    let Some(dev) = gpu_or_skip() else { return };
+    for dtype in [DType::F32, DType::Bf16] {
+        let first = run_case(dev.device(), dtype, 2, 512, 768, 12, 300);
+        let second = run_case(dev.device(), dtype, 2, 512, 768, 12, 300);
+        assert!(first == second, "{dtype:?}: two identical backward passes differ");
+    }
+}
+
+#[test]
+fn attention_rejects_unsupported_head_size_on_gpu() {
+    let Some(dev) = gpu_or_skip() else { return };
+    let device = dev.device();
+    let (qkv, _) = random_pair(device, &[1, 8, 3 * 48], 1, 1.0, DType::F32); // HS = 48
+    let mut out = poisoned(device, DType::F32, &[1, 8, 48]);
+    let mut att = attention_saved(&qkv, 1).unwrap();
+    let err = attention_forward(&mut out, &mut att, &qkv, 1).unwrap_err();
+    assert!(err.to_string().contains("head size 48"), "unexpected error: {err}");
+}
+
+#[test]
+fn attention_saved_state_shape_depends_on_device() {
+    // runs everywhere: the CPU keeps probabilities, CUDA keeps lse + o per row
+    assert_eq!(attention_saved_shape(Device::Cpu, 2, 5, 12, 3), vec![2, 3, 5, 5]);
+    assert_eq!(attention_saved_shape(Device::Cuda(0), 2, 5, 12, 3), vec![2, 3, 5, 5]);
+    assert_eq!(attention_saved_shape(Device::Cuda(0), 4, 1024, 768, 12), vec![4, 12, 1024, 65]);
+    let qkv = Tensor::zeros(Device::Cpu, &[2, 5, 36]);
+    assert_eq!(attention_saved(&qkv, 3).unwrap().shape(), &[2, 3, 5, 5]);
+}
