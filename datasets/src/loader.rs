@@ -242,6 +242,11 @@ impl<A: HostAllocator> LoadedBatch<'_, A> {
         &self.filled().window_ids
     }
 
+    /// How long [`Loader::next`] blocked before this batch was ready.
+    pub fn waited(&self) -> Duration {
+        self.loader.last_wait
+    }
+
     /// Inputs (B, T) and targets (B, T), copied out of the slot.
     pub fn to_batch(&self) -> Batch {
         Batch::from_windows(self.windows(), self.loader.config.seq_len)

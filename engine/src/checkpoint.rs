@@ -3,7 +3,7 @@
 //!   so padding never leaks out;
 //! - `config.json`: the Hugging Face config for that export (GPT-2);
 //! - `optimizer.safetensors`: AdamW's m and v (`<name>.m`, `<name>.v`, stored shapes);
-//! - `state.json`: the step, the resolved run config and the last losses.
+//! - `state.json`: the step, the resolved run config, the last losses and the data sampler's position.
 //!
 //! A checkpoint is written into a temporary directory and renamed into place, so a crash
 //! never leaves a half-written checkpoint under the final name.
@@ -36,6 +36,24 @@ pub struct CheckpointState {
     pub vocab_size: usize,
     /// The resolved run config, as TOML.
     pub config_toml: String,
+    /// Where the training-data sampler stood after `step`, so `--resume` continues with
+    /// exactly the windows an uninterrupted run would read. Absent in checkpoints written
+    /// before it was recorded (resume then derives it from the step count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<SamplerCheckpoint>,
+}
+
+/// The sampler's (epoch, position) with what it was sampling from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplerCheckpoint {
+    /// Epoch, and windows of it this rank has read.
+    pub epoch: u64,
+    pub position: u64,
+    /// Windows (T+1 tokens each) in the training split: resuming over different data or a
+    /// different `train.seq_len` is refused instead of silently reading other windows.
+    pub windows: u64,
+    pub rank: u64,
+    pub world_size: u64,
 }
 
 fn ckpt_err(path: &Path, msg: impl Into<String>) -> Error {

@@ -43,17 +43,24 @@ impl Default for RunConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// A UTF-8 text file; absent means the embedded Tiny Shakespeare.
+    /// A text file, or a directory prepared by `engine prepare` (it holds a
+    /// `dataset.json`); absent means the embedded Tiny Shakespeare.
     pub path: Option<PathBuf>,
-    /// "byte" (vocab 256).
+    /// "byte" (vocab 256) or "gpt2" (GPT-2 BPE, vocab 50257). A prepared directory must
+    /// have been tokenized with this tokenizer.
     pub tokenizer: String,
-    /// The last fraction of the text held out for validation.
+    /// The last fraction of the text held out for validation (text only: a prepared
+    /// directory has its own split).
     pub val_fraction: f64,
+    /// Threads gathering training batches.
+    pub num_workers: usize,
+    /// Training batches filled ahead of the step that uses them (slots in the ring).
+    pub prefetch: usize,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { path: None, tokenizer: "byte".into(), val_fraction: 0.1 }
+        Self { path: None, tokenizer: "byte".into(), val_fraction: 0.1, num_workers: 2, prefetch: 2 }
     }
 }
 
@@ -227,8 +234,13 @@ impl Config {
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return Err(format!("key `data.val_fraction`: must be in (0, 1), got {}", self.data.val_fraction));
         }
-        if self.data.tokenizer != "byte" {
-            return Err(format!("key `data.tokenizer`: expected \"byte\", got \"{}\"", self.data.tokenizer));
+        if !datasets::tokenizer::TOKENIZERS.contains(&self.data.tokenizer.as_str()) {
+            return Err(format!("key `data.tokenizer`: expected \"byte\" or \"gpt2\", got \"{}\"", self.data.tokenizer));
+        }
+        for (key, v) in [("data.num_workers", self.data.num_workers), ("data.prefetch", self.data.prefetch)] {
+            if v == 0 {
+                return Err(format!("key `{key}`: must be at least 1, got 0"));
+            }
         }
         if kernels::device::DeviceRequest::parse(&self.run.device).is_none() {
             return Err(format!("key `run.device`: expected \"auto\", \"cpu\" or \"cuda\", got \"{}\"", self.run.device));
@@ -247,7 +259,8 @@ impl Config {
         let (m, t) = (&self.model, &self.train);
         let (l, c, ctx, h) = (m.n_layer as f64, m.n_embd as f64, m.context_length as f64, m.n_head as f64);
         let (b, seq) = (t.batch_size as f64, t.seq_len as f64);
-        let vocab = 256.0; // the byte tokenizer (the only one), padded to a multiple of 128
+        // The tokenizer's vocabulary padded to a multiple of 128.
+        let vocab = if self.data.tokenizer == "gpt2" { 50304.0 } else { 256.0 };
         let params = vocab * c + ctx * c + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
         let activations = b * seq * vocab + l * b * h * seq * seq;
         4.0 * (4.0 * params + activations)

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use engine::checkpoint;
 use engine::config::Config;
+use engine::prepare::{prepare, PrepareOptions, DEFAULT_SHARD_TOKENS};
 use engine::sample::{sample, SampleOptions};
 use engine::train::{evaluate, load_dataset, train, TrainOptions};
 use engine::{Error, Result};
@@ -33,6 +34,27 @@ enum Command {
         /// Continue from the run directory's newest checkpoint.
         #[arg(long)]
         resume: bool,
+    },
+    /// Tokenize text files into a data set directory (llm.c shards + dataset.json) for `data.path`.
+    Prepare {
+        /// Text files (UTF-8 for gpt2), concatenated in order.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+        /// "byte" (vocab 256) or "gpt2" (GPT-2 BPE, vocab 50257).
+        #[arg(long, value_parser = ["byte", "gpt2"])]
+        tokenizer: String,
+        /// The data set directory to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The last fraction of all tokens becomes the validation split; in (0, 1).
+        #[arg(long, default_value_t = 0.1, value_name = "F")]
+        val_fraction: f64,
+        /// Tokens per shard file at most.
+        #[arg(long, default_value_t = DEFAULT_SHARD_TOKENS, value_name = "N")]
+        shard_tokens: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Generate text from a checkpoint (a checkpoint directory or a run directory).
     Sample {
@@ -89,6 +111,24 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Prepare { inputs, tokenizer, out, val_fraction, shard_tokens, quiet } => {
+            let s = prepare(&PrepareOptions { tokenizer, inputs, out, val_fraction, shard_tokens, progress: !quiet })?;
+            let m = &s.meta;
+            println!(
+                "prepared {} in {:.1}s: {} tokenizer (vocab {}), {} train tokens in {} shards, {} val tokens in {} shards, from {} files ({} bytes)",
+                s.out.display(),
+                s.seconds,
+                m.tokenizer,
+                m.vocab_size,
+                m.train.tokens,
+                m.train.shards.len(),
+                m.val.tokens,
+                m.val.shards.len(),
+                m.sources.len(),
+                m.sources.iter().map(|x| x.bytes).sum::<u64>()
+            );
+            Ok(())
+        }
         Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed } => {
             if !(temperature.is_finite() && temperature >= 0.0) {
                 return Err(Error::Usage(format!("--temperature must be a number >= 0, got {temperature}")));
@@ -109,7 +149,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (loss, windows) = evaluate(&mut model, &data.val, t.batch_size, t.seq_len, batches)?;
             if let Some(path) = dump_tokens {
-                dump_windows(&path, &data.val, windows, t.seq_len)?;
+                let index = data.val.windows(t.seq_len)?;
+                dump_windows(&path, &data.val.sequential_windows(&index, windows), windows, t.seq_len)?;
             }
             if json {
                 println!("{}", serde_json::json!({"val_loss": loss, "windows": windows, "seq_len": t.seq_len, "step": state.step}));
@@ -121,14 +162,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The first `windows` consecutive windows of T+1 tokens, as evaluated.
-fn dump_windows(path: &Path, tokens: &[u32], windows: usize, seq_len: usize) -> Result<()> {
-    let mut bytes = Vec::with_capacity(windows * (seq_len + 1) * 4);
-    for w in 0..windows {
-        for &id in &tokens[w * seq_len..w * seq_len + seq_len + 1] {
-            bytes.extend_from_slice(&(id as i32).to_le_bytes());
-        }
-    }
+/// Writes the evaluated windows, `rows` (windows, T+1), as int32.
+fn dump_windows(path: &Path, rows: &[u32], windows: usize, seq_len: usize) -> Result<()> {
+    let bytes: Vec<u8> = rows.iter().flat_map(|&id| (id as i32).to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![windows, seq_len + 1], &bytes).expect("sizes match");
     safetensors::serialize_to_file([("tokens", view)], None::<HashMap<String, String>>, path)
         .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))

@@ -6,13 +6,15 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use datasets::{Batch, TextSource, TokenDataset, WindowSampler};
+use std::sync::Arc;
+
+use datasets::{Batch, Data, EpochSampler, Loader, LoaderConfig, Order, PageableAllocator, Split};
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::device::{select, DeviceRequest};
 use kernels::{Device, Tensor};
 use models::{Gpt, Model};
 
-use crate::checkpoint::{self, CheckpointState};
+use crate::checkpoint::{self, CheckpointState, SamplerCheckpoint};
 use crate::config::Config;
 use crate::error::io;
 use crate::optim::{zero_grad, AdamW, AdamWConfig};
@@ -38,17 +40,27 @@ pub struct TrainSummary {
     pub val_losses: Vec<(u64, f32)>,
     pub tokens_per_sec: f64,
     pub train_seconds: f64,
+    /// (step, milliseconds the step waited for its training batches from the loader).
+    pub data_wait_ms: Vec<(u64, f64)>,
+    /// The sum of `data_wait_ms`, in seconds (part of `train_seconds`).
+    pub data_wait_seconds: f64,
 }
 
-pub fn load_dataset(config: &Config) -> Result<TokenDataset> {
-    let source = match &config.data.path {
-        Some(p) => TextSource::File(p.clone()),
-        None => TextSource::TinyShakespeare,
-    };
-    let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
-    let ds = TokenDataset::from_text(&source, tokenizer.as_ref(), config.data.val_fraction)?;
-    ds.check_fits(config.train.seq_len)?;
-    Ok(ds)
+/// The config's data: `data.path` a prepared directory (shards, mapped and checked), a
+/// text file (tokenized now), or unset (the embedded Tiny Shakespeare). Both splits must
+/// hold at least one window of `train.seq_len + 1` tokens.
+pub fn load_dataset(config: &Config) -> Result<Data> {
+    let data = Data::open(config.data.path.as_deref(), &config.data.tokenizer, config.data.val_fraction).map_err(|e| match e {
+        datasets::Error::TokenizerMismatch { path, dataset, vocab, requested } => Error::Usage(format!(
+            "data.path = {}: prepared with the {dataset} tokenizer (vocab {vocab}), but data.tokenizer = \"{requested}\"; \
+             set data.tokenizer = \"{dataset}\" so the model's vocabulary matches the data",
+            path.display()
+        )),
+        other => other.into(),
+    })?;
+    data.train.windows(config.train.seq_len)?;
+    data.val.windows(config.train.seq_len)?;
+    Ok(data)
 }
 
 pub fn batch_tensors(batch: &Batch) -> Result<(Tensor, Tensor)> {
@@ -56,11 +68,17 @@ pub fn batch_tensors(batch: &Batch) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_u32(&shape, batch.inputs.clone())?, Tensor::from_u32(&shape, batch.targets.clone())?))
 }
 
-/// Mean cross-entropy over the first `max_batches` consecutive windows of `tokens`, and
-/// how many windows that was.
-pub fn evaluate(model: &mut dyn Model, tokens: &[u32], batch_size: usize, seq_len: usize, max_batches: usize) -> Result<(f32, usize)> {
+fn into_tensors(batch: Batch) -> Result<(Tensor, Tensor)> {
+    let shape = [batch.batch_size, batch.seq_len];
+    Ok((Tensor::from_u32(&shape, batch.inputs)?, Tensor::from_u32(&shape, batch.targets)?))
+}
+
+/// Mean cross-entropy over the first `max_batches * batch_size` windows of `split` in order
+/// (the sampler's sequential mode), and how many windows that was.
+pub fn evaluate(model: &mut dyn Model, split: &Split, batch_size: usize, seq_len: usize, max_batches: usize) -> Result<(f32, usize)> {
+    let index = split.windows(seq_len)?;
     let (mut total, mut count, mut windows) = (0.0f64, 0usize, 0usize);
-    for batch in datasets::sequential_batches(tokens, batch_size, seq_len, max_batches) {
+    for batch in split.sequential_batches(&index, batch_size, max_batches) {
         let (x, y) = batch_tensors(&batch)?;
         let loss = model.forward(&x, Some(&y))?.expect("targets given");
         let n = batch.batch_size * batch.seq_len;
@@ -93,13 +111,43 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         &model,
     );
     let run_dir = config.run_dir();
+    // Training windows: a fresh permutation every epoch, one rank of one.
+    let train_index = data.train.windows(t.seq_len)?;
+    let mut sampler = EpochSampler::new(config.run.seed, train_index.count(), 0, 1, Order::Shuffled)?;
     let mut start_step = 0;
     if options.resume {
         let dir = checkpoint::resolve(&run_dir)?;
         let (state, _) = checkpoint::read_state(&dir)?;
+        if state.vocab_size != data.vocab_size {
+            return Err(Error::Usage(format!(
+                "cannot resume {}: the checkpoint's model has vocabulary {}, the data ({}) has {}",
+                dir.display(),
+                state.vocab_size,
+                data.description,
+                data.vocab_size
+            )));
+        }
         checkpoint::load_weights(&dir, &mut model)?;
         checkpoint::load_optimizer(&dir, &model, &mut opt, state.step)?;
         start_step = state.step;
+        let resumed = match state.sampler {
+            Some(s) if s.windows != sampler.windows() || s.world_size != 1 || s.rank != 0 => {
+                return Err(Error::Usage(format!(
+                    "cannot resume {}: its data sampler covered {} windows (rank {} of {}), the data now has {} windows \
+                     of train.seq_len + 1 = {} tokens; resume with the same data and train.seq_len",
+                    dir.display(),
+                    s.windows,
+                    s.rank,
+                    s.world_size,
+                    sampler.windows(),
+                    t.seq_len + 1
+                )))
+            }
+            Some(s) => datasets::SamplerState { epoch: s.epoch, position: s.position },
+            // Written before the state was recorded: every step read grad_accum batches.
+            None => sampler.state_after(state.step * (t.grad_accum * t.batch_size) as u64),
+        };
+        sampler.restore(resumed)?;
     }
     fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
     let config_path = run_dir.join("config.toml");
@@ -107,7 +155,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let log_path = run_dir.join("metrics.log");
     let mut log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
     if start_step == 0 {
-        writeln!(log, "# step loss val_loss lr grad_norm tokens_per_s ms").map_err(io(&log_path))?;
+        writeln!(log, "# step loss val_loss lr grad_norm tokens_per_s ms data_wait_ms").map_err(io(&log_path))?;
     }
 
     let tokens_per_step = (t.batch_size * t.seq_len * t.grad_accum) as u64;
@@ -118,11 +166,12 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     };
     say(device_note);
     say(format!(
-        "model: GPT-2 {} layers, {} heads, {} wide, {} parameters; {} train / {} val tokens; {} tokens per step",
+        "model: GPT-2 {} layers, {} heads, {} wide, {} parameters; data {}: {} train / {} val tokens; {} tokens per step",
         config.model.n_layer,
         config.model.n_head,
         config.model.n_embd,
         model.num_params(),
+        data.description,
         data.train.len(),
         data.val.len(),
         tokens_per_step
@@ -134,7 +183,14 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         bar
     });
 
-    let sampler = WindowSampler { seed: config.run.seed };
+    let windows = sampler.windows();
+    let loader_config = LoaderConfig {
+        batch_size: t.batch_size,
+        seq_len: t.seq_len,
+        num_workers: config.data.num_workers,
+        prefetch: config.data.prefetch,
+    };
+    let mut loader = Loader::new(Arc::clone(&data.train), train_index, sampler, loader_config, PageableAllocator)?;
     let mut summary = TrainSummary {
         run_dir: run_dir.clone(),
         checkpoint: PathBuf::new(),
@@ -143,6 +199,8 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         val_losses: Vec::new(),
         tokens_per_sec: 0.0,
         train_seconds: 0.0,
+        data_wait_ms: Vec::new(),
+        data_wait_seconds: 0.0,
     };
     let mut train_time = Duration::ZERO;
     let mut last_val = None;
@@ -151,9 +209,15 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;
         zero_grad(&mut model)?;
         let mut loss = 0.0f32;
-        for micro in 0..t.grad_accum {
-            let batch = sampler.batch(&data.train, step, micro as u64, t.batch_size, t.seq_len);
-            let (x, y) = batch_tensors(&batch)?;
+        let mut data_wait = Duration::ZERO;
+        for _ in 0..t.grad_accum {
+            // On the CPU the "device copy" is this copy into the model's input tensors; the
+            // slot goes back to the workers as soon as it is made.
+            let (x, y) = {
+                let loaded = loader.next()?;
+                data_wait += loaded.waited();
+                into_tensors(loaded.to_batch())?
+            };
             loss += model.forward(&x, Some(&y))?.expect("targets given") / t.grad_accum as f32;
             model.backward(1.0 / t.grad_accum as f32)?;
         }
@@ -167,6 +231,9 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let tok_s = tokens_per_step as f64 / elapsed.as_secs_f64();
         summary.losses.push((done, loss));
         summary.steps = done;
+        let wait_ms = data_wait.as_secs_f64() * 1e3;
+        summary.data_wait_ms.push((done, wait_ms));
+        summary.data_wait_seconds += data_wait.as_secs_f64();
 
         let last = done == t.max_steps;
         let mut val = None;
@@ -177,7 +244,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             last_val = Some(v);
         }
         let val_text = val.map_or("-".to_string(), |v| format!("{v:.4}"));
-        writeln!(log, "{done} {loss:.6} {val_text} {lr:.6e} {grad_norm:.4} {tok_s:.0} {:.1}", elapsed.as_secs_f64() * 1e3)
+        writeln!(log, "{done} {loss:.6} {val_text} {lr:.6e} {grad_norm:.4} {tok_s:.0} {:.1} {wait_ms:.3}", elapsed.as_secs_f64() * 1e3)
             .map_err(io(&log_path))?;
         let line = format!("step {done}/{} | loss {loss:.4} | val {val_text} | lr {lr:.2e} | {tok_s:.0} tok/s", t.max_steps);
         match &bar {
@@ -195,6 +262,8 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             }
         }
         if last || (t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0) {
+            // Every batch of this step has been consumed: this is where the next step reads.
+            let sampled = loader.state();
             let state = CheckpointState {
                 format: checkpoint::FORMAT,
                 step: done,
@@ -202,6 +271,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
                 val_loss: last_val,
                 vocab_size: data.vocab_size,
                 config_toml: config.to_toml(),
+                sampler: Some(SamplerCheckpoint { epoch: sampled.epoch, position: sampled.position, windows, rank: 0, world_size: 1 }),
             };
             summary.checkpoint = checkpoint::save(&run_dir, &model, &opt, &state)?;
         }

@@ -371,10 +371,10 @@ fn train_writes_the_run_directory() {
     }
     let log = fs::read_to_string(run.join("metrics.log")).unwrap();
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines[0], "# step loss val_loss lr grad_norm tokens_per_s ms");
+    assert_eq!(lines[0], "# step loss val_loss lr grad_norm tokens_per_s ms data_wait_ms");
     assert_eq!(lines.len(), 4, "{log}");
     let last: Vec<&str> = lines[3].split_whitespace().collect();
-    assert_eq!(last.len(), 7, "{log}");
+    assert_eq!(last.len(), 8, "{log}");
     assert_eq!(last[0], "3");
     assert!(last[2].parse::<f32>().unwrap().is_finite(), "the last step carries a val loss: {log}");
 }
