@@ -80,7 +80,15 @@ fn run_case(device: Device, dtype: DType, b: usize, t: usize, c: usize, nh: usiz
     attention_backward(&mut dqkv, &dout, &qkv, &att, nh).unwrap();
     let (g, r) = (dqkv.to_vec(), dqkv_ref.to_vec());
     for (name, k) in [("dq", 0), ("dk", 1), ("dv", 2)] {
-        check(&format!("{tag}: {name}"), dtype, &columns(&g, 3 * c, k * c, (k + 1) * c), &columns(&r, 3 * c, k * c, (k + 1) * c));
+        let (gk, rk) = (columns(&g, 3 * c, k * c, (k + 1) * c), columns(&r, 3 * c, k * c, (k + 1) * c));
+        if t == 1 && k < 2 {
+            // One visible key: dS = P (dP - D) is exactly 0 on the CPU, but the GPU forms dP
+            // and D = dO . O in different summation orders, so allow rounding residue there.
+            let scale = columns(&r, 3 * c, 2 * c, 3 * c).iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            assert_close(&format!("{tag}: {name} (all zero)"), &gk, &rk, 1e-5 * scale, 0.0);
+        } else {
+            check(&format!("{tag}: {name}"), dtype, &gk, &rk);
+        }
     }
     g
 }
