@@ -27,10 +27,42 @@ pub fn adamw_update(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut T
         return Err(Error::Invalid { op, msg: "step counts from 1".into() });
     }
     match same_device(op, &[param, grad, m, v])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op, device }),
+        Device::Cuda(_) => cuda::adamw_update(param, None, grad, m, v, hp)?,
         Device::Cpu => cpu::adamw_update(param.f32_mut()?, grad.f32()?, m.f32_mut()?, v.f32_mut()?, hp),
     }
     Ok(())
+}
+
+/// The same update, also writing `param_copy` (bf16, same shape): the working copy of the
+/// fp32 master `param` that the forward reads in mixed precision. On the GPU this is one pass
+/// (kernels/cuda/adamw.cu); on the CPU the update then a rounding copy.
+pub fn adamw_update_with_copy(
+    param: &mut Tensor,
+    param_copy: &mut Tensor,
+    grad: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    hp: &AdamWStep,
+) -> Result<()> {
+    let op = "adamw_update_with_copy";
+    param_copy.expect_shape(op, "param_copy", param.shape())?;
+    grad.expect_shape(op, "grad", param.shape())?;
+    m.expect_shape(op, "m", param.shape())?;
+    v.expect_shape(op, "v", param.shape())?;
+    if hp.step == 0 {
+        return Err(Error::Invalid { op, msg: "step counts from 1".into() });
+    }
+    match same_device(op, &[param, param_copy, grad, m, v])? {
+        Device::Cuda(_) => cuda::adamw_update(param, Some(param_copy), grad, m, v, hp),
+        Device::Cpu => {
+            cpu::adamw_update(param.f32_mut()?, grad.f32()?, m.f32_mut()?, v.f32_mut()?, hp);
+            let master = param.f32()?;
+            for (c, &p) in param_copy.bf16_mut()?.iter_mut().zip(master) {
+                *c = half::bf16::from_f32(p);
+            }
+            Ok(())
+        }
+    }
 }
 
 pub mod cpu {
@@ -58,5 +90,92 @@ pub mod cpu {
                     p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + hp.eps);
                 }
             });
+    }
+}
+
+pub mod cuda {
+    //! Launcher for kernels/cuda/adamw.cu: fp32 param (master), m, v; f32 or bf16 gradient;
+    //! optionally the bf16 working copy of the parameter written in the same pass.
+    use super::AdamWStep;
+    use crate::cuda::{self as cu, bf16, CudaElement, CudaSlice, PushKernelArg};
+    use crate::ops::expect_dtype;
+    use crate::{DType, Device, Error, Result, Tensor};
+
+    const OP: &str = "adamw_update";
+    const BLOCK: u32 = 256;
+
+    pub fn adamw_update(
+        param: &mut Tensor,
+        param_copy: Option<&mut Tensor>,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: &AdamWStep,
+    ) -> Result<()> {
+        expect_dtype(OP, "param", param, DType::F32)?;
+        expect_dtype(OP, "m", m, DType::F32)?;
+        expect_dtype(OP, "v", v, DType::F32)?;
+        if let Some(copy) = &param_copy {
+            expect_dtype(OP, "param_copy", copy, DType::Bf16)?;
+        }
+        match grad.dtype() {
+            DType::F32 => update::<f32>(param, param_copy, grad, m, v, hp),
+            DType::Bf16 => update::<bf16>(param, param_copy, grad, m, v, hp),
+            got => Err(Error::DType { op: OP, arg: "grad", expected: DType::F32, got }),
+        }
+    }
+
+    fn update<G: CudaElement>(
+        param: &mut Tensor,
+        param_copy: Option<&mut Tensor>,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: &AdamWStep,
+    ) -> Result<()> {
+        let Device::Cuda(ordinal) = param.device() else {
+            return Err(Error::Invalid { op: OP, msg: format!("CUDA launcher called with a tensor on {}", param.device()) });
+        };
+        let dev = cu::device(ordinal)?;
+        let kernel = format!("adamw_step_{}", G::NAME);
+        let f = dev.function("adamw", &kernel)?;
+        let n = param.numel();
+        let cfg = dev.grid_stride(n, BLOCK)?;
+        // The step constants, computed in f32 exactly as cpu::adamw_update does.
+        let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
+        let bc2_sqrt = (1.0 - hp.beta2.powi(hp.step as i32)).sqrt();
+        let step_size = hp.lr / bc1;
+        let decay = 1.0 - hp.lr * hp.weight_decay;
+        let (one_minus_beta1, one_minus_beta2) = (1.0 - hp.beta1, 1.0 - hp.beta2);
+        let copy: Option<&mut CudaSlice<bf16>> = match param_copy {
+            Some(t) => Some(t.cuda_slice_mut::<bf16>()?),
+            None => None,
+        };
+        // Without a copy, a null device pointer (8 bytes, like any pointer argument) skips it.
+        let null_ptr: u64 = 0;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(param.cuda_slice_mut::<f32>()?);
+        match copy {
+            Some(copy) => launch.arg(copy),
+            None => launch.arg(&null_ptr),
+        };
+        launch
+            .arg(grad.cuda_slice::<G>()?)
+            .arg(m.cuda_slice_mut::<f32>()?)
+            .arg(v.cuda_slice_mut::<f32>()?)
+            .arg(&n)
+            .arg(&one_minus_beta1)
+            .arg(&hp.beta2)
+            .arg(&one_minus_beta2)
+            .arg(&step_size)
+            .arg(&bc2_sqrt)
+            .arg(&hp.eps)
+            .arg(&decay);
+        // SAFETY: matches adamw.cu `adamw_step_<G>(float* param, bf16* param_copy, const G* grad, float* m,
+        // float* v, u64 n, float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
+        // float bc2_sqrt, float eps, float decay)`; every array holds n elements (shapes checked by the caller)
+        // or param_copy is null; the tensors are distinct (uniquely borrowed), so nothing aliases.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
     }
 }

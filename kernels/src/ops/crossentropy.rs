@@ -31,7 +31,7 @@ pub fn crossentropy_forward(
         return Err(Error::Invalid { op: OP, msg: format!("vocab {vocab} must be in 1..={vp} (the logits width)") });
     }
     match same_device(OP, &[losses, logits, targets])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP, device }),
+        Device::Cuda(_) => cuda::crossentropy_forward(losses, logits, targets, vocab, dloss),
         Device::Cpu => cpu::crossentropy_forward(losses.f32_mut()?, logits.f32_mut()?, targets.u32()?, vp, vocab, dloss),
     }
 }
@@ -75,6 +75,74 @@ pub mod cpu {
         logits.par_chunks_mut(vp).zip(losses.par_iter_mut().zip(targets.par_iter())).for_each(|(row, (loss, &target))| {
             *loss = row_forward(row, vocab, target as usize, dloss.unwrap_or(0.0), dloss.is_some());
         });
+        Ok(())
+    }
+}
+
+pub mod cuda {
+    //! Launcher for kernels/cuda/crossentropy.cu: logits f32 or bf16, losses f32, targets u32.
+    use crate::cuda::{self as cu, bf16, CudaElement, LaunchConfig, PushKernelArg};
+    use crate::ops::{expect_dtype, rows_cols};
+    use crate::{DType, Device, Error, Result, Tensor};
+
+    const OP: &str = "crossentropy_forward";
+
+    pub fn crossentropy_forward(
+        losses: &mut Tensor,
+        logits: &mut Tensor,
+        targets: &Tensor,
+        vocab: usize,
+        dloss: Option<f32>,
+    ) -> Result<()> {
+        expect_dtype(OP, "losses", losses, DType::F32)?;
+        match logits.dtype() {
+            DType::F32 => forward::<f32>(losses, logits, targets, vocab, dloss),
+            DType::Bf16 => forward::<bf16>(losses, logits, targets, vocab, dloss),
+            got => Err(Error::DType { op: OP, arg: "logits", expected: DType::F32, got }),
+        }
+    }
+
+    fn forward<T: CudaElement>(
+        losses: &mut Tensor,
+        logits: &mut Tensor,
+        targets: &Tensor,
+        vocab: usize,
+        dloss: Option<f32>,
+    ) -> Result<()> {
+        let (n, vp) = rows_cols(logits);
+        if n == 0 {
+            return Ok(());
+        }
+        if vp > i32::MAX as usize || n > i32::MAX as usize {
+            return Err(Error::Invalid { op: OP, msg: format!("logits ({n}, {vp}) exceed the kernel's int ranges") });
+        }
+        let Device::Cuda(ordinal) = logits.device() else {
+            return Err(Error::Invalid { op: OP, msg: format!("CUDA launcher called with logits on {}", logits.device()) });
+        };
+        let dev = cu::device(ordinal)?;
+        let kernel = format!("crossentropy_fwd_{}", T::NAME);
+        let f = dev.function("crossentropy", &kernel)?;
+        // One block per row. A full block for real vocabularies; small rows get a smaller one
+        // (each thread still handles >= 1 pack of 16 bytes).
+        let packs = vp.div_ceil(16 / std::mem::size_of::<T>());
+        let block = packs.div_ceil(32).clamp(1, 32) as u32 * 32;
+        let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+        let (vp, v) = (vp as i32, vocab as i32);
+        let write_grad = dloss.is_some() as i32;
+        let dloss = dloss.unwrap_or(0.0);
+        let mut launch = dev.stream().launch_builder(&f);
+        launch
+            .arg(losses.cuda_slice_mut::<f32>()?)
+            .arg(logits.cuda_slice_mut::<T>()?)
+            .arg(targets.cuda_slice::<u32>()?)
+            .arg(&vp)
+            .arg(&v)
+            .arg(&dloss)
+            .arg(&write_grad);
+        // SAFETY: matches crossentropy.cu `crossentropy_fwd_<T>(float* losses, T* logits, const unsigned* targets,
+        // int Vp, int V, float dloss, int write_grad)`; grid = N rows, block a multiple of 32 <= 1024, losses and
+        // targets hold N, logits N*Vp, 1 <= V <= Vp (checked by the caller).
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ pub fn embedding_forward(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &
     let (b, t, c) = check(OP_FWD, tokens, wte, wpe)?;
     out.expect_shape(OP_FWD, "out", &[b, t, c])?;
     match same_device(OP_FWD, &[out, tokens, wte, wpe])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_FWD, device }),
+        Device::Cuda(_) => cuda::embedding_forward(out, tokens, wte, wpe, b, t, c),
         Device::Cpu => cpu::embedding_forward(out.f32_mut()?, tokens.u32()?, wte.f32()?, wpe.f32()?, t, c),
     }
 }
@@ -25,7 +25,7 @@ pub fn embedding_backward(dwte: &mut Tensor, dwpe: &mut Tensor, dout: &Tensor, t
     let (b, t, c) = check(OP_BWD, tokens, dwte, dwpe)?;
     dout.expect_shape(OP_BWD, "dout", &[b, t, c])?;
     match same_device(OP_BWD, &[dwte, dwpe, dout, tokens])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_BWD, device }),
+        Device::Cuda(_) => cuda::embedding_backward(dwte, dwpe, dout, tokens, b, t, c),
         Device::Cpu => {
             cpu::embedding_backward(dwte.f32_mut()?, dwpe.f32_mut()?, dout.f32()?, tokens.u32()?, t, c)
         }
@@ -92,6 +92,181 @@ pub mod cpu {
                 pe[i] += d[i];
             }
         }
+        Ok(())
+    }
+}
+
+pub mod cuda {
+    //! Launchers for kernels/cuda/embedding.cu: tokens u32; wte, wpe, out, dout f32 or bf16.
+    use crate::cuda::{self as cu, bf16, CudaElement, LaunchConfig, PushKernelArg};
+    use crate::ops::expect_dtype;
+    use crate::{DType, Device, Error, Result, Tensor};
+
+    const OP_FWD: &str = "embedding_forward";
+    const OP_BWD: &str = "embedding_backward";
+    const BLOCK: u32 = 256;
+    /// embedding_bwd_place: 4 warps per block, 256 token ids per warp (PLACE_WARPS, PLACE_SLICE).
+    const PLACE_TOKENS_PER_BLOCK: usize = 4 * 256;
+
+    fn device_of(op: &'static str, t: &Tensor) -> Result<std::sync::Arc<cu::CudaDevice>> {
+        match t.device() {
+            Device::Cuda(ordinal) => cu::device(ordinal),
+            device => Err(Error::Invalid { op, msg: format!("CUDA launcher called with a tensor on {device}") }),
+        }
+    }
+
+    /// (N = B*T, V) within the kernels' integer ranges.
+    fn ranges(op: &'static str, b: usize, t: usize, c: usize, v: usize) -> Result<()> {
+        let n = b * t;
+        if n >= i32::MAX as usize || v >= u32::MAX as usize - 1 || c > i32::MAX as usize || b > i32::MAX as usize {
+            return Err(Error::Invalid { op, msg: format!("B*T = {n}, V = {v}, C = {c} exceed the kernels' 32-bit ranges") });
+        }
+        Ok(())
+    }
+
+    /// tokens (B,T) -> out (B,T,C) = wte[tokens] + wpe[t]. A token id >= V gives a NaN row
+    /// (the CPU reference returns an error; checking here would need a device-to-host copy).
+    pub fn embedding_forward(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &Tensor, b: usize, t: usize, c: usize) -> Result<()> {
+        expect_dtype(OP_FWD, "out", out, wte.dtype())?;
+        expect_dtype(OP_FWD, "wpe", wpe, wte.dtype())?;
+        match wte.dtype() {
+            DType::F32 => forward::<f32>(out, tokens, wte, wpe, b, t, c),
+            DType::Bf16 => forward::<bf16>(out, tokens, wte, wpe, b, t, c),
+            got => Err(Error::DType { op: OP_FWD, arg: "wte", expected: DType::F32, got }),
+        }
+    }
+
+    fn forward<T: CudaElement>(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &Tensor, b: usize, t: usize, c: usize) -> Result<()> {
+        let v = wte.shape()[0];
+        ranges(OP_FWD, b, t, c, v)?;
+        let dev = device_of(OP_FWD, wte)?;
+        let kernel = format!("embedding_fwd_{}", T::NAME);
+        let f = dev.function("embedding", &kernel)?;
+        let n = b * t;
+        let cfg = dev.grid_stride((n * c).div_ceil(16 / std::mem::size_of::<T>()), BLOCK)?;
+        let (ti, ci, vu) = (t as i32, c as i32, v as u32);
+        let mut launch = dev.stream().launch_builder(&f);
+        launch
+            .arg(out.cuda_slice_mut::<T>()?)
+            .arg(tokens.cuda_slice::<u32>()?)
+            .arg(wte.cuda_slice::<T>()?)
+            .arg(wpe.cuda_slice::<T>()?)
+            .arg(&n)
+            .arg(&ti)
+            .arg(&ci)
+            .arg(&vu);
+        // SAFETY: matches embedding.cu `embedding_fwd_<T>(T* out, const unsigned* tokens, const T* wte, const T* wpe,
+        // u64 N, int T, int C, unsigned V)`; out (N,C), tokens (N), wte (V,C), wpe (>=T,C) checked by the caller.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
+    }
+
+    /// dwte (V,C) +=, dwpe (maxT,C) += from dout (B,T,C); deterministic (see embedding.cu).
+    /// Token ids >= V are skipped.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embedding_backward(
+        dwte: &mut Tensor,
+        dwpe: &mut Tensor,
+        dout: &Tensor,
+        tokens: &Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        expect_dtype(OP_BWD, "dwpe", dwpe, dwte.dtype())?;
+        expect_dtype(OP_BWD, "dout", dout, dwte.dtype())?;
+        match dwte.dtype() {
+            DType::F32 => backward::<f32>(dwte, dwpe, dout, tokens, b, t, c),
+            DType::Bf16 => backward::<bf16>(dwte, dwpe, dout, tokens, b, t, c),
+            got => Err(Error::DType { op: OP_BWD, arg: "dwte", expected: DType::F32, got }),
+        }
+    }
+
+    fn backward<T: CudaElement>(
+        dwte: &mut Tensor,
+        dwpe: &mut Tensor,
+        dout: &Tensor,
+        tokens: &Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        let v = dwte.shape()[0];
+        ranges(OP_BWD, b, t, c, v)?;
+        let n = b * t;
+        if n == 0 || c == 0 {
+            return Ok(());
+        }
+        let dev = device_of(OP_BWD, dout)?;
+        let pack = 16 / std::mem::size_of::<T>();
+        let (bi, ti, ci, vu) = (b as i32, t as i32, c as i32, v as u32);
+
+        // dwpe: one thread per (t, pack of columns), b in order
+        let kernel = format!("embedding_bwd_dwpe_{}", T::NAME);
+        let f = dev.function("embedding", &kernel)?;
+        let cfg = dev.grid_stride((t * c).div_ceil(pack), BLOCK)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(dwpe.cuda_slice_mut::<T>()?).arg(dout.cuda_slice::<T>()?).arg(&bi).arg(&ti).arg(&ci);
+        // SAFETY: matches embedding.cu `embedding_bwd_dwpe_<T>(T* dwpe, const T* dout, int B, int T, int C)`;
+        // dwpe holds >= T*C elements, dout B*T*C.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+
+        // dwte: stable counting sort of positions by token, then one in-order owner per token.
+        let mut offsets = dev.alloc_zeros::<u32>(v + 1)?; // zeroed: step 1 counts into it
+        let mut sorted = dev.alloc_zeros::<u32>(n)?;
+        let toks = tokens.cuda_slice::<u32>()?;
+
+        let f = dev.function("embedding", "embedding_bwd_count")?;
+        let cfg = dev.grid_stride(n, BLOCK)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(&mut offsets).arg(toks).arg(&n).arg(&vu);
+        // SAFETY: matches embedding.cu `embedding_bwd_count(unsigned* offsets, const unsigned* tokens, u64 N,
+        // unsigned V)`; offsets holds V+1 zeroed counters, tokens N ids.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error("embedding_bwd_count"))?;
+
+        let f = dev.function("embedding", "embedding_bwd_scan")?;
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(&mut offsets).arg(&vu);
+        // SAFETY: matches embedding.cu `embedding_bwd_scan(unsigned* offsets, unsigned V)`; offsets holds V+1;
+        // one block of 1024 threads.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error("embedding_bwd_scan"))?;
+
+        let f = dev.function("embedding", "embedding_bwd_place")?;
+        let cfg = LaunchConfig {
+            grid_dim: (v.div_ceil(PLACE_TOKENS_PER_BLOCK) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(&mut sorted).arg(&offsets).arg(toks).arg(&n).arg(&vu);
+        // SAFETY: matches embedding.cu `embedding_bwd_place(unsigned* sorted, const unsigned* offsets,
+        // const unsigned* tokens, u64 N, unsigned V)`; sorted holds N, offsets V+1; 128 threads = 4 warps per
+        // block and ceil(V / 1024) blocks, as the kernel's slices assume.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error("embedding_bwd_place"))?;
+
+        let kernel = format!("embedding_bwd_dwte_{}", T::NAME);
+        let f = dev.function("embedding", &kernel)?;
+        let packs = c.div_ceil(pack);
+        let block = packs.div_ceil(32).clamp(1, 4) * 32;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, packs.div_ceil(block) as u32, 1),
+            block_dim: (block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = dev.stream().launch_builder(&f);
+        launch
+            .arg(dwte.cuda_slice_mut::<T>()?)
+            .arg(dout.cuda_slice::<T>()?)
+            .arg(&sorted)
+            .arg(&offsets)
+            .arg(toks)
+            .arg(&ci)
+            .arg(&vu);
+        // SAFETY: matches embedding.cu `embedding_bwd_dwte_<T>(T* dwte, const T* dout, const unsigned* sorted,
+        // const unsigned* offsets, const unsigned* tokens, int C, unsigned V)`; grid (N, ceil(ceil(C/P)/block))
+        // with P = 16 / sizeof(T), dwte (V,C), dout (N,C), sorted N, offsets V+1.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
         Ok(())
     }
 }

@@ -3,12 +3,12 @@
 //! backward: dinp = dout * d out / dx    (overwrites)
 
 use super::same_device;
-use crate::{Device, Error, Result, Tensor};
+use crate::{Device, Result, Tensor};
 
 pub fn gelu_forward(out: &mut Tensor, inp: &Tensor) -> Result<()> {
     out.expect_shape("gelu_forward", "out", inp.shape())?;
     match same_device("gelu_forward", &[out, inp])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: "gelu_forward", device }),
+        Device::Cuda(_) => cuda::gelu_forward(out, inp)?,
         Device::Cpu => cpu::gelu_forward(out.f32_mut()?, inp.f32()?),
     }
     Ok(())
@@ -18,7 +18,7 @@ pub fn gelu_backward(dinp: &mut Tensor, inp: &Tensor, dout: &Tensor) -> Result<(
     dinp.expect_shape("gelu_backward", "dinp", inp.shape())?;
     dout.expect_shape("gelu_backward", "dout", inp.shape())?;
     match same_device("gelu_backward", &[dinp, inp, dout])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: "gelu_backward", device }),
+        Device::Cuda(_) => cuda::gelu_backward(dinp, inp, dout)?,
         Device::Cpu => cpu::gelu_backward(dinp.f32_mut()?, inp.f32()?, dout.f32()?),
     }
     Ok(())
@@ -64,5 +64,67 @@ pub mod cpu {
         dinp.par_chunks_mut(CHUNK)
             .zip(inp.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
             .for_each(|(di, (x, d))| backward_chunk(di, x, d));
+    }
+}
+
+pub mod cuda {
+    //! Launchers for kernels/cuda/gelu.cu (f32 and bf16; fp32 math either way).
+    use crate::cuda::{self as cu, bf16, CudaElement, PushKernelArg};
+    use crate::ops::expect_dtype;
+    use crate::{DType, Device, Error, Result, Tensor};
+
+    const BLOCK: u32 = 256;
+
+    pub fn gelu_forward(out: &mut Tensor, inp: &Tensor) -> Result<()> {
+        expect_dtype("gelu_forward", "out", out, inp.dtype())?;
+        match inp.dtype() {
+            DType::F32 => forward::<f32>(out, inp),
+            DType::Bf16 => forward::<bf16>(out, inp),
+            got => Err(Error::DType { op: "gelu_forward", arg: "inp", expected: DType::F32, got }),
+        }
+    }
+
+    pub fn gelu_backward(dinp: &mut Tensor, inp: &Tensor, dout: &Tensor) -> Result<()> {
+        expect_dtype("gelu_backward", "dinp", dinp, inp.dtype())?;
+        expect_dtype("gelu_backward", "dout", dout, inp.dtype())?;
+        match inp.dtype() {
+            DType::F32 => backward::<f32>(dinp, inp, dout),
+            DType::Bf16 => backward::<bf16>(dinp, inp, dout),
+            got => Err(Error::DType { op: "gelu_backward", arg: "inp", expected: DType::F32, got }),
+        }
+    }
+
+    fn device_of(t: &Tensor) -> Result<std::sync::Arc<cu::CudaDevice>> {
+        match t.device() {
+            Device::Cuda(ordinal) => cu::device(ordinal),
+            device => Err(Error::Invalid { op: "gelu", msg: format!("CUDA launcher called with a tensor on {device}") }),
+        }
+    }
+
+    fn forward<T: CudaElement>(out: &mut Tensor, inp: &Tensor) -> Result<()> {
+        let dev = device_of(inp)?;
+        let kernel = format!("gelu_fwd_{}", T::NAME);
+        let f = dev.function("gelu", &kernel)?;
+        let n = inp.numel();
+        // one thread per 16-byte pack
+        let cfg = dev.grid_stride(n.div_ceil(16 / std::mem::size_of::<T>()), BLOCK)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(out.cuda_slice_mut::<T>()?).arg(inp.cuda_slice::<T>()?).arg(&n);
+        // SAFETY: matches gelu.cu `gelu_fwd_<T>(T* out, const T* inp, u64 n)`; both hold n elements (shapes checked by the caller).
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
+    }
+
+    fn backward<T: CudaElement>(dinp: &mut Tensor, inp: &Tensor, dout: &Tensor) -> Result<()> {
+        let dev = device_of(inp)?;
+        let kernel = format!("gelu_bwd_{}", T::NAME);
+        let f = dev.function("gelu", &kernel)?;
+        let n = inp.numel();
+        let cfg = dev.grid_stride(n.div_ceil(16 / std::mem::size_of::<T>()), BLOCK)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(dinp.cuda_slice_mut::<T>()?).arg(inp.cuda_slice::<T>()?).arg(dout.cuda_slice::<T>()?).arg(&n);
+        // SAFETY: matches gelu.cu `gelu_bwd_<T>(T* dinp, const T* inp, const T* dout, u64 n)`; all hold n elements.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! (dinp overwrites; parameter gradients accumulate). mean and rstd (N) are saved for backward.
 
 use super::{rows_cols, same_device};
-use crate::{Device, Error, Result, Tensor};
+use crate::{Device, Result, Tensor};
 
 pub const EPS: f32 = 1e-5;
 const OP_FWD: &str = "layernorm_forward";
@@ -28,9 +28,43 @@ pub fn layernorm_forward(
     weight.expect_shape(OP_FWD, "weight", &[c])?;
     bias.expect_shape(OP_FWD, "bias", &[c])?;
     match same_device(OP_FWD, &[out, mean, rstd, inp, weight, bias])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_FWD, device }),
+        Device::Cuda(_) => cuda::layernorm_forward(out, mean, rstd, inp, weight, bias),
         Device::Cpu => {
             cpu::layernorm_forward(out.f32_mut()?, mean.f32_mut()?, rstd.f32_mut()?, inp.f32()?, weight.f32()?, bias.f32()?);
+            Ok(())
+        }
+    }
+}
+
+/// The residual add fused with the LayerNorm that follows it (one pass over the row instead
+/// of two): residual = a + b, then (out, mean, rstd) = layernorm(residual). Same result as
+/// `residual_forward` then `layernorm_forward`, which is what the CPU runs. Its backward is
+/// the two ops' backwards (`layernorm_backward` on `residual`, then `accumulate`).
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(
+    residual: &mut Tensor,
+    out: &mut Tensor,
+    mean: &mut Tensor,
+    rstd: &mut Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<()> {
+    const OP: &str = "residual_layernorm_forward";
+    let (n, c) = rows_cols(a);
+    b.expect_shape(OP, "b", a.shape())?;
+    residual.expect_shape(OP, "residual", a.shape())?;
+    out.expect_shape(OP, "out", a.shape())?;
+    mean.expect_shape(OP, "mean", &[n])?;
+    rstd.expect_shape(OP, "rstd", &[n])?;
+    weight.expect_shape(OP, "weight", &[c])?;
+    bias.expect_shape(OP, "bias", &[c])?;
+    match same_device(OP, &[residual, out, mean, rstd, a, b, weight, bias])? {
+        Device::Cuda(_) => cuda::residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias),
+        Device::Cpu => {
+            crate::ops::residual::cpu::residual_forward(residual.f32_mut()?, a.f32()?, b.f32()?);
+            cpu::layernorm_forward(out.f32_mut()?, mean.f32_mut()?, rstd.f32_mut()?, residual.f32()?, weight.f32()?, bias.f32()?);
             Ok(())
         }
     }
@@ -56,7 +90,7 @@ pub fn layernorm_backward(
     mean.expect_shape(OP_BWD, "mean", &[n])?;
     rstd.expect_shape(OP_BWD, "rstd", &[n])?;
     match same_device(OP_BWD, &[dinp, dweight, dbias, dout, inp, weight, mean, rstd])? {
-        device @ Device::Cuda(_) => return Err(Error::NoKernel { op: OP_BWD, device }),
+        Device::Cuda(_) => cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd),
         Device::Cpu => {
             cpu::layernorm_backward(
                 dinp.f32_mut()?,
@@ -145,5 +179,234 @@ pub mod cpu {
             dweight[i] += acc[i];
             dbias[i] += acc[c + i];
         }
+    }
+}
+
+pub mod cuda {
+    //! Launchers for kernels/cuda/layernorm.cu. Activations and parameters are f32 or bf16
+    //! (all the same dtype); mean and rstd are always f32.
+    use crate::cuda::{self as cu, bf16, CudaElement, LaunchConfig, PushKernelArg};
+    use crate::ops::{expect_dtype, rows_cols};
+    use crate::{DType, Device, Error, Result, Tensor};
+
+    /// Forward: 8 warps per block, one row per warp.
+    const FWD_BLOCK: u32 = 256;
+    /// Backward: rows per block (partial sums per block, <= 64 = MAX_ROWS_PER_BLOCK in the .cu).
+    const BWD_ROWS: usize = 32;
+    const BWD_BLOCK: u32 = 256;
+
+    fn device_of(t: &Tensor) -> Result<std::sync::Arc<cu::CudaDevice>> {
+        match t.device() {
+            Device::Cuda(ordinal) => cu::device(ordinal),
+            device => Err(Error::Invalid { op: "layernorm", msg: format!("CUDA launcher called with a tensor on {device}") }),
+        }
+    }
+
+    fn check_c(op: &'static str, c: usize) -> Result<i32> {
+        if c == 0 || c > i32::MAX as usize {
+            return Err(Error::Invalid { op, msg: format!("C = {c} must be in 1..=i32::MAX") });
+        }
+        Ok(c as i32)
+    }
+
+    fn fwd_config(dev: &cu::CudaDevice, n: usize) -> Result<LaunchConfig> {
+        // grid_stride counts threads; one row needs a warp
+        dev.grid_stride(n.max(1) * 32, FWD_BLOCK)
+    }
+
+    pub fn layernorm_forward(
+        out: &mut Tensor,
+        mean: &mut Tensor,
+        rstd: &mut Tensor,
+        inp: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+    ) -> Result<()> {
+        let op = "layernorm_forward";
+        for (arg, t) in [("out", &*out), ("weight", weight), ("bias", bias)] {
+            expect_dtype(op, arg, t, inp.dtype())?;
+        }
+        expect_dtype(op, "mean", mean, DType::F32)?;
+        expect_dtype(op, "rstd", rstd, DType::F32)?;
+        match inp.dtype() {
+            DType::F32 => forward::<f32>(out, mean, rstd, inp, weight, bias),
+            DType::Bf16 => forward::<bf16>(out, mean, rstd, inp, weight, bias),
+            got => Err(Error::DType { op, arg: "inp", expected: DType::F32, got }),
+        }
+    }
+
+    fn forward<T: CudaElement>(
+        out: &mut Tensor,
+        mean: &mut Tensor,
+        rstd: &mut Tensor,
+        inp: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+    ) -> Result<()> {
+        let (n, c) = rows_cols(inp);
+        let c = check_c("layernorm_forward", c)?;
+        let dev = device_of(inp)?;
+        let kernel = format!("layernorm_fwd_{}", T::NAME);
+        let f = dev.function("layernorm", &kernel)?;
+        let cfg = fwd_config(&dev, n)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch
+            .arg(out.cuda_slice_mut::<T>()?)
+            .arg(mean.cuda_slice_mut::<f32>()?)
+            .arg(rstd.cuda_slice_mut::<f32>()?)
+            .arg(inp.cuda_slice::<T>()?)
+            .arg(weight.cuda_slice::<T>()?)
+            .arg(bias.cuda_slice::<T>()?)
+            .arg(&n)
+            .arg(&c);
+        // SAFETY: matches layernorm.cu `layernorm_fwd_<T>(T* out, float* mean, float* rstd, const T* inp,
+        // const T* weight, const T* bias, u64 N, int C)`; shapes (N,C), (N), (C) checked by the caller; block = 256.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn residual_layernorm_forward(
+        residual: &mut Tensor,
+        out: &mut Tensor,
+        mean: &mut Tensor,
+        rstd: &mut Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+    ) -> Result<()> {
+        let op = "residual_layernorm_forward";
+        for (arg, t) in [("residual", &*residual), ("out", &*out), ("b", b), ("weight", weight), ("bias", bias)] {
+            expect_dtype(op, arg, t, a.dtype())?;
+        }
+        expect_dtype(op, "mean", mean, DType::F32)?;
+        expect_dtype(op, "rstd", rstd, DType::F32)?;
+        match a.dtype() {
+            DType::F32 => fused_forward::<f32>(residual, out, mean, rstd, a, b, weight, bias),
+            DType::Bf16 => fused_forward::<bf16>(residual, out, mean, rstd, a, b, weight, bias),
+            got => Err(Error::DType { op, arg: "a", expected: DType::F32, got }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fused_forward<T: CudaElement>(
+        residual: &mut Tensor,
+        out: &mut Tensor,
+        mean: &mut Tensor,
+        rstd: &mut Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+    ) -> Result<()> {
+        let (n, c) = rows_cols(a);
+        let c = check_c("residual_layernorm_forward", c)?;
+        let dev = device_of(a)?;
+        let kernel = format!("residual_layernorm_fwd_{}", T::NAME);
+        let f = dev.function("layernorm", &kernel)?;
+        let cfg = fwd_config(&dev, n)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch
+            .arg(residual.cuda_slice_mut::<T>()?)
+            .arg(out.cuda_slice_mut::<T>()?)
+            .arg(mean.cuda_slice_mut::<f32>()?)
+            .arg(rstd.cuda_slice_mut::<f32>()?)
+            .arg(a.cuda_slice::<T>()?)
+            .arg(b.cuda_slice::<T>()?)
+            .arg(weight.cuda_slice::<T>()?)
+            .arg(bias.cuda_slice::<T>()?)
+            .arg(&n)
+            .arg(&c);
+        // SAFETY: matches layernorm.cu `residual_layernorm_fwd_<T>(T* residual, T* out, float* mean, float* rstd,
+        // const T* a, const T* b, const T* weight, const T* bias, u64 N, int C)`; shapes checked by the caller.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_backward(
+        dinp: &mut Tensor,
+        dweight: &mut Tensor,
+        dbias: &mut Tensor,
+        dout: &Tensor,
+        inp: &Tensor,
+        weight: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+    ) -> Result<()> {
+        let op = "layernorm_backward";
+        for (arg, t) in [("dinp", &*dinp), ("dweight", &*dweight), ("dbias", &*dbias), ("dout", dout), ("weight", weight)] {
+            expect_dtype(op, arg, t, inp.dtype())?;
+        }
+        expect_dtype(op, "mean", mean, DType::F32)?;
+        expect_dtype(op, "rstd", rstd, DType::F32)?;
+        match inp.dtype() {
+            DType::F32 => backward::<f32>(dinp, dweight, dbias, dout, inp, weight, mean, rstd),
+            DType::Bf16 => backward::<bf16>(dinp, dweight, dbias, dout, inp, weight, mean, rstd),
+            got => Err(Error::DType { op, arg: "inp", expected: DType::F32, got }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward<T: CudaElement>(
+        dinp: &mut Tensor,
+        dweight: &mut Tensor,
+        dbias: &mut Tensor,
+        dout: &Tensor,
+        inp: &Tensor,
+        weight: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+    ) -> Result<()> {
+        let (n, c) = rows_cols(inp);
+        let ci = check_c("layernorm_backward", c)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let dev = device_of(inp)?;
+        let blocks = n.div_ceil(BWD_ROWS);
+        if blocks > i32::MAX as usize {
+            return Err(Error::Invalid { op: "layernorm_backward", msg: format!("{n} rows is too many") });
+        }
+        // Per-block [dweight | dbias] partial sums, fully overwritten by the first kernel.
+        let mut partials = dev.alloc_zeros::<f32>(blocks * 2 * c)?;
+
+        let kernel = format!("layernorm_bwd_{}", T::NAME);
+        let f = dev.function("layernorm", &kernel)?;
+        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BWD_BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let rows = BWD_ROWS as i32;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch
+            .arg(dinp.cuda_slice_mut::<T>()?)
+            .arg(&mut partials)
+            .arg(dout.cuda_slice::<T>()?)
+            .arg(inp.cuda_slice::<T>()?)
+            .arg(weight.cuda_slice::<T>()?)
+            .arg(mean.cuda_slice::<f32>()?)
+            .arg(rstd.cuda_slice::<f32>()?)
+            .arg(&n)
+            .arg(&ci)
+            .arg(&rows);
+        // SAFETY: matches layernorm.cu `layernorm_bwd_<T>(T* dinp, float* partials, const T* dout, const T* inp,
+        // const T* weight, const float* mean, const float* rstd, u64 N, int C, int R)`; grid = ceil(N/R) blocks
+        // exactly, partials holds grid * 2C floats, R = 32 <= 64.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+
+        let kernel = format!("layernorm_bwd_reduce_{}", T::NAME);
+        let f = dev.function("layernorm", &kernel)?;
+        let cfg = LaunchConfig { grid_dim: ((2 * c).div_ceil(32) as u32, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+        let nblocks = blocks as i32;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch
+            .arg(dweight.cuda_slice_mut::<T>()?)
+            .arg(dbias.cuda_slice_mut::<T>()?)
+            .arg(&partials)
+            .arg(&nblocks)
+            .arg(&ci);
+        // SAFETY: matches layernorm.cu `layernorm_bwd_reduce_<T>(T* dweight, T* dbias, const float* partials,
+        // int nblocks, int C)`; block (32, 8) as the kernel's shared array assumes, grid covers 2C columns.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
     }
 }
