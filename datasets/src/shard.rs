@@ -219,6 +219,14 @@ impl Shard {
         let bytes = &self.map[HEADER_BYTES + start * w..HEADER_BYTES + (start + out.len()) * w];
         match self.width {
             // chunks_exact + from_le_bytes compiles to vector loads and widening moves.
+            TokenWidth::U16 if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 2 == 0 => {
+                // SAFETY: u16 has no invalid bit patterns; the pointer is 2-aligned (checked),
+                // so align_to yields an empty prefix and every byte lands in `ids`.
+                let (_, ids, _) = unsafe { bytes.align_to::<u16>() };
+                for (o, &id) in out.iter_mut().zip(ids) {
+                    *o = id as u32;
+                }
+            }
             TokenWidth::U16 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                     *o = u16::from_le_bytes([c[0], c[1]]) as u32;
