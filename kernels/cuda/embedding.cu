@@ -224,12 +224,10 @@ extern "C" __global__ void embedding_bwd_place(unsigned* sorted, const unsigned*
         const bool mine = tok >= v0 && tok < v1;
         const unsigned mask = __ballot_sync(0xffffffffu, mine);
         if (mask == 0) continue;  // uniform over the warp
-        unsigned peers = 0, slot = 0;
-        if (mine) {
-            peers = __match_any_sync(mask, tok);
-            slot = offsets[tok] + placed[tok - v0] + __popc(peers & below);
-            sorted[slot] = (unsigned)(base + lane);
-        }
+        // All 32 lanes take part; lanes not placing anything share a sentinel no owned id equals
+        // (owned ids are < V < 0xffffffff), so for an owned token `peers` is exactly its lanes.
+        const unsigned peers = __match_any_sync(0xffffffffu, mine ? tok : 0xffffffffu);
+        if (mine) sorted[offsets[tok] + placed[tok - v0] + __popc(peers & below)] = (unsigned)(base + lane);
         __syncwarp();  // every lane has read placed[] before the leaders advance it
         if (mine && (peers & below) == 0) placed[tok - v0] += __popc(peers);
         __syncwarp();
