@@ -444,3 +444,60 @@ fn global_norm_and_clip_match_cpu() {
         assert_eq!(pairs[2].0.to_vec(), pairs[2].1.to_vec(), "clip wrote through a shared tensor");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// the CPU faces of the ops added with the CUDA backend (run everywhere, CI included)
+
+#[test]
+fn cpu_fused_residual_layernorm_is_the_composition() {
+    let (n, c) = (7, 12);
+    let a = Tensor::from_vec(&[n, c], values(n * c, 1, -1.0, 2.0)).unwrap();
+    let b = Tensor::from_vec(&[n, c], values(n * c, 2, -1.0, 1.0)).unwrap();
+    let w = Tensor::from_vec(&[c], values(c, 3, 0.5, 1.5)).unwrap();
+    let bias = Tensor::from_vec(&[c], values(c, 4, -0.5, 0.5)).unwrap();
+    let z = |shape: &[usize]| Tensor::zeros(Device::Cpu, shape);
+    let (mut res, mut out, mut mean, mut rstd) = (z(&[n, c]), z(&[n, c]), z(&[n]), z(&[n]));
+    residual_layernorm_forward(&mut res, &mut out, &mut mean, &mut rstd, &a, &b, &w, &bias).unwrap();
+    let mut res_c = z(&[n, c]);
+    residual_forward(&mut res_c, &a, &b).unwrap();
+    let (mut out_c, mut mean_c, mut rstd_c) = (z(&[n, c]), z(&[n]), z(&[n]));
+    layernorm_forward(&mut out_c, &mut mean_c, &mut rstd_c, &res_c, &w, &bias).unwrap();
+    assert_eq!(res.to_vec(), res_c.to_vec());
+    assert_eq!(out.to_vec(), out_c.to_vec());
+    assert_eq!(rstd.to_vec(), rstd_c.to_vec());
+    let err = residual_layernorm_forward(&mut res, &mut out, &mut mean, &mut rstd, &a, &bias, &w, &bias).unwrap_err();
+    assert!(err.to_string().contains("`b`"), "{err}");
+}
+
+#[test]
+fn cpu_adamw_with_copy_writes_the_rounded_master() {
+    let n = 33;
+    let hp = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 2 };
+    let mut p = Tensor::from_vec(&[n], values(n, 5, -1.0, 1.0)).unwrap();
+    let g = Tensor::from_vec(&[n], values(n, 6, -1.0, 1.0)).unwrap();
+    let (mut m, mut v) = (Tensor::zeros(Device::Cpu, &[n]), Tensor::zeros(Device::Cpu, &[n]));
+    let (mut p2, mut m2, mut v2) = (p.clone(), m.clone(), v.clone());
+    let mut copy = Tensor::try_zeros(Device::Cpu, DType::Bf16, &[n]).unwrap();
+    adamw_update_with_copy(&mut p, &mut copy, &g, &mut m, &mut v, &hp).unwrap();
+    adamw_update(&mut p2, &g, &mut m2, &mut v2, &hp).unwrap();
+    assert_eq!(p.to_vec(), p2.to_vec(), "same update as adamw_update");
+    let want: Vec<f32> = p.to_vec().iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+    assert_eq!(copy.to_vec(), want);
+}
+
+#[test]
+fn cpu_clip_grad_norm_scales_by_the_clip_coefficient() {
+    let a0 = Tensor::from_vec(&[3], vec![3.0, 0.0, 0.0]).unwrap();
+    let b0 = Tensor::from_vec(&[1], vec![4.0]).unwrap();
+    let (mut a, mut b) = (a0.clone(), b0.clone());
+    let norm = clip_grad_norm(&mut [&mut a, &mut b], 1.0).unwrap();
+    assert_eq!(norm, 5.0);
+    let s = clip_coefficient(5.0, 1.0);
+    assert_eq!(a.to_vec(), [3.0 * s, 0.0, 0.0]);
+    assert_eq!(b.to_vec(), [4.0 * s]);
+    assert_eq!(a0.to_vec(), [3.0, 0.0, 0.0], "shared originals untouched");
+    // under the limit: unchanged
+    let norm = clip_grad_norm(&mut [&mut a, &mut b], 10.0).unwrap();
+    assert!((norm - 5.0 * s).abs() < 1e-6);
+    assert_eq!(b.to_vec(), [4.0 * s]);
+}
