@@ -115,7 +115,7 @@ fn run(cli: Cli) -> Result<()> {
             let s = prepare(&PrepareOptions { tokenizer, inputs, out, val_fraction, shard_tokens, progress: !quiet })?;
             let m = &s.meta;
             println!(
-                "prepared {} in {:.1}s: {} tokenizer (vocab {}), {} train tokens in {} shards, {} val tokens in {} shards, from {} files ({} bytes)",
+                "prepared {} in {:.1}s: {} tokenizer (vocab {}), {} train tokens in {} shard(s), {} val tokens in {} shard(s), from {} files ({} bytes)",
                 s.out.display(),
                 s.seconds,
                 m.tokenizer,
