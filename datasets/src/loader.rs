@@ -5,13 +5,13 @@
 //! Ring protocol. There are `prefetch` slots. A free slot is handed to the pool together with
 //! the window numbers of the next batch (drawn from the sampler on the consumer's thread,
 //! so the order is deterministic whatever the workers' timing); a worker fills it and sends
-//! it back; [`Loader::next`] hands batches out strictly in order. A slot goes back to the
+//! it back; [`Loader::next_batch`] hands batches out strictly in order. A slot goes back to the
 //! pool only when the consumer drops its [`LoadedBatch`], so a buffer is never refilled
 //! while it is being read.
 //!
 //! Where CUDA plugs in (the CUDA backend issue). Supply a [`HostAllocator`] whose buffers
 //! are pinned (page-locked, `cuMemHostAlloc`) and each carry a CUDA event:
-//! 1. the consumer takes a batch with [`Loader::next`], enqueues the host-to-device copy of
+//! 1. the consumer takes a batch with [`Loader::next_batch`], enqueues the host-to-device copy of
 //!    [`LoadedBatch::windows`] on the dedicated copy stream (asynchronous, since the memory
 //!    is pinned; two strided copies, pitch T+1, give inputs (B, T) and targets (B, T)),
 //!    records the slot's event on the copy stream, makes the compute stream wait on that
@@ -150,13 +150,13 @@ impl<A: HostAllocator> Loader<A> {
         Ok(loader)
     }
 
-    /// The sampler state after the last batch handed out by [`next`](Self::next): save it
+    /// The sampler state after the last batch handed out by [`next_batch`](Self::next_batch): save it
     /// in a checkpoint and pass it to a new loader to continue exactly here.
     pub fn state(&self) -> SamplerState {
         self.consumed_state
     }
 
-    /// How long the last [`next`](Self::next) call blocked waiting for a worker.
+    /// How long the last [`next_batch`](Self::next_batch) call blocked waiting for a worker.
     pub fn last_wait(&self) -> Duration {
         self.last_wait
     }
@@ -188,7 +188,7 @@ impl<A: HostAllocator> Loader<A> {
 
     /// The next batch in order, blocking until a worker has filled it. Its slot is refilled
     /// when the returned batch is dropped.
-    pub fn next(&mut self) -> Result<LoadedBatch<'_, A>> {
+    pub fn next_batch(&mut self) -> Result<LoadedBatch<'_, A>> {
         let started = Instant::now();
         let filled = loop {
             if let Some(i) = self.arrived.iter().position(|f| f.seq == self.next_consume) {
@@ -242,7 +242,7 @@ impl<A: HostAllocator> LoadedBatch<'_, A> {
         &self.filled().window_ids
     }
 
-    /// How long [`Loader::next`] blocked before this batch was ready.
+    /// How long [`Loader::next_batch`] blocked before this batch was ready.
     pub fn waited(&self) -> Duration {
         self.loader.last_wait
     }

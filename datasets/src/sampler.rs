@@ -120,7 +120,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn epoch_key(seed: u64, epoch: u64) -> u64 {
-    mix(seed ^ mix(epoch ^ 0x5EED_0F_E90C))
+    mix(seed ^ mix(epoch ^ 0x5EED_0FE9_0C00))
 }
 
 /// `index`'s image under a keyed pseudo-random permutation of `[0, n)`, `index < n`.

@@ -35,7 +35,7 @@ fn run(split: &Arc<Split>, seed: u64, state: SamplerState, cfg: LoaderConfig, ba
     let mut loader = Loader::new(split.clone(), index, sampler, cfg, PageableAllocator).unwrap();
     let (mut windows, mut ids) = (Vec::new(), Vec::new());
     for _ in 0..batches {
-        let b = loader.next().unwrap();
+        let b = loader.next_batch().unwrap();
         windows.push(b.windows().to_vec());
         ids.push(b.window_ids().to_vec());
     }

@@ -214,7 +214,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             // On the CPU the "device copy" is this copy into the model's input tensors; the
             // slot goes back to the workers as soon as it is made.
             let (x, y) = {
-                let loaded = loader.next()?;
+                let loaded = loader.next_batch()?;
                 data_wait += loaded.waited();
                 into_tensors(loaded.to_batch())?
             };

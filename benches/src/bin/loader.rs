@@ -107,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut checksum = 0u64;
             let mut wait = 0.0;
             for _ in 0..args.batches {
-                let batch = loader.next()?;
+                let batch = loader.next_batch()?;
                 wait += batch.waited().as_secs_f64();
                 checksum = checksum.wrapping_add(batch.windows()[0] as u64);
             }
