@@ -66,7 +66,8 @@ fn request_name(ordinal: usize) -> String {
 }
 
 /// Probes the driver, the device and NVRTC, then opens the device; returns a short
-/// description (`NVIDIA H100 80GB HBM3, sm_90, NVRTC 13.0`) or the reason it is unusable.
+/// description (`NVIDIA H100 80GB HBM3, sm_90, driver CUDA 13.0, NVRTC 13.0`) or the reason
+/// it is unusable.
 fn usable_cuda(ordinal: usize) -> std::result::Result<String, String> {
     crate::cuda::probe(ordinal)?;
     let dev = crate::cuda::device(ordinal).map_err(|e| match e {
@@ -74,7 +75,16 @@ fn usable_cuda(ordinal: usize) -> std::result::Result<String, String> {
         other => other.to_string(),
     })?;
     let nvrtc = crate::cuda::nvrtc::nvrtc().map_err(|e| e.to_string())?;
-    Ok(format!("{}, {}, NVRTC {}.{}", dev.name(), dev.arch(), nvrtc.version.0, nvrtc.version.1))
+    let driver = dev.driver_version();
+    Ok(format!(
+        "{}, {}, driver CUDA {}.{}, NVRTC {}.{}",
+        dev.name(),
+        dev.arch(),
+        driver / 1000,
+        driver % 1000 / 10,
+        nvrtc.version.0,
+        nvrtc.version.1
+    ))
 }
 
 #[cfg(test)]

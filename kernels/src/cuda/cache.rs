@@ -8,7 +8,7 @@
 //! compiling the same kernel at once both end with a whole file. A cache that cannot be
 //! read or written is skipped silently: it only ever saves time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::nvrtc::{self, COMPILE_OPTIONS};
 use crate::Result;
@@ -26,8 +26,12 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// The cubin for `file` on `arch`: from the cache when present, else compiled by NVRTC and
 /// stored. `fresh` skips the cache read (used when a cached cubin failed to load).
 pub fn cubin(file: &str, source: &str, arch: &str, fresh: bool) -> Result<Vec<u8>> {
+    cubin_in(cache_dir().as_deref(), file, source, arch, fresh)
+}
+
+fn cubin_in(dir: Option<&Path>, file: &str, source: &str, arch: &str, fresh: bool) -> Result<Vec<u8>> {
     let version = nvrtc::nvrtc()?.version;
-    let path = cache_dir().map(|dir| dir.join(entry_name(file, source, arch, version)));
+    let path = dir.map(|dir| dir.join(entry_name(file, source, arch, version)));
     if let (Some(path), false) = (&path, fresh) {
         if let Ok(bytes) = std::fs::read(path) {
             if !bytes.is_empty() {
@@ -53,7 +57,7 @@ fn entry_name(file: &str, source: &str, arch: &str, (major, minor): (i32, i32)) 
     format!("{file}-{arch}-nvrtc{major}.{minor}-{:016x}.cubin", h.finish())
 }
 
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) {
+fn write_atomic(path: &Path, bytes: &[u8]) {
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
@@ -98,5 +102,28 @@ mod tests {
         assert_ne!(a, entry_name("fill", "x", "sm_80", (13, 0)));
         assert_ne!(a, entry_name("fill", "x", "sm_90", (13, 1)));
         assert!(a.starts_with("fill-sm_90-nvrtc13.0-") && a.ends_with(".cubin"), "{a}");
+    }
+
+    /// Compiles once, then serves the stored file; `fresh` recompiles and replaces it.
+    #[test]
+    fn compiles_once_then_reads_the_cache() {
+        if let Err(e) = nvrtc::nvrtc() {
+            assert_ne!(std::env::var("ENGINE_REQUIRE_NVRTC").as_deref(), Ok("1"), "{e}");
+            eprintln!("skipped: NVRTC not found, run scripts/test ({e})");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("engine-kernel-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = crate::cuda::source("fill").expect("fill.cu is embedded");
+        let compiled = cubin_in(Some(&dir), "fill", src, "sm_80", false).unwrap();
+        let entries: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(entries.len(), 1, "one file, no temporaries left: {entries:?}");
+        assert_eq!(std::fs::read(&entries[0]).unwrap(), compiled);
+        // Mark the stored file: a cache hit returns the mark, a fresh compile replaces it.
+        std::fs::write(&entries[0], b"marked").unwrap();
+        assert_eq!(cubin_in(Some(&dir), "fill", src, "sm_80", false).unwrap(), b"marked");
+        assert_eq!(cubin_in(Some(&dir), "fill", src, "sm_80", true).unwrap(), compiled);
+        assert_eq!(std::fs::read(&entries[0]).unwrap(), compiled);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -23,7 +23,11 @@
 //!
 //! Every kernel goes on the device's single compute stream, so kernels run in launch order
 //! and need no events between them; the host sees results after `dev.synchronize()` or a
-//! device-to-host copy (which waits for the stream).
+//! device-to-host copy (which waits for the stream). cudarc's automatic per-buffer event
+//! tracking is therefore turned off (it would record events around every argument of every
+//! launch): code that adds a second stream (the data copy stream) orders it against the
+//! compute stream itself, with `CudaStream::record_event` / `CudaStream::wait`, and must not
+//! let a buffer be freed while the other stream still uses it.
 //!
 //! # A complete launcher (kernels/src/ops/fill.rs, the example to copy)
 //!
@@ -121,13 +125,14 @@ pub struct CudaDevice {
     arch: String,
     name: String,
     sm_count: u32,
+    driver_version: i32,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(String, String), CudaFunction>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaDevice(cuda:{} {} {})", self.ordinal, self.name, self.arch)
+        write!(f, "CudaDevice(cuda:{} {} {}, driver CUDA {})", self.ordinal, self.name, self.arch, self.driver_version)
     }
 }
 
@@ -145,9 +150,15 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     probe_driver(ordinal).map_err(unavailable)?;
     let driver = |what: &'static str| move |e: DriverError| unavailable(format!("{what}: {e}"));
     let ctx = CudaContext::new(ordinal).map_err(driver("creating the CUDA context"))?;
+    // SAFETY: called before any buffer or second stream exists on this context; all work goes
+    // on the one compute stream, which orders it (see the module docs for a second stream).
+    unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().map_err(driver("creating the compute stream"))?;
     let (major, minor) = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
     let name = ctx.name().map_err(driver("reading the device name"))?;
+    let mut driver_version = 0;
+    // SAFETY: a valid out-pointer; the driver library is present (probe_driver checked it).
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) }.result().map_err(driver("reading the driver version"))?;
     let sm_count = ctx
         .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         .map_err(driver("reading the SM count"))?;
@@ -158,6 +169,7 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
         arch: format!("sm_{major}{minor}"),
         name,
         sm_count: sm_count.max(1) as u32,
+        driver_version,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
     });
@@ -195,6 +207,11 @@ impl CudaDevice {
 
     pub fn sm_count(&self) -> u32 {
         self.sm_count
+    }
+
+    /// The CUDA version the driver supports, as `major * 1000 + minor * 10` (13000 = 13.0).
+    pub fn driver_version(&self) -> i32 {
+        self.driver_version
     }
 
     /// `kernel` from `kernels/cuda/<module>.cu`. The module is compiled for this device's
