@@ -46,14 +46,15 @@ fn every_kernel_file_compiles_for_sm80_and_sm90() {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(jobs.len());
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| loop {
-                let Some(&(stem, arch)) = jobs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) else { break };
-                let start = std::time::Instant::now();
-                match cuda::compile_module(stem, arch) {
-                    Ok(cubin) => eprintln!("ok   {stem}.cu {arch}: cubin {} bytes in {:.2?}", cubin.len(), start.elapsed()),
-                    Err(e) => {
-                        eprintln!("FAIL {stem}.cu {arch}");
-                        failures.lock().unwrap().push(e.to_string());
+            scope.spawn(|| {
+                while let Some(&(stem, arch)) = jobs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                    let start = std::time::Instant::now();
+                    match cuda::compile_module(stem, arch) {
+                        Ok(cubin) => eprintln!("ok   {stem}.cu {arch}: cubin {} bytes in {:.2?}", cubin.len(), start.elapsed()),
+                        Err(e) => {
+                            eprintln!("FAIL {stem}.cu {arch}");
+                            failures.lock().unwrap().push(e.to_string());
+                        }
                     }
                 }
             });

@@ -2,8 +2,8 @@
 //! cubin costs microseconds.
 //!
 //! Directory: `$ENGINE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/engine/kernels`, else
-//! `~/.cache/engine/kernels`. One file per (file stem, arch, NVRTC version, hash of source
-//! + options): `<stem>-<arch>-nvrtc<maj>.<min>-<hash>.cubin`. Files are written to a
+//! `~/.cache/engine/kernels`. One file per (file stem, arch, NVRTC version, hash of the
+//! source and options): `<stem>-<arch>-nvrtc<maj>.<min>-<hash>.cubin`. Files are written to a
 //! temporary name and renamed, so a reader never sees a partial cubin, and two processes
 //! compiling the same kernel at once both end with a whole file. A cache that cannot be
 //! read or written is skipped silently: it only ever saves time.
