@@ -172,32 +172,41 @@ fn matmul_forward_matches_naive_product() {
     }
 }
 
+/// NaN everywhere: an op that leaves any element of its output unwritten fails the check.
+fn poisoned(shape: &[usize]) -> Tensor {
+    Tensor::from_vec(shape, vec![f32::NAN; shape.iter().product()]).unwrap()
+}
+
 #[test]
 fn attention_backward_matches_finite_differences() {
-    let mut rng = fastrand::Rng::with_seed(5);
-    let (b, t, nh, hs) = (2, 6, 3, 4);
-    let c = nh * hs;
-    let qkv = randn(&mut rng, &[b, t, 3 * c], 1.0);
-    let r = randn(&mut rng, &[b, t, c], 1.0);
-    let fwd = |qkv: &Tensor| {
-        let mut out = Tensor::zeros(CPU, &[b, t, c]);
-        let mut att = Tensor::zeros(CPU, &[b, nh, t, t]);
-        attention_forward(&mut out, &mut att, qkv, nh).unwrap();
-        (dot(out.f32().unwrap(), r.f32().unwrap()), att)
-    };
-    let (_, att) = fwd(&qkv);
-    // causality: a probability above the diagonal would let a position see the future
-    let p = att.f32().unwrap();
-    for bh in 0..b * nh {
-        for i in 0..t {
-            let row = &p[(bh * t + i) * t..][..t];
-            assert!(row[i + 1..].iter().all(|&x| x == 0.0));
-            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    // T = 6 fits one causal row block; T = 77 spans three, the last one partial.
+    for (seed, (b, t, nh, hs)) in [(2, 6, 3, 4), (1, 77, 2, 8)].into_iter().enumerate() {
+        let mut rng = fastrand::Rng::with_seed(5 + seed as u64);
+        let c = nh * hs;
+        let qkv = randn(&mut rng, &[b, t, 3 * c], 1.0);
+        let r = randn(&mut rng, &[b, t, c], 1.0);
+        let fwd = |qkv: &Tensor| {
+            let mut out = poisoned(&[b, t, c]);
+            let mut att = poisoned(&[b, nh, t, t]);
+            attention_forward(&mut out, &mut att, qkv, nh).unwrap();
+            (dot(out.f32().unwrap(), r.f32().unwrap()), att)
+        };
+        let (loss, att) = fwd(&qkv);
+        assert!(loss.is_finite(), "T={t}: attention output has unwritten (NaN) elements");
+        // causality: a probability above the diagonal would let a position see the future
+        let p = att.f32().unwrap();
+        for bh in 0..b * nh {
+            for i in 0..t {
+                let row = &p[(bh * t + i) * t..][..t];
+                assert!(row[i + 1..].iter().all(|&x| x == 0.0), "T={t}: row {i} sees the future");
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            }
         }
+        let mut dqkv = poisoned(&[b, t, 3 * c]);
+        attention_backward(&mut dqkv, &r, &qkv, &att, nh).unwrap();
+        assert!(dqkv.f32().unwrap().iter().all(|x| x.is_finite()), "T={t}: dqkv has unwritten (NaN) elements");
+        check_grad(&format!("attention dqkv (T={t})"), &qkv, &dqkv, |x| fwd(x).0);
     }
-    let mut dqkv = Tensor::zeros(CPU, &[b, t, 3 * c]);
-    attention_backward(&mut dqkv, &r, &qkv, &att, nh).unwrap();
-    check_grad("attention dqkv", &qkv, &dqkv, |x| fwd(x).0);
 }
 
 #[test]

@@ -74,22 +74,26 @@ pub fn attention_backward(dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &
 
 pub mod cpu {
     use super::*;
-    use crate::ops::cpu_math::{exp, multiversion};
+    use crate::ops::cpu_math::{self, exp, multiversion};
 
     multiversion! {
         /// Softmax over row[..=i] (the positions query i may see); zero after it.
         fn causal_softmax_row(row: &mut [f32], i: usize) {
             let (seen, future) = row.split_at_mut(i + 1);
-            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0f32;
-            for x in seen.iter_mut() {
-                *x = exp(*x - max);
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
+            let max = cpu_math::max(seen);
+            seen.iter_mut().for_each(|x| *x = exp(*x - max));
+            let inv = 1.0 / cpu_math::sum_by(seen.len(), |j| seen[j]);
             seen.iter_mut().for_each(|x| *x *= inv);
             future.fill(0.0);
         }
+    }
+
+    /// Rows per block of the causal blocking: row block [r0, r1) only sees keys [0, r1), so
+    /// each GEMM covers the lower block triangle instead of the full T x T square (about
+    /// 60% of the work at T = 128). Small enough to skip most of the upper triangle, large
+    /// enough for the GEMM micro-kernels to run on full tiles.
+    fn row_block(t: usize) -> usize {
+        if t <= 256 { 32 } else { 64 }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -97,6 +101,7 @@ pub mod cpu {
         debug_assert_eq!(att.len(), b * nh * t * t);
         let hs = c / nh;
         let scale = 1.0 / (hs as f32).sqrt();
+        let rb = row_block(t);
         let out_ptr = SendPtr(out.as_mut_ptr());
         att.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
             let (bi, h) = (bh / nh, bh % nh);
@@ -104,26 +109,46 @@ pub mod cpu {
             let k = q.wrapping_add(c);
             let v = q.wrapping_add(2 * c);
             let o = out_ptr.get().wrapping_add(bi * t * c + h * hs);
-            // SAFETY: q/k/v address (t x hs) blocks inside qkv with row stride 3c; p is this
-            // task's own (t x t) slice; o is this (b, h)'s column stripe of out, disjoint
-            // from every other task's.
-            unsafe {
-                sgemm(t, t, hs, Mat { ptr: p.as_mut_ptr(), rs: t as isize, cs: 1 }, false, Mat::rows(q, 3 * c), Mat::trans(k, 3 * c), scale, false);
-            }
-            for (i, row) in p.chunks_mut(t).enumerate() {
-                causal_softmax_row(row, i);
-            }
-            // SAFETY: as above.
-            unsafe {
-                sgemm(t, hs, t, Mat { ptr: o, rs: c as isize, cs: 1 }, false, Mat::rows(p.as_ptr(), t), Mat::rows(v, 3 * c), 1.0, false);
+            for r0 in (0..t).step_by(rb) {
+                let r1 = (r0 + rb).min(t);
+                let pr = p[r0 * t..].as_mut_ptr();
+                // SAFETY: q/k/v address (t x hs) blocks inside qkv with row stride 3c, of
+                // which rows < r1 are read; pr is rows [r0, r1) of this task's own (t x t)
+                // slice; o is this (b, h)'s column stripe of out, disjoint from every other
+                // task's.
+                unsafe {
+                    // S[r0..r1, 0..r1] = scale * Q[r0..r1] K[0..r1]^T
+                    sgemm(r1 - r0, r1, hs, Mat { ptr: pr, rs: t as isize, cs: 1 }, false, Mat::rows(q.wrapping_add(r0 * 3 * c), 3 * c), Mat::trans(k, 3 * c), scale, false);
+                }
+                for i in r0..r1 {
+                    causal_softmax_row(&mut p[i * t..][..t], i);
+                }
+                // SAFETY: as above; P's columns >= r1 in these rows are zero and skipped.
+                unsafe {
+                    // O[r0..r1] = P[r0..r1, 0..r1] V[0..r1]
+                    sgemm(r1 - r0, hs, r1, Mat { ptr: o.wrapping_add(r0 * c), rs: c as isize, cs: 1 }, false, Mat::rows(p[r0 * t..].as_ptr(), t), Mat::rows(v, 3 * c), 1.0, false);
+                }
             }
         });
+    }
+
+    multiversion! {
+        /// dS = P * (dP - rowsum(P * dP)) for row i (columns <= i), zero after it; in place.
+        fn softmax_backward_row(ds: &mut [f32], p: &[f32], i: usize) {
+            let dot = cpu_math::dot(&p[..=i], &ds[..=i]);
+            let (seen, future) = ds.split_at_mut(i + 1);
+            for (d, &pj) in seen.iter_mut().zip(p) {
+                *d = pj * (*d - dot);
+            }
+            future.fill(0.0);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], b: usize, t: usize, c: usize, nh: usize) {
         let hs = c / nh;
         let scale = 1.0 / (hs as f32).sqrt();
+        let rb = row_block(t);
         let dqkv_ptr = SendPtr(dqkv.as_mut_ptr());
         (0..b * nh).into_par_iter().for_each_init(
             || vec![0.0f32; t * t],
@@ -138,28 +163,35 @@ pub mod cpu {
                 let dv = dq.wrapping_add(2 * c);
                 let d_o = dout[bi * t * c + h * hs..].as_ptr();
                 let p = &att[bh * t * t..][..t * t];
-                // SAFETY: every block is (t x hs) or (t x t) inside its buffer with the strides
-                // given; dq/dk/dv are this (b, h)'s column stripes of dqkv, disjoint across tasks.
-                unsafe {
-                    // dP (t x t) = dO (t x hs) @ V^T
-                    sgemm(t, t, hs, Mat { ptr: ds.as_mut_ptr(), rs: t as isize, cs: 1 }, false, Mat::rows(d_o, c), Mat::trans(v, 3 * c), 1.0, false);
-                    // dV (t x hs) = P^T @ dO
-                    sgemm(t, hs, t, Mat { ptr: dv, rs: 3 * c as isize, cs: 1 }, false, Mat::trans(p.as_ptr(), t), Mat::rows(d_o, c), 1.0, false);
-                }
-                for i in 0..t {
-                    let pr = &p[i * t..][..=i];
-                    let dr = &mut ds[i * t..][..t];
-                    let dot: f32 = pr.iter().zip(dr.iter()).map(|(p, d)| p * d).sum();
-                    for j in 0..=i {
-                        dr[j] = pr[j] * (dr[j] - dot);
+                let (ld3, ldo) = (3 * c, c);
+                // Row blocks [r0, r1): dP and dS for the keys [0, r1) these rows see.
+                for r0 in (0..t).step_by(rb) {
+                    let r1 = (r0 + rb).min(t);
+                    // SAFETY: every block is inside its buffer with the strides given (rows
+                    // < t of (t x hs) blocks with stride 3c or c, rows [r0, r1) of ds).
+                    unsafe {
+                        // dP[r0..r1, 0..r1] = dO[r0..r1] V[0..r1]^T
+                        sgemm(r1 - r0, r1, hs, Mat { ptr: ds[r0 * t..].as_mut_ptr(), rs: t as isize, cs: 1 }, false, Mat::rows(d_o.wrapping_add(r0 * ldo), ldo), Mat::trans(v, ld3), 1.0, false);
                     }
-                    dr[i + 1..].fill(0.0);
+                    for i in r0..r1 {
+                        softmax_backward_row(&mut ds[i * t..][..t], &p[i * t..][..t], i);
+                    }
+                    // SAFETY: as above; dq rows [r0, r1) belong to this (b, h) only.
+                    unsafe {
+                        // dQ[r0..r1] = scale * dS[r0..r1, 0..r1] K[0..r1]
+                        sgemm(r1 - r0, hs, r1, Mat { ptr: dq.wrapping_add(r0 * ld3), rs: ld3 as isize, cs: 1 }, false, Mat::rows(ds[r0 * t..].as_ptr(), t), Mat::rows(k, ld3), scale, false);
+                    }
                 }
-                // SAFETY: as above.
-                unsafe {
-                    // dQ = dS K * scale; dK = dS^T Q * scale
-                    sgemm(t, hs, t, Mat { ptr: dq, rs: 3 * c as isize, cs: 1 }, false, Mat::rows(ds.as_ptr(), t), Mat::rows(k, 3 * c), scale, false);
-                    sgemm(t, hs, t, Mat { ptr: dk, rs: 3 * c as isize, cs: 1 }, false, Mat::trans(ds.as_ptr(), t), Mat::rows(q, 3 * c), scale, false);
+                // Key blocks [c0, c1): only queries i >= c0 attend to them.
+                for c0 in (0..t).step_by(rb) {
+                    let c1 = (c0 + rb).min(t);
+                    // SAFETY: as above; dk/dv rows [c0, c1) belong to this (b, h) only.
+                    unsafe {
+                        // dV[c0..c1] = P[c0..t, c0..c1]^T dO[c0..t]
+                        sgemm(c1 - c0, hs, t - c0, Mat { ptr: dv.wrapping_add(c0 * ld3), rs: ld3 as isize, cs: 1 }, false, Mat::trans(p[c0 * t + c0..].as_ptr(), t), Mat::rows(d_o.wrapping_add(c0 * ldo), ldo), 1.0, false);
+                        // dK[c0..c1] = scale * dS[c0..t, c0..c1]^T Q[c0..t]
+                        sgemm(c1 - c0, hs, t - c0, Mat { ptr: dk.wrapping_add(c0 * ld3), rs: ld3 as isize, cs: 1 }, false, Mat::trans(ds[c0 * t + c0..].as_ptr(), t), Mat::rows(q.wrapping_add(c0 * ld3), ld3), scale, false);
+                    }
                 }
             },
         );

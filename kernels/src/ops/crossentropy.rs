@@ -39,15 +39,15 @@ pub fn crossentropy_forward(
 pub mod cpu {
     use rayon::prelude::*;
 
-    use crate::ops::cpu_math::{exp, multiversion};
+    use crate::ops::cpu_math::{self, exp, multiversion};
     use crate::{Error, Result};
 
     multiversion! {
         /// One row: returns the loss; with `grad`, overwrites the row with dlogits.
         fn row_forward(row: &mut [f32], vocab: usize, target: usize, dloss: f32, grad: bool) -> f32 {
             let (real, padding) = row.split_at_mut(vocab);
-            let max = real.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let sum: f32 = real.iter().map(|&x| exp(x - max)).sum();
+            let max = cpu_math::max(real);
+            let sum = cpu_math::sum_by(real.len(), |i| exp(real[i] - max));
             let loss = sum.ln() + max - real[target];
             if grad {
                 let scale = dloss / sum;

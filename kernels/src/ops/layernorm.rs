@@ -111,23 +111,43 @@ pub mod cpu {
     use rayon::prelude::*;
 
     use super::EPS;
+    use crate::ops::cpu_math::{sum_by, multiversion};
     use crate::ops::cpu_util::reduce_rows_into;
+
+    multiversion! {
+        /// One row: normalizes x into o, returns (mean, rstd).
+        fn forward_row(o: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32]) -> (f32, f32) {
+            let c = x.len();
+            let mu = sum_by(c, |i| x[i]) / c as f32;
+            let var = sum_by(c, |i| (x[i] - mu) * (x[i] - mu)) / c as f32;
+            let rs = 1.0 / (var + EPS).sqrt();
+            for i in 0..c {
+                o[i] = (x[i] - mu) * rs * weight[i] + bias[i];
+            }
+            (mu, rs)
+        }
+    }
+
+    multiversion! {
+        /// One row of dinp (overwritten).
+        fn backward_row(di: &mut [f32], d: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32) {
+            let c = x.len();
+            let dnorm_mean = sum_by(c, |i| d[i] * weight[i]) / c as f32;
+            let dnorm_norm_mean = sum_by(c, |i| d[i] * weight[i] * (x[i] - mu) * rs) / c as f32;
+            for i in 0..c {
+                let norm = (x[i] - mu) * rs;
+                let dnorm = d[i] * weight[i];
+                di[i] = rs * (dnorm - dnorm_mean - norm * dnorm_norm_mean);
+            }
+        }
+    }
 
     pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32]) {
         let c = weight.len();
         out.par_chunks_mut(c)
             .zip(inp.par_chunks(c))
             .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-            .for_each(|((o, x), (m, r))| {
-                let mu = x.iter().sum::<f32>() / c as f32;
-                let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-                let rs = 1.0 / (var + EPS).sqrt();
-                for i in 0..c {
-                    o[i] = (x[i] - mu) * rs * weight[i] + bias[i];
-                }
-                *m = mu;
-                *r = rs;
-            });
+            .for_each(|((o, x), (m, r))| (*m, *r) = forward_row(o, x, weight, bias));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -145,22 +165,7 @@ pub mod cpu {
         dinp.par_chunks_mut(c).enumerate().for_each(|(row, di)| {
             let x = &inp[row * c..][..c];
             let d = &dout[row * c..][..c];
-            let (mu, rs) = (mean[row], rstd[row]);
-            let mut dnorm_mean = 0.0f32;
-            let mut dnorm_norm_mean = 0.0f32;
-            for i in 0..c {
-                let norm = (x[i] - mu) * rs;
-                let dnorm = d[i] * weight[i];
-                dnorm_mean += dnorm;
-                dnorm_norm_mean += dnorm * norm;
-            }
-            dnorm_mean /= c as f32;
-            dnorm_norm_mean /= c as f32;
-            for i in 0..c {
-                let norm = (x[i] - mu) * rs;
-                let dnorm = d[i] * weight[i];
-                di[i] = rs * (dnorm - dnorm_mean - norm * dnorm_norm_mean);
-            }
+            backward_row(di, d, x, weight, mean[row], rstd[row]);
         });
         // dweight and dbias reduced together in one deterministic pass: [dweight | dbias].
         let rows = mean.len();
