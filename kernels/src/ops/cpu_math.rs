@@ -2,7 +2,7 @@
 //! stop the compiler from vectorizing a loop; they took over a third of a training step.
 //! `exp` below is branch-free (Cody-Waite range reduction + a degree-6 polynomial, within
 //! ~2 ulp over the f32 range), so loops over it vectorize, and `multiversion!` compiles
-//! such loops a second time for AVX2 + FMA, picked at run time.
+//! such loops again for AVX2 + FMA and for AVX-512, picked at run time.
 
 /// e^x for finite x; saturates below -87.3 (to ~1e-38, not 0) and above 88.3.
 #[inline(always)]
@@ -76,8 +76,8 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// Defines `fn $name(args)` whose body is compiled twice: for the baseline target and
-/// with AVX2 + FMA enabled, chosen at run time by CPU feature detection.
+/// Defines `fn $name(args)` whose body is compiled three times: for the baseline target,
+/// with AVX2 + FMA, and with AVX-512, chosen at run time by CPU feature detection.
 macro_rules! multiversion {
     ($(#[$meta:meta])* fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -86,9 +86,17 @@ macro_rules! multiversion {
             fn generic($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+                    // SAFETY: this CPU has the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: this CPU has the features `avx2` was compiled for.

@@ -118,6 +118,8 @@ pub mod cpu {
         /// One row: normalizes x into o, returns (mean, rstd).
         fn forward_row(o: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32]) -> (f32, f32) {
             let c = x.len();
+            // equal lengths, visible to the compiler: no bounds checks in the vector loops
+            let (o, weight, bias) = (&mut o[..c], &weight[..c], &bias[..c]);
             let mu = sum_by(c, |i| x[i]) / c as f32;
             let var = sum_by(c, |i| (x[i] - mu) * (x[i] - mu)) / c as f32;
             let rs = 1.0 / (var + EPS).sqrt();
@@ -132,6 +134,7 @@ pub mod cpu {
         /// One row of dinp (overwritten).
         fn backward_row(di: &mut [f32], d: &[f32], x: &[f32], weight: &[f32], mu: f32, rs: f32) {
             let c = x.len();
+            let (di, d, weight) = (&mut di[..c], &d[..c], &weight[..c]);
             let dnorm_mean = sum_by(c, |i| d[i] * weight[i]) / c as f32;
             let dnorm_norm_mean = sum_by(c, |i| d[i] * weight[i] * (x[i] - mu) * rs) / c as f32;
             for i in 0..c {
@@ -148,6 +151,18 @@ pub mod cpu {
             .zip(inp.par_chunks(c))
             .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
             .for_each(|((o, x), (m, r))| (*m, *r) = forward_row(o, x, weight, bias));
+    }
+
+    multiversion! {
+        /// One row's share of dweight (pw) and dbias (pb).
+        fn accumulate_param_grads(pw: &mut [f32], pb: &mut [f32], d: &[f32], x: &[f32], mu: f32, rs: f32) {
+            let c = x.len();
+            let (pw, pb, d) = (&mut pw[..c], &mut pb[..c], &d[..c]);
+            for i in 0..c {
+                pw[i] += d[i] * (x[i] - mu) * rs;
+                pb[i] += d[i];
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -175,10 +190,7 @@ pub mod cpu {
             let d = &dout[row * c..][..c];
             let (mu, rs) = (mean[row], rstd[row]);
             let (pw, pb) = partial.split_at_mut(c);
-            for i in 0..c {
-                pw[i] += d[i] * (x[i] - mu) * rs;
-                pb[i] += d[i];
-            }
+            accumulate_param_grads(pw, pb, d, x, mu, rs);
         });
         for i in 0..c {
             dweight[i] += acc[i];
