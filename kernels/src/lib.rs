@@ -14,6 +14,7 @@
 pub mod cuda;
 pub mod device;
 pub mod error;
+pub mod host_pool;
 pub mod ops;
 pub mod tensor;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use half::bf16;
 
 use crate::cuda::{self, CudaElement, CudaSlice};
-use crate::{Device, Error, Result};
+use crate::{host_pool, Device, Error, Result};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,13 +43,26 @@ enum Storage {
     CudaU32(CudaSlice<u32>),
 }
 
+/// f32 host buffers go back to the pool for reuse by [`Tensor::empty`].
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::CpuF32(v) = self {
+            host_pool::give(std::mem::take(v));
+        }
+    }
+}
+
 impl Storage {
     /// A deep copy; fails (rather than panicking, as `CudaSlice::clone` would) when the
     /// device cannot allocate.
     fn try_clone(&self) -> Result<Self> {
         let err = |e: cuda::DriverError| Error::Cuda { op: "copying a shared tensor before a write".into(), msg: e.to_string() };
         Ok(match self {
-            Storage::CpuF32(v) => Storage::CpuF32(v.clone()),
+            Storage::CpuF32(v) => {
+                let mut copy = host_pool::take(v.len());
+                copy.copy_from_slice(v);
+                Storage::CpuF32(copy)
+            }
             Storage::CpuBf16(v) => Storage::CpuBf16(v.clone()),
             Storage::CpuU32(v) => Storage::CpuU32(v.clone()),
             Storage::CudaF32(s) => Storage::CudaF32(s.try_clone().map_err(err)?),
@@ -96,11 +109,27 @@ impl Tensor {
             .unwrap_or_else(|e| panic!("Tensor::zeros({device}, {shape:?}) failed: {e}"))
     }
 
+    /// A tensor whose contents are unspecified, for an op to overwrite entirely: on the CPU
+    /// a recycled buffer from [`host_pool`] (no clearing, no page faults); elsewhere zeros.
+    pub fn try_empty(device: Device, dtype: DType, shape: &[usize]) -> Result<Self> {
+        match (device, dtype) {
+            (Device::Cpu, DType::F32) => {
+                let v = host_pool::take(shape.iter().product());
+                Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuF32(v)) })
+            }
+            _ => Self::try_zeros(device, dtype, shape),
+        }
+    }
+
     /// A tensor of zeros of any dtype on any device.
     pub fn try_zeros(device: Device, dtype: DType, shape: &[usize]) -> Result<Self> {
         let n = shape.iter().product();
         let storage = match (device, dtype) {
-            (Device::Cpu, DType::F32) => Storage::CpuF32(vec![0.0; n]),
+            (Device::Cpu, DType::F32) => {
+                let mut v = host_pool::take(n);
+                v.fill(0.0);
+                Storage::CpuF32(v)
+            }
             (Device::Cpu, DType::Bf16) => Storage::CpuBf16(vec![bf16::ZERO; n]),
             (Device::Cpu, DType::U32) => Storage::CpuU32(vec![0; n]),
             (Device::Cuda(ordinal), dtype) => {

@@ -96,7 +96,7 @@ impl Model for Gpt {
         }
         let x = self.ln_f.forward(&x)?;
         let vp = self.config.padded_vocab();
-        let mut logits = Tensor::zeros(x.device(), &[b, t, vp]);
+        let mut logits = Tensor::try_empty(x.device(), kernels::DType::F32, &[b, t, vp])?;
         matmul_forward(&mut logits, &x, &self.embedding.wte.value, None, WeightLayout::OutIn)?;
         let Some(targets) = targets else {
             self.head = Some((x, logits, false));
@@ -121,7 +121,7 @@ impl Model for Gpt {
         if loss_scale != 1.0 {
             scale(&mut dlogits, loss_scale)?;
         }
-        let mut dx = Tensor::zeros(x.device(), x.shape());
+        let mut dx = Tensor::try_empty(x.device(), kernels::DType::F32, x.shape())?;
         matmul_backward(&mut dx, &mut self.embedding.wte.grad, None, &dlogits, &x, &self.embedding.wte.value, WeightLayout::OutIn)?;
         drop(dlogits);
         let mut d = self.ln_f.backward(&dx)?;

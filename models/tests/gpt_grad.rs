@@ -4,6 +4,9 @@ use kernels::{Device, Tensor};
 use models::{Gpt, GptConfig, Model};
 
 fn tiny() -> (Gpt, Tensor, Tensor) {
+    // Recycled activation buffers start as NaN: an op that leaves part of its output
+    // unwritten turns the loss or a gradient into NaN here.
+    kernels::host_pool::set_poison(true);
     let config = GptConfig { vocab_size: 11, context_length: 8, n_layer: 2, n_head: 2, n_embd: 8 };
     let mut model = Gpt::new(config, Device::Cpu, 7).unwrap();
     // Move LayerNorm and biases off their trivial initial values so every gradient is exercised.

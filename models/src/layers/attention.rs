@@ -29,8 +29,8 @@ impl Layer for CausalSelfAttention {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let qkv = self.c_attn.forward(x)?; // (B,T,3C)
         let (b, t) = (x.shape()[0], x.shape()[1]);
-        let mut y = empty_like(x, x.shape());
-        let mut att = empty_like(x, &[b, self.n_head, t, t]);
+        let mut y = empty_like(x, x.shape())?;
+        let mut att = empty_like(x, &[b, self.n_head, t, t])?;
         attention_forward(&mut y, &mut att, &qkv, self.n_head)?;
         self.cache = Some((qkv, att));
         self.c_proj.forward(&y)
@@ -39,7 +39,7 @@ impl Layer for CausalSelfAttention {
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let dy = self.c_proj.backward(dout)?;
         let (qkv, att) = saved(&self.cache, "CausalSelfAttention")?;
-        let mut dqkv = empty_like(qkv, qkv.shape());
+        let mut dqkv = empty_like(qkv, qkv.shape())?;
         attention_backward(&mut dqkv, &dy, qkv, att, self.n_head)?;
         self.c_attn.backward(&dqkv)
     }

@@ -26,10 +26,10 @@ impl Block {
 impl Layer for Block {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let a = self.attn.forward(&self.ln_1.forward(x)?)?;
-        let mut x1 = empty_like(x, x.shape());
+        let mut x1 = empty_like(x, x.shape())?;
         residual_forward(&mut x1, x, &a)?;
         let m = self.mlp.forward(&self.ln_2.forward(&x1)?)?;
-        let mut x2 = empty_like(x, x.shape());
+        let mut x2 = empty_like(x, x.shape())?;
         residual_forward(&mut x2, &x1, &m)?;
         Ok(x2)
     }

@@ -33,7 +33,7 @@ impl Layer for Embedding {
             return Err(crate::Error::Input(format!("Embedding: token ids must be (B,T), got {:?}", x.shape())));
         };
         let c = self.wte.value.shape()[1];
-        let mut out = empty_like(&self.wte.value, &[b, t, c]);
+        let mut out = empty_like(&self.wte.value, &[b, t, c])?;
         embedding_forward(&mut out, x, &self.wte.value, &self.wpe.value)?;
         self.tokens = Some(x.clone());
         Ok(out)

@@ -12,7 +12,7 @@ pub struct Gelu {
 
 impl Layer for Gelu {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let mut out = empty_like(x, x.shape());
+        let mut out = empty_like(x, x.shape())?;
         gelu_forward(&mut out, x)?;
         self.input = Some(x.clone());
         Ok(out)
@@ -20,7 +20,7 @@ impl Layer for Gelu {
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let x = saved(&self.input, "Gelu")?;
-        let mut dx = empty_like(x, x.shape());
+        let mut dx = empty_like(x, x.shape())?;
         gelu_backward(&mut dx, x, dout)?;
         Ok(dx)
     }

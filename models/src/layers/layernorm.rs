@@ -26,8 +26,8 @@ impl LayerNorm {
 impl Layer for LayerNorm {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let n = x.numel() / self.weight.numel();
-        let mut out = empty_like(x, x.shape());
-        let (mut mean, mut rstd) = (empty_like(x, &[n]), empty_like(x, &[n]));
+        let mut out = empty_like(x, x.shape())?;
+        let (mut mean, mut rstd) = (empty_like(x, &[n])?, empty_like(x, &[n])?);
         layernorm_forward(&mut out, &mut mean, &mut rstd, x, &self.weight.value, &self.bias.value)?;
         self.cache = Some((x.clone(), mean, rstd));
         Ok(out)
@@ -35,7 +35,7 @@ impl Layer for LayerNorm {
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let (x, mean, rstd) = saved(&self.cache, "LayerNorm")?;
-        let mut dx = empty_like(x, x.shape());
+        let mut dx = empty_like(x, x.shape())?;
         layernorm_backward(&mut dx, &mut self.weight.grad, &mut self.bias.grad, dout, x, &self.weight.value, mean, rstd)?;
         Ok(dx)
     }

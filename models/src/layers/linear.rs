@@ -33,7 +33,7 @@ impl Linear {
 
 impl Layer for Linear {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let mut out = empty_like(x, &self.out_shape(x));
+        let mut out = empty_like(x, &self.out_shape(x))?;
         matmul_forward(&mut out, x, &self.weight.value, self.bias.as_ref().map(|b| &b.value), WeightLayout::InOut)?;
         self.input = Some(x.clone());
         Ok(out)
@@ -41,7 +41,7 @@ impl Layer for Linear {
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let x = saved(&self.input, "Linear")?;
-        let mut dx = empty_like(x, x.shape());
+        let mut dx = empty_like(x, x.shape())?;
         matmul_backward(
             &mut dx,
             &mut self.weight.grad,

@@ -30,9 +30,10 @@ pub trait Layer {
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param));
 }
 
-/// A fresh output tensor on `like`'s device.
-pub(crate) fn empty_like(like: &Tensor, shape: &[usize]) -> Tensor {
-    Tensor::zeros(like.device(), shape)
+/// An output tensor on `like`'s device with unspecified contents (a recycled buffer):
+/// every op overwrites its outputs entirely.
+pub(crate) fn empty_like(like: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::try_empty(like.device(), kernels::DType::F32, shape)?)
 }
 
 pub(crate) fn saved<'a, T>(slot: &'a Option<T>, layer: &'static str) -> Result<&'a T> {
