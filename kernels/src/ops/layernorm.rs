@@ -201,7 +201,10 @@ pub mod cpu {
 
 pub mod cuda {
     //! Launchers for kernels/cuda/layernorm.cu. Activations and parameters are f32 or bf16
-    //! (all the same dtype); mean and rstd are always f32.
+    //! (all the same dtype); mean and rstd are always f32. The parameter gradients (dweight,
+    //! dbias) are that dtype too, or f32 with bf16 activations (mixed precision's f32
+    //! gradients): the backward's block partials are f32 either way, and the reduce kernel
+    //! that adds them into the gradients is picked by the gradients' dtype.
     use crate::cuda::{self as cu, bf16, CudaElement, LaunchConfig, PushKernelArg};
     use crate::ops::{expect_dtype, rows_cols};
     use crate::{DType, Device, Error, Result, Tensor};
@@ -353,9 +356,13 @@ pub mod cuda {
         rstd: &Tensor,
     ) -> Result<()> {
         let op = "layernorm_backward";
-        for (arg, t) in [("dinp", &*dinp), ("dweight", &*dweight), ("dbias", &*dbias), ("dout", dout), ("weight", weight)] {
+        for (arg, t) in [("dinp", &*dinp), ("dout", dout), ("weight", weight)] {
             expect_dtype(op, arg, t, inp.dtype())?;
         }
+        // f32 gradients are accepted with either activation dtype; bf16 ones only with bf16.
+        let grad_dtype = if dweight.dtype() == DType::F32 { DType::F32 } else { inp.dtype() };
+        expect_dtype(op, "dweight", dweight, grad_dtype)?;
+        expect_dtype(op, "dbias", dbias, grad_dtype)?;
         expect_dtype(op, "mean", mean, DType::F32)?;
         expect_dtype(op, "rstd", rstd, DType::F32)?;
         match inp.dtype() {
@@ -410,19 +417,37 @@ pub mod cuda {
         // exactly, partials holds grid * 2C floats, R = 32 <= 64.
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
 
-        let kernel = format!("layernorm_bwd_reduce_{}", T::NAME);
+        match dweight.dtype() {
+            DType::F32 => reduce::<f32>(&dev, dweight, dbias, &partials, blocks, ci),
+            _ => reduce::<T>(&dev, dweight, dbias, &partials, blocks, ci),
+        }
+    }
+
+    /// dweight, dbias (G = their dtype) += the column sums of the per-block partials.
+    fn reduce<G: CudaElement>(
+        dev: &cu::CudaDevice,
+        dweight: &mut Tensor,
+        dbias: &mut Tensor,
+        partials: &cu::CudaSlice<f32>,
+        blocks: usize,
+        ci: i32,
+    ) -> Result<()> {
+        let c = ci as usize;
+        let kernel = format!("layernorm_bwd_reduce_{}", G::NAME);
         let f = dev.function("layernorm", &kernel)?;
         let cfg = LaunchConfig { grid_dim: ((2 * c).div_ceil(32) as u32, 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
         let nblocks = blocks as i32;
         let mut launch = dev.stream().launch_builder(&f);
         launch
-            .arg(dweight.cuda_slice_mut::<T>()?)
-            .arg(dbias.cuda_slice_mut::<T>()?)
-            .arg(&partials)
+            .arg(dweight.cuda_slice_mut::<G>()?)
+            .arg(dbias.cuda_slice_mut::<G>()?)
+            .arg(partials)
             .arg(&nblocks)
             .arg(&ci);
-        // SAFETY: matches layernorm.cu `layernorm_bwd_reduce_<T>(T* dweight, T* dbias, const float* partials,
-        // int nblocks, int C)`; block (32, 8) as the kernel's shared array assumes, grid covers 2C columns.
+        // SAFETY: matches layernorm.cu `layernorm_bwd_reduce_<G>(G* dweight, G* dbias, const float* partials,
+        // int nblocks, int C)` for G = f32 or bf16, the dtype of dweight and dbias (checked by
+        // layernorm_backward); partials holds nblocks * 2C floats written by layernorm_bwd_<T>, which
+        // does not depend on G; block (32, 8) as the kernel's shared array assumes, grid covers 2C columns.
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
         Ok(())
     }
