@@ -1,6 +1,6 @@
 //! Checkpoints: a directory holding
 //! - `model.safetensors`: every parameter under its (Hugging Face) name and export shape,
-//!   so padding never leaks out;
+//!   so padding never leaks out; f32 always (in bf16 precision, the fp32 master weights);
 //! - `config.json`: the Hugging Face config for that export (GPT-2);
 //! - `optimizer.safetensors`: AdamW's m and v (`<name>.m`, `<name>.v`, stored shapes);
 //! - `state.json`: the step, the resolved run config, the last losses and the data sampler's position.
@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kernels::{Device, Tensor};
-use models::{Gpt, Model};
+use models::{Gpt, Model, Precision};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -88,15 +88,24 @@ pub fn save(run_dir: &Path, model: &dyn Model, opt: &AdamW, state: &CheckpointSt
     let mut weights = Vec::new();
     let mut moments = Vec::new();
     let mut i = 0;
+    let mut copied = Ok(());
+    // The fp32 values (master weights in bf16 precision) and AdamW state, copied to the host.
     model.visit_params(&mut |p| {
-        let data = p.value.to_vec();
-        let n: usize = p.export_shape.iter().product();
-        weights.push((p.name.clone(), p.export_shape.clone(), f32_bytes(&data[..n])));
         let (m, v) = &opt.state[i];
-        moments.push((format!("{}.m", p.name), p.value.shape().to_vec(), f32_bytes(&m.to_vec())));
-        moments.push((format!("{}.v", p.name), p.value.shape().to_vec(), f32_bytes(&v.to_vec())));
         i += 1;
+        if copied.is_err() {
+            return;
+        }
+        copied = (|| -> Result<()> {
+            let data = p.value.try_to_vec()?;
+            let n: usize = p.export_shape.iter().product();
+            weights.push((p.name.clone(), p.export_shape.clone(), f32_bytes(&data[..n])));
+            moments.push((format!("{}.m", p.name), p.value.shape().to_vec(), f32_bytes(&m.try_to_vec()?)));
+            moments.push((format!("{}.v", p.name), p.value.shape().to_vec(), f32_bytes(&v.try_to_vec()?)));
+            Ok(())
+        })();
     });
+    copied?;
     let pt = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(&tmp.join("model.safetensors"), weights, pt)?;
     write_safetensors(&tmp.join("optimizer.safetensors"), moments, HashMap::from([("step".into(), opt.step.to_string())]))?;
@@ -151,8 +160,9 @@ fn read_file(dir: &Path, file: &str) -> Result<Vec<u8>> {
     fs::read(dir.join(file)).map_err(|e| ckpt_err(dir, format!("cannot read {file}: {e}")))
 }
 
-/// Copies tensor `name` (expected `shape`) from `st` into the leading block of `dst`.
-fn load_into(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, shape: &[usize], dst: &mut Tensor) -> Result<()> {
+/// Tensor `name` (expected `shape`) from `st` as the leading block of a host f32 tensor of
+/// `full_shape` (the rest zero: vocabulary padding).
+fn read_tensor(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, shape: &[usize], full_shape: &[usize]) -> Result<Tensor> {
     let view = st.tensor(name).map_err(|_| ckpt_err(dir, format!("{file} has no tensor `{name}`")))?;
     if view.dtype() != Dtype::F32 {
         return Err(ckpt_err(dir, format!("{file}: `{name}` is {:?}, expected F32", view.dtype())));
@@ -160,11 +170,11 @@ fn load_into(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, shape: &[
     if view.shape() != shape {
         return Err(ckpt_err(dir, format!("{file}: `{name}` has shape {:?}, the model expects {shape:?}", view.shape())));
     }
-    let out = dst.f32_mut()?;
-    for (o, chunk) in out.iter_mut().zip(view.data().chunks_exact(4)) {
+    let mut data = vec![0.0f32; full_shape.iter().product()];
+    for (o, chunk) in data.iter_mut().zip(view.data().chunks_exact(4)) {
         *o = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
     }
-    Ok(())
+    Ok(Tensor::from_vec(full_shape, data)?)
 }
 
 /// Loads a model's parameters from `dir/model.safetensors`; every parameter must be there
@@ -177,9 +187,9 @@ pub fn load_weights(dir: &Path, model: &mut dyn Model) -> Result<()> {
     model.visit_params_mut(&mut |p| {
         expected += 1;
         if result.is_ok() {
-            let shape = p.export_shape.clone();
-            p.value = Tensor::zeros(p.value.device(), p.value.shape());
-            result = load_into(dir, "model.safetensors", &st, &p.name, &shape, &mut p.value);
+            // Read on the host, then uploaded; in bf16 the working copy is rounded from it.
+            result = read_tensor(dir, "model.safetensors", &st, &p.name, &p.export_shape, p.value.shape())
+                .and_then(|host| Ok(p.set_value(&host)?));
         }
     });
     result?;
@@ -200,10 +210,14 @@ pub fn load_optimizer(dir: &Path, model: &dyn Model, opt: &mut AdamW, step: u64)
     let mut i = 0;
     model.visit_params(&mut |p| {
         if result.is_ok() {
-            let shape = p.value.shape().to_vec();
+            let (shape, device) = (p.value.shape(), p.value.device());
             let (m, v) = &mut opt.state[i];
-            result = load_into(dir, "optimizer.safetensors", &st, &format!("{}.m", p.name), &shape, m)
-                .and_then(|_| load_into(dir, "optimizer.safetensors", &st, &format!("{}.v", p.name), &shape, v));
+            let load = |suffix: &str, dst: &mut Tensor| -> Result<()> {
+                let host = read_tensor(dir, "optimizer.safetensors", &st, &format!("{}.{suffix}", p.name), shape, shape)?;
+                *dst = host.to_device(device)?;
+                Ok(())
+            };
+            result = load("m", m).and_then(|_| load("v", v));
         }
         i += 1;
     });
@@ -212,11 +226,17 @@ pub fn load_optimizer(dir: &Path, model: &dyn Model, opt: &mut AdamW, step: u64)
     Ok(())
 }
 
-/// A checkpoint's model with its config (for eval and sampling).
+/// A checkpoint's model with its config (for eval and sampling), in fp32 on `device`.
 pub fn load_model(path: &Path, device: Device) -> Result<(PathBuf, CheckpointState, Config, Gpt)> {
+    load_model_with(path, device, Precision::Fp32)
+}
+
+/// A checkpoint's model in `precision` on `device` (the weights are read from the fp32
+/// values the checkpoint holds, uploaded, and rounded for the bf16 working copies).
+pub fn load_model_with(path: &Path, device: Device, precision: Precision) -> Result<(PathBuf, CheckpointState, Config, Gpt)> {
     let dir = resolve(path)?;
     let (state, config) = read_state(&dir)?;
-    let mut model = Gpt::new(config.gpt_config(state.vocab_size), device, config.run.seed)?;
+    let mut model = Gpt::with_precision(config.gpt_config(state.vocab_size), device, precision, config.run.seed)?;
     load_weights(&dir, &mut model)?;
     Ok((dir, state, config, model))
 }

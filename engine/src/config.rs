@@ -110,6 +110,9 @@ pub struct TrainConfig {
     pub log_interval: u64,
     /// A checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_interval: u64,
+    /// "auto" (bf16 on a GPU, fp32 on the CPU), "fp32" or "bf16" (mixed precision: bf16
+    /// weight copies and activations, fp32 master weights, gradients and AdamW state; GPU only).
+    pub precision: String,
 }
 
 impl Default for TrainConfig {
@@ -132,6 +135,7 @@ impl Default for TrainConfig {
             eval_batches: 20,
             log_interval: 10,
             checkpoint_interval: 0,
+            precision: "auto".into(),
         }
     }
 }
@@ -245,6 +249,12 @@ impl Config {
         if kernels::device::DeviceRequest::parse(&self.run.device).is_none() {
             return Err(format!("key `run.device`: expected \"auto\", \"cpu\" or \"cuda\", got \"{}\"", self.run.device));
         }
+        if !PRECISIONS.contains(&t.precision.as_str()) {
+            return Err(format!("key `train.precision`: expected \"auto\", \"fp32\" or \"bf16\", got \"{}\"", t.precision));
+        }
+        if t.precision == "bf16" && self.run.device == "cpu" {
+            return Err(bf16_on_cpu("run.device = \"cpu\""));
+        }
         if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) || self.run.name == ".." {
             return Err(format!("key `run.name`: must be a plain directory name, got \"{}\"", self.run.name));
         }
@@ -266,6 +276,18 @@ impl Config {
         4.0 * (4.0 * params + activations)
     }
 
+    /// The precision to compute in on `device`: `train.precision`, with "auto" meaning bf16
+    /// on a GPU and fp32 on the CPU. bf16 on the CPU is an error naming the key.
+    pub fn precision(&self, device: kernels::Device) -> std::result::Result<models::Precision, String> {
+        use models::Precision;
+        match (self.train.precision.as_str(), device) {
+            ("fp32", _) | ("auto", kernels::Device::Cpu) => Ok(Precision::Fp32),
+            ("bf16" | "auto", kernels::Device::Cuda(_)) => Ok(Precision::Bf16),
+            ("bf16", kernels::Device::Cpu) => Err(bf16_on_cpu("the device is the CPU")),
+            (other, _) => Err(format!("key `train.precision`: expected \"auto\", \"fp32\" or \"bf16\", got \"{other}\"")),
+        }
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.run.out_dir.join(&self.run.name)
     }
@@ -279,6 +301,16 @@ impl Config {
             n_embd: self.model.n_embd,
         }
     }
+}
+
+/// The values `train.precision` takes.
+pub const PRECISIONS: [&str; 3] = ["auto", "fp32", "bf16"];
+
+fn bf16_on_cpu(why: &str) -> String {
+    format!(
+        "key `train.precision`: \"bf16\" needs a CUDA device, but {why}; the CPU computes in fp32 only \
+         (set train.precision = \"fp32\" or \"auto\", or run.device = \"cuda\")"
+    )
 }
 
 /// toml's messages carry a source excerpt over several lines; keep the line/column and the reason.

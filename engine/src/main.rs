@@ -11,7 +11,8 @@ use engine::prepare::{prepare, PrepareOptions, DEFAULT_SHARD_TOKENS};
 use engine::sample::{sample, SampleOptions};
 use engine::train::{evaluate, load_dataset, train, TrainOptions};
 use engine::{Error, Result};
-use kernels::Device;
+use kernels::device::{select, DeviceRequest};
+use models::{Model, Precision};
 
 #[derive(Parser)]
 #[command(name = "engine", version, about = "A standalone training engine for GPT-2-class transformers")]
@@ -69,6 +70,9 @@ enum Command {
         top_k: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// "auto" (the GPU when usable, else the CPU), "cpu", "cuda" or "cuda:N".
+        #[arg(long, default_value = "auto", value_name = "DEVICE")]
+        device: String,
     },
     /// Print a checkpoint's validation loss.
     Eval {
@@ -82,6 +86,9 @@ enum Command {
         /// Also write the evaluated windows, as safetensors `tokens` int32 [windows, T+1].
         #[arg(long, value_name = "FILE")]
         dump_tokens: Option<PathBuf>,
+        /// "auto" (the GPU when usable, else the CPU), "cpu", "cuda" or "cuda:N".
+        #[arg(long, default_value = "auto", value_name = "DEVICE")]
+        device: String,
     },
 }
 
@@ -129,18 +136,18 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed } => {
+        Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, device } => {
             if !(temperature.is_finite() && temperature >= 0.0) {
                 return Err(Error::Usage(format!("--temperature must be a number >= 0, got {temperature}")));
             }
-            let (_, _, config, mut model) = checkpoint::load_model(&checkpoint, Device::Cpu)?;
+            let (_, _, config, mut model) = load_checkpoint_on(&checkpoint, &device)?;
             let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
             let text = sample(&mut model, tokenizer.as_ref(), &SampleOptions { prompt, tokens, temperature, top_k, seed })?;
             println!("{text}");
             Ok(())
         }
-        Command::Eval { checkpoint, batches, json, dump_tokens } => {
-            let (dir, state, config, mut model) = checkpoint::load_model(&checkpoint, Device::Cpu)?;
+        Command::Eval { checkpoint, batches, json, dump_tokens, device } => {
+            let (dir, state, config, mut model) = load_checkpoint_on(&checkpoint, &device)?;
             let data = load_dataset(&config)?;
             let t = &config.train;
             let batches = batches.unwrap_or(t.eval_batches);
@@ -152,14 +159,36 @@ fn run(cli: Cli) -> Result<()> {
                 let index = data.val.windows(t.seq_len)?;
                 dump_windows(&path, &data.val.sequential_windows(&index, windows), windows, t.seq_len)?;
             }
+            let (device, precision) = (model.device().to_string(), model.precision.name());
             if json {
-                println!("{}", serde_json::json!({"val_loss": loss, "windows": windows, "seq_len": t.seq_len, "step": state.step}));
+                println!(
+                    "{}",
+                    serde_json::json!({"val_loss": loss, "windows": windows, "seq_len": t.seq_len, "step": state.step, "device": device, "precision": precision})
+                );
             } else {
-                println!("val loss {loss:.4} ({windows} windows of {} tokens; checkpoint {}, step {})", t.seq_len, dir.display(), state.step);
+                println!(
+                    "val loss {loss:.4} ({windows} windows of {} tokens; checkpoint {}, step {}; {device}, {precision})",
+                    t.seq_len,
+                    dir.display(),
+                    state.step
+                );
             }
             Ok(())
         }
     }
+}
+
+/// A checkpoint's model on the device `--device` asks for, in the precision its run's
+/// `train.precision` gives there, except that bf16 on the CPU becomes fp32 (checkpoints hold
+/// fp32 weights, and the CPU computes in fp32 only).
+fn load_checkpoint_on(path: &Path, device: &str) -> Result<(PathBuf, checkpoint::CheckpointState, Config, models::Gpt)> {
+    let request = DeviceRequest::parse(device)
+        .ok_or_else(|| Error::Usage(format!("--device: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"{device}\"")))?;
+    let dir = checkpoint::resolve(path)?;
+    let (_, config) = checkpoint::read_state(&dir)?;
+    let (device, _) = select(request)?;
+    let precision = config.precision(device).unwrap_or(Precision::Fp32);
+    checkpoint::load_model_with(&dir, device, precision)
 }
 
 /// Writes the evaluated windows, `rows` (windows, T+1), as int32.

@@ -1,10 +1,11 @@
-//! AdamW over a model's parameters, with global-norm gradient clipping. The state (m, v)
-//! is kept per parameter in the model's visiting order, which is stable.
+//! AdamW over a model's parameters, with global-norm gradient clipping, on the model's
+//! device. The state (m, v, f32, same device) is kept per parameter in the model's
+//! visiting order, which is stable. In bf16 precision the update writes the fp32 master
+//! value and its bf16 working copy in one pass (`adamw_update_with_copy`).
 
-use kernels::ops::adamw::{adamw_update, AdamWStep};
-use kernels::ops::norm::{clip_coefficient, global_norm};
-use kernels::ops::residual::scale;
-use kernels::Tensor;
+use kernels::ops::adamw::{adamw_update, adamw_update_with_copy, AdamWStep};
+use kernels::ops::norm::{clip_grad_norm, global_norm};
+use kernels::{DType, Tensor};
 use models::Model;
 
 use crate::Result;
@@ -25,27 +26,35 @@ pub struct AdamW {
     pub config: AdamWConfig,
     /// Steps taken so far.
     pub step: u64,
-    /// (m, v) per parameter, in visiting order.
+    /// (m, v) per parameter, in visiting order: f32, on the parameter's device.
     pub state: Vec<(Tensor, Tensor)>,
 }
 
 impl AdamW {
+    /// Zero state for every parameter of `model`. Panics if the device cannot allocate it;
+    /// [`AdamW::try_new`] returns that as an error.
     pub fn new(config: AdamWConfig, model: &dyn Model) -> Self {
+        Self::try_new(config, model).unwrap_or_else(|e| panic!("AdamW::new: {e}"))
+    }
+
+    pub fn try_new(config: AdamWConfig, model: &dyn Model) -> Result<Self> {
         let mut state = Vec::new();
+        let mut result = Ok(());
         model.visit_params(&mut |p| {
-            state.push((Tensor::zeros(p.value.device(), p.value.shape()), Tensor::zeros(p.value.device(), p.value.shape())))
+            if result.is_ok() {
+                let zeros = || Tensor::try_zeros(p.value.device(), DType::F32, p.value.shape());
+                result = zeros().and_then(|m| Ok((m, zeros()?))).map(|mv| state.push(mv));
+            }
         });
-        Self { config, step: 0, state }
+        result?;
+        Ok(Self { config, step: 0, state })
     }
 
     /// Clips the gradients and takes one step at learning rate `lr`. Returns the gradient
-    /// norm before clipping.
+    /// norm before clipping (computed on the model's device; reading it is the step's one
+    /// wait for the device).
     pub fn step(&mut self, model: &mut dyn Model, lr: f32) -> Result<f32> {
-        let mut grads = Vec::new();
-        model.visit_params(&mut |p| grads.push(p.grad.clone()));
-        let norm = global_norm(&grads.iter().collect::<Vec<_>>())?;
-        drop(grads); // release the shared references so the in-place updates below do not copy
-        let coef = if self.config.grad_clip > 0.0 { clip_coefficient(norm, self.config.grad_clip) } else { 1.0 };
+        let norm = clip_gradients(model, self.config.grad_clip)?;
         self.step += 1;
         let c = &self.config;
         let mut result = Ok(());
@@ -64,16 +73,36 @@ impl AdamW {
             };
             let (m, v) = &mut self.state[i];
             i += 1;
-            result = (|| {
-                if coef < 1.0 {
-                    scale(&mut p.grad, coef)?;
-                }
-                adamw_update(&mut p.value, &p.grad, m, v, &hp)
-            })();
+            result = match &mut p.working {
+                Some(working) => adamw_update_with_copy(&mut p.value, working, &p.grad, m, v, &hp),
+                None => adamw_update(&mut p.value, &p.grad, m, v, &hp),
+            };
         });
         result?;
         Ok(norm)
     }
+}
+
+/// The global gradient norm; with `max_norm > 0`, also scales every gradient by
+/// min(1, max_norm / (norm + 1e-6)) (on a GPU without the host waiting in between).
+fn clip_gradients(model: &mut dyn Model, max_norm: f32) -> Result<f32> {
+    // The gradients are moved out for the call (not cloned: a clone shares storage and an
+    // in-place write would copy it) and put back in the same order.
+    let mut grads = Vec::new();
+    model.visit_params_mut(&mut |p| grads.push(std::mem::replace(&mut p.grad, empty())));
+    let norm = if max_norm > 0.0 {
+        let mut refs: Vec<&mut Tensor> = grads.iter_mut().collect();
+        clip_grad_norm(&mut refs, max_norm)
+    } else {
+        global_norm(&grads.iter().collect::<Vec<_>>())
+    };
+    let mut back = grads.into_iter();
+    model.visit_params_mut(&mut |p| p.grad = back.next().expect("same parameters, same order"));
+    Ok(norm?)
+}
+
+fn empty() -> Tensor {
+    Tensor::from_vec(&[0], Vec::new()).expect("empty")
 }
 
 pub fn zero_grad(model: &mut dyn Model) -> Result<()> {

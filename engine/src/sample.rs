@@ -26,9 +26,10 @@ pub fn sample(model: &mut dyn Model, tokenizer: &dyn Tokenizer, options: &Sample
     let (vocab, ctx) = (model.vocab_size(), model.context_length());
     for _ in 0..options.tokens {
         let window = &ids[ids.len().saturating_sub(ctx)..];
-        let x = Tensor::from_u32(&[1, window.len()], window.to_vec())?;
+        let x = Tensor::from_u32(&[1, window.len()], window.to_vec())?.to_device(model.device())?;
         model.forward(&x, None)?;
-        let logits = model.logits().expect("forward without targets keeps logits").f32()?;
+        // The whole (1, T, Vp) logits come to the host as f32; only the last row is used.
+        let logits = model.logits().expect("forward without targets keeps logits").try_to_vec()?;
         let vp = logits.len() / window.len();
         let last = &logits[(window.len() - 1) * vp..][..vocab];
         ids.push(pick(last, options.temperature, options.top_k, &mut rng));

@@ -12,7 +12,7 @@ use datasets::{Batch, Data, EpochSampler, Loader, LoaderConfig, Order, PageableA
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::device::{select, DeviceRequest};
 use kernels::{Device, Tensor};
-use models::{Gpt, Model};
+use models::{Gpt, Model, Precision};
 
 use crate::checkpoint::{self, CheckpointState, SamplerCheckpoint};
 use crate::config::Config;
@@ -63,23 +63,34 @@ pub fn load_dataset(config: &Config) -> Result<Data> {
     Ok(data)
 }
 
+/// A batch's (inputs, targets), (B,T) u32 each, on the CPU.
 pub fn batch_tensors(batch: &Batch) -> Result<(Tensor, Tensor)> {
-    let shape = [batch.batch_size, batch.seq_len];
-    Ok((Tensor::from_u32(&shape, batch.inputs.clone())?, Tensor::from_u32(&shape, batch.targets.clone())?))
+    batch_tensors_on(batch, Device::Cpu)
 }
 
-fn into_tensors(batch: Batch) -> Result<(Tensor, Tensor)> {
+/// A batch's (inputs, targets), (B,T) u32 each, on `device`.
+pub fn batch_tensors_on(batch: &Batch, device: Device) -> Result<(Tensor, Tensor)> {
     let shape = [batch.batch_size, batch.seq_len];
-    Ok((Tensor::from_u32(&shape, batch.inputs)?, Tensor::from_u32(&shape, batch.targets)?))
+    let x = Tensor::from_u32(&shape, batch.inputs.clone())?.to_device(device)?;
+    let y = Tensor::from_u32(&shape, batch.targets.clone())?.to_device(device)?;
+    Ok((x, y))
+}
+
+fn into_tensors(batch: Batch, device: Device) -> Result<(Tensor, Tensor)> {
+    let shape = [batch.batch_size, batch.seq_len];
+    let x = Tensor::from_u32(&shape, batch.inputs)?.to_device(device)?;
+    let y = Tensor::from_u32(&shape, batch.targets)?.to_device(device)?;
+    Ok((x, y))
 }
 
 /// Mean cross-entropy over the first `max_batches * batch_size` windows of `split` in order
 /// (the sampler's sequential mode), and how many windows that was.
 pub fn evaluate(model: &mut dyn Model, split: &Split, batch_size: usize, seq_len: usize, max_batches: usize) -> Result<(f32, usize)> {
     let index = split.windows(seq_len)?;
+    let device = model.device();
     let (mut total, mut count, mut windows) = (0.0f64, 0usize, 0usize);
     for batch in split.sequential_batches(&index, batch_size, max_batches) {
-        let (x, y) = batch_tensors(&batch)?;
+        let (x, y) = batch_tensors_on(&batch, device)?;
         let loss = model.forward(&x, Some(&y))?.expect("targets given");
         let n = batch.batch_size * batch.seq_len;
         total += loss as f64 * n as f64;
@@ -89,17 +100,22 @@ pub fn evaluate(model: &mut dyn Model, split: &Split, batch_size: usize, seq_len
     Ok(((total / count.max(1) as f64) as f32, windows))
 }
 
-fn resolve_device(config: &Config) -> Result<(Device, String)> {
+/// The device `run.device` names (or `auto` picks) and the precision `train.precision`
+/// gives on it, with a one-line note saying both. bf16 on the CPU (`auto` having found no
+/// GPU) is an error naming `train.precision`.
+pub fn resolve_device(config: &Config) -> Result<(Device, Precision, String)> {
     let request = DeviceRequest::parse(&config.run.device).expect("validated");
-    Ok(select(request)?)
+    let (device, note) = select(request)?;
+    let precision = config.precision(device).map_err(Error::Usage)?;
+    Ok((device, precision, format!("{note}; precision {}", precision.name())))
 }
 
 pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
-    let (device, device_note) = resolve_device(config)?;
+    let (device, precision, device_note) = resolve_device(config)?;
     let data = load_dataset(config)?;
     let t = &config.train;
-    let mut model = Gpt::new(config.gpt_config(data.vocab_size), device, config.run.seed)?;
-    let mut opt = AdamW::new(
+    let mut model = Gpt::with_precision(config.gpt_config(data.vocab_size), device, precision, config.run.seed)?;
+    let mut opt = AdamW::try_new(
         AdamWConfig {
             beta1: t.beta1 as f32,
             beta2: t.beta2 as f32,
@@ -109,7 +125,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             grad_clip: t.grad_clip as f32,
         },
         &model,
-    );
+    )?;
     let run_dir = config.run_dir();
     // Training windows: a fresh permutation every epoch, one rank of one.
     let train_index = data.train.windows(t.seq_len)?;
@@ -211,12 +227,13 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let mut loss = 0.0f32;
         let mut data_wait = Duration::ZERO;
         for _ in 0..t.grad_accum {
-            // On the CPU the "device copy" is this copy into the model's input tensors; the
-            // slot goes back to the workers as soon as it is made.
+            // The copy out of the loader's slot (into the model's input tensors on the CPU,
+            // then to the GPU when training there); the slot goes back to the workers as
+            // soon as it is made.
             let (x, y) = {
                 let loaded = loader.next_batch()?;
                 data_wait += loaded.waited();
-                into_tensors(loaded.to_batch())?
+                into_tensors(loaded.to_batch(), device)?
             };
             loss += model.forward(&x, Some(&y))?.expect("targets given") / t.grad_accum as f32;
             model.backward(1.0 / t.grad_accum as f32)?;

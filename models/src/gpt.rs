@@ -10,6 +10,7 @@ use kernels::ops::residual::scale;
 use kernels::{DType, Device, Tensor};
 
 use crate::layers::{Block, Embedding, Layer, LayerNorm};
+use crate::param::{Placement, Precision};
 use crate::{Error, Model, Param, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +44,7 @@ impl GptConfig {
 
 pub struct Gpt {
     pub config: GptConfig,
+    pub precision: Precision,
     pub embedding: Embedding,
     pub blocks: Vec<Block>,
     pub ln_f: LayerNorm,
@@ -52,17 +54,25 @@ pub struct Gpt {
 
 impl Gpt {
     /// GPT-2 initialisation from `seed`: weights N(0, 0.02), residual projections
-    /// N(0, 0.02/sqrt(2L)), biases 0, LayerNorm 1 and 0.
+    /// N(0, 0.02/sqrt(2L)), biases 0, LayerNorm 1 and 0. In fp32 on `device`.
     pub fn new(config: GptConfig, device: Device, seed: u64) -> Result<Self> {
+        Self::with_precision(config, device, Precision::Fp32, seed)
+    }
+
+    /// The same initialisation in `precision` (bf16 needs a CUDA device). The weights are
+    /// drawn on the host and uploaded, so a seed gives the same initial weights everywhere.
+    pub fn with_precision(config: GptConfig, device: Device, precision: Precision, seed: u64) -> Result<Self> {
         config.validate()?;
+        let at = Placement::new(device, precision)?;
         let mut rng = fastrand::Rng::with_seed(seed);
         let (c, std) = (config.n_embd, 0.02f32);
         let proj_std = std / (2.0 * config.n_layer as f32).sqrt();
-        let embedding = Embedding::new(device, config.vocab_size, config.padded_vocab(), config.context_length, c, std, &mut rng);
+        let embedding = Embedding::new(at, config.vocab_size, config.padded_vocab(), config.context_length, c, std, &mut rng)?;
         let blocks = (0..config.n_layer)
-            .map(|i| Block::new(device, &format!("h.{i}"), c, config.n_head, std, proj_std, &mut rng))
-            .collect();
-        Ok(Self { embedding, blocks, ln_f: LayerNorm::new(device, "ln_f", c), head: None, config })
+            .map(|i| Block::new(at, &format!("h.{i}"), c, config.n_head, std, proj_std, &mut rng))
+            .collect::<Result<_>>()?;
+        let ln_f = LayerNorm::new(at, "ln_f", c)?;
+        Ok(Self { embedding, blocks, ln_f, head: None, config, precision })
     }
 
     fn check_tokens(&self, what: &str, t: &Tensor) -> Result<(usize, usize)> {
@@ -90,26 +100,33 @@ impl Model for Gpt {
                 return Err(Error::Input(format!("targets {:?} must match inputs {:?}", targets.shape(), inputs.shape())));
             }
         }
+        let device = self.device();
+        if inputs.device() != device || targets.is_some_and(|t| t.device() != device) {
+            return Err(Error::Input(format!("inputs and targets must be on the model's device ({device})")));
+        }
         let mut x = self.embedding.forward(inputs)?;
         for block in &mut self.blocks {
             x = block.forward(&x)?;
         }
         let x = self.ln_f.forward(&x)?;
         let vp = self.config.padded_vocab();
-        let mut logits = Tensor::try_empty(x.device(), kernels::DType::F32, &[b, t, vp])?;
-        matmul_forward(&mut logits, &x, &self.embedding.wte.value, None, WeightLayout::OutIn)?;
+        let mut logits = Tensor::try_empty(x.device(), x.dtype(), &[b, t, vp])?;
+        matmul_forward(&mut logits, &x, self.embedding.wte.compute(), None, WeightLayout::OutIn)?;
         let Some(targets) = targets else {
             self.head = Some((x, logits, false));
             return Ok(None);
         };
         // Loss and dlogits in one fused pass; the logits buffer becomes dlogits.
         let n = b * t;
-        let mut losses = Tensor::zeros(x.device(), &[n]);
+        let mut losses = Tensor::try_empty(x.device(), DType::F32, &[n])?;
         let targets = targets.reshape(&[n])?;
         let mut logits2d = logits.reshape(&[n, vp])?;
         drop(logits);
         crossentropy_forward(&mut losses, &mut logits2d, &targets, self.config.vocab_size, Some(1.0 / n as f32))?;
-        let loss = (losses.to_vec().iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32;
+        // The per-row losses (N floats, not the logits) come to the host for the mean: on a
+        // GPU this is the step's one wait for the device in forward. A device-side mean
+        // would remove it.
+        let loss = (losses.try_to_vec()?.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32;
         self.head = Some((x, logits2d.reshape(&[b, t, vp])?, true));
         Ok(Some(loss))
     }
@@ -121,8 +138,9 @@ impl Model for Gpt {
         if loss_scale != 1.0 {
             scale(&mut dlogits, loss_scale)?;
         }
-        let mut dx = Tensor::try_empty(x.device(), kernels::DType::F32, x.shape())?;
-        matmul_backward(&mut dx, &mut self.embedding.wte.grad, None, &dlogits, &x, &self.embedding.wte.value, WeightLayout::OutIn)?;
+        let mut dx = Tensor::try_empty(x.device(), x.dtype(), x.shape())?;
+        let (dwte, wte) = self.embedding.wte.grad_and_compute();
+        matmul_backward(&mut dx, dwte, None, &dlogits, &x, wte, WeightLayout::OutIn)?;
         drop(dlogits);
         let mut d = self.ln_f.backward(&dx)?;
         for block in self.blocks.iter_mut().rev() {
@@ -149,6 +167,10 @@ impl Model for Gpt {
         self.embedding.visit_params_mut(f);
         self.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
         self.ln_f.visit_params_mut(f);
+    }
+
+    fn device(&self) -> Device {
+        self.embedding.wte.value.device()
     }
 
     fn vocab_size(&self) -> usize {

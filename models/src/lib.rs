@@ -2,10 +2,13 @@
 //!
 //! - [`Layer`]: the building block. `backward` is a required method: a layer without a
 //!   backward cannot be written, so no parameter silently goes without a gradient.
-//! - [`Param`]: a named parameter with its gradient and its optimizer settings.
+//! - [`Param`]: a named parameter with its gradient and its optimizer settings; in bf16
+//!   [`Precision`] it also holds the bf16 working copy of its fp32 master value.
 //! - [`Model`]: what the trainer drives (GPT-2 here; custom models implement it too).
 //!
 //! Nothing here knows how an op is computed or on which device: that is `kernels`' job.
+//! The same layer code runs on the CPU (fp32) and on a GPU (fp32 or bf16): parameters are
+//! made where the [`Placement`] says, and activations take the dtype of the layer's input.
 
 pub mod error;
 pub mod gpt;
@@ -17,4 +20,4 @@ pub use error::{Error, Result};
 pub use gpt::{Gpt, GptConfig};
 pub use layers::Layer;
 pub use model::Model;
-pub use param::Param;
+pub use param::{Param, Placement, Precision};

@@ -1,21 +1,22 @@
-use kernels::Tensor;
+use kernels::{Device, Tensor};
 
 use crate::{Param, Result};
 
 /// What the trainer drives. GPT-2 implements it; so can any model a library user builds
 /// from the engine's layers.
 pub trait Model {
-    /// Runs the model on token ids `inputs` (B,T). With `targets` (B,T) returns the mean
-    /// cross-entropy loss and keeps what `backward` needs; without, keeps the logits for
-    /// [`Model::logits`] and returns `None`.
+    /// Runs the model on token ids `inputs` (B,T), on the model's device. With `targets`
+    /// (B,T) returns the mean cross-entropy loss and keeps what `backward` needs; without,
+    /// keeps the logits for [`Model::logits`] and returns `None`.
     fn forward(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<f32>>;
 
     /// Backward from the last forward's loss, times `loss_scale` (e.g. 1/accumulation
     /// steps). Parameter gradients accumulate.
     fn backward(&mut self, loss_scale: f32) -> Result<()>;
 
-    /// Logits (B,T,V_stored) of the last forward run without targets. Columns at and past
-    /// [`Model::vocab_size`] are padding and must be ignored.
+    /// Logits (B,T,V_stored) of the last forward run without targets, on the model's device
+    /// in its compute dtype. Columns at and past [`Model::vocab_size`] are padding and must
+    /// be ignored.
     fn logits(&self) -> Option<&Tensor>;
 
     fn visit_params(&self, f: &mut dyn FnMut(&Param));
@@ -30,6 +31,16 @@ pub trait Model {
     /// A Hugging Face `config.json` describing the exported checkpoint, if the model has one.
     fn hf_config_json(&self) -> Option<String> {
         None
+    }
+
+    /// Where the model's parameters live (inputs go there too): the device of its first
+    /// parameter, the CPU for a model without any.
+    fn device(&self) -> Device {
+        let mut device = None;
+        self.visit_params(&mut |p| {
+            device.get_or_insert(p.value.device());
+        });
+        device.unwrap_or(Device::Cpu)
     }
 
     fn num_params(&self) -> usize {

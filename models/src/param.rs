@@ -1,4 +1,66 @@
-use kernels::{Device, Tensor};
+use kernels::{DType, Device, Tensor};
+
+use crate::{Error, Result};
+
+/// How a model computes.
+///
+/// | precision | `Param::value` (master) | `Param::working` | `Param::grad` | activations |
+/// |---|---|---|---|---|
+/// | `Fp32` | f32 | none (forward reads `value`) | f32 | f32 |
+/// | `Bf16` | f32 | bf16 copy of `value` | f32 | bf16 |
+///
+/// Mean/rstd of LayerNorm, the attention state saved for backward and the per-row losses
+/// are f32 in both. AdamW's m and v are f32. bf16 needs a CUDA device: the CPU backend
+/// computes in f32 only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype of activations and of the parameter copies forward and backward read.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::Fp32 => DType::F32,
+            Precision::Bf16 => DType::Bf16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Errors when `device` cannot compute in this precision (bf16 on the CPU).
+    pub fn check(self, device: Device) -> Result<()> {
+        if self == Precision::Bf16 && device == Device::Cpu {
+            return Err(Error::Config("bf16 precision needs a CUDA device; the CPU computes in fp32 only".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Where new parameters are made and in which precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Placement {
+    pub fn new(device: Device, precision: Precision) -> Result<Self> {
+        precision.check(device)?;
+        Ok(Self { device, precision })
+    }
+
+    /// The CPU in fp32.
+    pub fn cpu() -> Self {
+        Self { device: Device::Cpu, precision: Precision::Fp32 }
+    }
+}
 
 /// A trainable parameter: its value, its gradient (same shape; accumulated by backward,
 /// reset by the trainer) and how the optimizer and checkpoints treat it.
@@ -6,7 +68,15 @@ use kernels::{Device, Tensor};
 pub struct Param {
     /// Stable name, used in checkpoints (Hugging Face GPT-2 names for GPT-2).
     pub name: String,
+    /// The parameter, f32 on the model's device: in bf16 precision the fp32 master weights
+    /// that the optimizer updates and checkpoints save. After changing it, call
+    /// [`Param::refresh_working`] (or use [`Param::set_value`]).
     pub value: Tensor,
+    /// bf16 precision: the bf16 working copy of `value` that forward and backward read,
+    /// rewritten by the optimizer's update. `None` in fp32 (forward reads `value`).
+    pub working: Option<Tensor>,
+    /// d loss / d value: f32 on the model's device, in both precisions (the launchers
+    /// accumulate f32 parameter gradients from bf16 activations).
     pub grad: Tensor,
     /// Whether AdamW's weight decay applies (by default: matmul weights only).
     pub weight_decay: bool,
@@ -17,10 +87,47 @@ pub struct Param {
 }
 
 impl Param {
-    pub fn new(name: impl Into<String>, value: Tensor, weight_decay: bool) -> Self {
-        let grad = Tensor::zeros(value.device(), value.shape());
+    /// A parameter from initial values made on the host (`host`, f32), uploaded to
+    /// `at.device`, with a bf16 working copy in bf16 precision and a zero f32 gradient.
+    /// Generating on the host makes the initial weights identical on every device.
+    pub fn new(name: impl Into<String>, host: Tensor, weight_decay: bool, at: Placement) -> Result<Self> {
+        let value = host.to_device(at.device)?;
+        let grad = Tensor::try_zeros(at.device, DType::F32, value.shape())?;
         let export_shape = value.shape().to_vec();
-        Self { name: name.into(), value, grad, weight_decay, export_shape }
+        let working = match at.precision {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(value.to_dtype(DType::Bf16)?),
+        };
+        Ok(Self { name: name.into(), value, working, grad, weight_decay, export_shape })
+    }
+
+    /// The tensor forward and backward read: the working copy in bf16, else `value`.
+    pub fn compute(&self) -> &Tensor {
+        self.working.as_ref().unwrap_or(&self.value)
+    }
+
+    /// The gradient to accumulate into and the tensor backward reads, borrowed together.
+    pub fn grad_and_compute(&mut self) -> (&mut Tensor, &Tensor) {
+        (&mut self.grad, self.working.as_ref().unwrap_or(&self.value))
+    }
+
+    /// Replaces the value (e.g. from a checkpoint; any device, f32, the stored shape),
+    /// moving it to this parameter's device and refreshing the working copy.
+    pub fn set_value(&mut self, value: &Tensor) -> Result<()> {
+        value.expect_shape("Param::set_value", "value", self.value.shape())?;
+        if value.dtype() != DType::F32 {
+            return Err(Error::Input(format!("{}: parameter values are f32, got {}", self.name, value.dtype())));
+        }
+        self.value = value.to_device(self.value.device())?;
+        self.refresh_working()
+    }
+
+    /// Rewrites the bf16 working copy from `value` (a no-op in fp32).
+    pub fn refresh_working(&mut self) -> Result<()> {
+        if let Some(w) = &mut self.working {
+            kernels::ops::cast::cast(w, &self.value)?;
+        }
+        Ok(())
     }
 
     pub fn numel(&self) -> usize {
@@ -39,10 +146,7 @@ pub fn normal(rng: &mut fastrand::Rng, n: usize, std: f32) -> Vec<f32> {
         .collect()
 }
 
-pub fn constant(device: Device, shape: &[usize], value: f32) -> Tensor {
-    let mut t = Tensor::zeros(device, shape);
-    if value != 0.0 {
-        t.f32_mut().expect("fresh f32 tensor").fill(value);
-    }
-    t
+/// A host f32 tensor filled with `value` (initial values, uploaded by [`Param::new`]).
+pub fn constant(shape: &[usize], value: f32) -> Tensor {
+    Tensor::from_vec(shape, vec![value; shape.iter().product()]).expect("length matches shape")
 }

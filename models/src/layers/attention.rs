@@ -1,7 +1,8 @@
-use kernels::ops::attention::{attention_backward, attention_forward};
-use kernels::{Device, Tensor};
+use kernels::ops::attention::{attention_backward, attention_forward, attention_saved_shape};
+use kernels::{DType, Tensor};
 
 use super::{empty_like, saved, Layer, Linear};
+use crate::param::Placement;
 use crate::{Param, Result};
 
 /// Causal multi-head self-attention: c_attn (C -> 3C), attention, c_proj (C -> C).
@@ -9,28 +10,32 @@ pub struct CausalSelfAttention {
     pub c_attn: Linear,
     pub c_proj: Linear,
     pub n_head: usize,
-    /// (qkv, attention probabilities) of the last forward.
+    /// (qkv, the state attention_forward saves for backward) of the last forward.
     cache: Option<(Tensor, Tensor)>,
 }
 
 impl CausalSelfAttention {
     /// `proj_std`: initial std of c_proj (GPT-2 scales residual projections by 1/sqrt(2L)).
-    pub fn new(device: Device, name: &str, c: usize, n_head: usize, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Self {
-        Self {
-            c_attn: Linear::new(device, &format!("{name}.c_attn"), c, 3 * c, true, std, rng),
-            c_proj: Linear::new(device, &format!("{name}.c_proj"), c, c, true, proj_std, rng),
+    pub fn new(at: Placement, name: &str, c: usize, n_head: usize, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
+        Ok(Self {
+            c_attn: Linear::new(at, &format!("{name}.c_attn"), c, 3 * c, true, std, rng)?,
+            c_proj: Linear::new(at, &format!("{name}.c_proj"), c, c, true, proj_std, rng)?,
             n_head,
             cache: None,
-        }
+        })
     }
 }
 
 impl Layer for CausalSelfAttention {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let qkv = self.c_attn.forward(x)?; // (B,T,3C)
-        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let mut y = empty_like(x, x.shape())?;
-        let mut att = empty_like(x, &[b, self.n_head, t, t])?;
+        // The saved state depends on the device (CPU: (B,NH,T,T) probabilities; CUDA:
+        // (B,NH,T,HS+1) logsumexp and output), always f32, and is entirely written by the
+        // forward: what `attention_saved` allocates, from the recycled pool on the CPU.
+        let shape = attention_saved_shape(x.device(), b, t, c, self.n_head);
+        let mut att = Tensor::try_empty(x.device(), DType::F32, &shape)?;
         attention_forward(&mut y, &mut att, &qkv, self.n_head)?;
         self.cache = Some((qkv, att));
         self.c_proj.forward(&y)

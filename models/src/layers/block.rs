@@ -1,7 +1,8 @@
 use kernels::ops::residual::{accumulate, residual_forward};
-use kernels::{Device, Tensor};
+use kernels::Tensor;
 
 use super::{empty_like, CausalSelfAttention, Layer, LayerNorm, Mlp};
+use crate::param::Placement;
 use crate::{Param, Result};
 
 /// A pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)).
@@ -13,13 +14,13 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(device: Device, name: &str, c: usize, n_head: usize, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Self {
-        Self {
-            ln_1: LayerNorm::new(device, &format!("{name}.ln_1"), c),
-            attn: CausalSelfAttention::new(device, &format!("{name}.attn"), c, n_head, std, proj_std, rng),
-            ln_2: LayerNorm::new(device, &format!("{name}.ln_2"), c),
-            mlp: Mlp::new(device, &format!("{name}.mlp"), c, std, proj_std, rng),
-        }
+    pub fn new(at: Placement, name: &str, c: usize, n_head: usize, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
+        Ok(Self {
+            ln_1: LayerNorm::new(at, &format!("{name}.ln_1"), c)?,
+            attn: CausalSelfAttention::new(at, &format!("{name}.attn"), c, n_head, std, proj_std, rng)?,
+            ln_2: LayerNorm::new(at, &format!("{name}.ln_2"), c)?,
+            mlp: Mlp::new(at, &format!("{name}.mlp"), c, std, proj_std, rng)?,
+        })
     }
 }
 

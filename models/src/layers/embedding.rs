@@ -1,8 +1,8 @@
 use kernels::ops::embedding::{embedding_backward, embedding_forward};
-use kernels::{Device, Tensor};
+use kernels::Tensor;
 
 use super::{empty_like, saved, Layer};
-use crate::param::normal;
+use crate::param::{normal, Placement};
 use crate::{Param, Result};
 
 /// Token + position embedding: wte (V_stored, C) and wpe (context, C), both N(0, std^2).
@@ -15,14 +15,13 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn new(device: Device, vocab: usize, padded_vocab: usize, context: usize, c: usize, std: f32, rng: &mut fastrand::Rng) -> Self {
-        let _ = device; // CPU tensors now; the CUDA backend will upload here
+    pub fn new(at: Placement, vocab: usize, padded_vocab: usize, context: usize, c: usize, std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
         let mut wte_data = normal(rng, vocab * c, std);
         wte_data.resize(padded_vocab * c, 0.0);
-        let mut wte = Param::new("wte.weight", Tensor::from_vec(&[padded_vocab, c], wte_data).expect("shape"), false);
+        let mut wte = Param::new("wte.weight", Tensor::from_vec(&[padded_vocab, c], wte_data)?, false, at)?;
         wte.export_shape = vec![vocab, c];
-        let wpe = Param::new("wpe.weight", Tensor::from_vec(&[context, c], normal(rng, context * c, std)).expect("shape"), false);
-        Self { wte, wpe, tokens: None }
+        let wpe = Param::new("wpe.weight", Tensor::from_vec(&[context, c], normal(rng, context * c, std))?, false, at)?;
+        Ok(Self { wte, wpe, tokens: None })
     }
 }
 
@@ -33,16 +32,21 @@ impl Layer for Embedding {
             return Err(crate::Error::Input(format!("Embedding: token ids must be (B,T), got {:?}", x.shape())));
         };
         let c = self.wte.value.shape()[1];
-        let mut out = empty_like(&self.wte.value, &[b, t, c])?;
-        embedding_forward(&mut out, x, &self.wte.value, &self.wpe.value)?;
+        let mut out = empty_like(self.wte.compute(), &[b, t, c])?;
+        embedding_forward(&mut out, x, self.wte.compute(), self.wpe.compute())?;
         self.tokens = Some(x.clone());
         Ok(out)
     }
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let tokens = saved(&self.tokens, "Embedding")?;
-        embedding_backward(&mut self.wte.grad, &mut self.wpe.grad, dout, tokens)?;
-        Ok(Tensor::zeros(dout.device(), &[0]))
+        // The launcher scatters dout into gradients of its own dtype: in bf16 precision dout
+        // (B,T,C) is widened to the f32 gradients' dtype first (exact), which is far smaller
+        // than keeping bf16 copies of the (V,C) gradients.
+        let dout = dout.to_dtype(self.wte.grad.dtype())?;
+        embedding_backward(&mut self.wte.grad, &mut self.wpe.grad, &dout, tokens)?;
+        // Token ids have no gradient: an empty host tensor (no zero-sized device allocation).
+        Ok(Tensor::from_vec(&[0], Vec::new())?)
     }
 
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {

@@ -1,8 +1,8 @@
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward};
-use kernels::{Device, Tensor};
+use kernels::Tensor;
 
-use super::{empty_like, saved, Layer};
-use crate::param::constant;
+use super::{empty_f32, empty_like, saved, Layer};
+use crate::param::{constant, Placement};
 use crate::{Param, Result};
 
 /// LayerNorm over the last dimension, weight 1 and bias 0 at initialisation.
@@ -14,12 +14,12 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn new(device: Device, name: &str, c: usize) -> Self {
-        Self {
-            weight: Param::new(format!("{name}.weight"), constant(device, &[c], 1.0), false),
-            bias: Param::new(format!("{name}.bias"), constant(device, &[c], 0.0), false),
+    pub fn new(at: Placement, name: &str, c: usize) -> Result<Self> {
+        Ok(Self {
+            weight: Param::new(format!("{name}.weight"), constant(&[c], 1.0), false, at)?,
+            bias: Param::new(format!("{name}.bias"), constant(&[c], 0.0), false, at)?,
             cache: None,
-        }
+        })
     }
 }
 
@@ -27,8 +27,8 @@ impl Layer for LayerNorm {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let n = x.numel() / self.weight.numel();
         let mut out = empty_like(x, x.shape())?;
-        let (mut mean, mut rstd) = (empty_like(x, &[n])?, empty_like(x, &[n])?);
-        layernorm_forward(&mut out, &mut mean, &mut rstd, x, &self.weight.value, &self.bias.value)?;
+        let (mut mean, mut rstd) = (empty_f32(x, &[n])?, empty_f32(x, &[n])?);
+        layernorm_forward(&mut out, &mut mean, &mut rstd, x, self.weight.compute(), self.bias.compute())?;
         self.cache = Some((x.clone(), mean, rstd));
         Ok(out)
     }
@@ -36,7 +36,8 @@ impl Layer for LayerNorm {
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let (x, mean, rstd) = saved(&self.cache, "LayerNorm")?;
         let mut dx = empty_like(x, x.shape())?;
-        layernorm_backward(&mut dx, &mut self.weight.grad, &mut self.bias.grad, dout, x, &self.weight.value, mean, rstd)?;
+        let (dweight, weight) = self.weight.grad_and_compute();
+        layernorm_backward(&mut dx, dweight, &mut self.bias.grad, dout, x, weight, mean, rstd)?;
         Ok(dx)
     }
 

@@ -1,8 +1,8 @@
 use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
-use kernels::{Device, Tensor};
+use kernels::Tensor;
 
 use super::{empty_like, saved, Layer};
-use crate::param::{constant, normal};
+use crate::param::{constant, normal, Placement};
 use crate::{Param, Result};
 
 /// y = x @ W + b with W stored [in, out] (Hugging Face GPT-2's Conv1D layout).
@@ -13,15 +13,14 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// W ~ N(0, std^2) (decayed by AdamW), b = 0.
-    pub fn new(device: Device, name: &str, c_in: usize, c_out: usize, bias: bool, std: f32, rng: &mut fastrand::Rng) -> Self {
-        let w = Tensor::from_vec(&[c_in, c_out], normal(rng, c_in * c_out, std)).expect("shape matches");
-        let _ = device; // CPU tensors now; the CUDA backend will upload here
-        Self {
-            weight: Param::new(format!("{name}.weight"), w, true),
-            bias: bias.then(|| Param::new(format!("{name}.bias"), constant(Device::Cpu, &[c_out], 0.0), false)),
+    /// W ~ N(0, std^2) (decayed by AdamW), b = 0; drawn on the host, then placed.
+    pub fn new(at: Placement, name: &str, c_in: usize, c_out: usize, bias: bool, std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
+        let w = Tensor::from_vec(&[c_in, c_out], normal(rng, c_in * c_out, std))?;
+        Ok(Self {
+            weight: Param::new(format!("{name}.weight"), w, true, at)?,
+            bias: bias.then(|| Param::new(format!("{name}.bias"), constant(&[c_out], 0.0), false, at)).transpose()?,
             input: None,
-        }
+        })
     }
 
     fn out_shape(&self, x: &Tensor) -> Vec<usize> {
@@ -34,7 +33,7 @@ impl Linear {
 impl Layer for Linear {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let mut out = empty_like(x, &self.out_shape(x))?;
-        matmul_forward(&mut out, x, &self.weight.value, self.bias.as_ref().map(|b| &b.value), WeightLayout::InOut)?;
+        matmul_forward(&mut out, x, self.weight.compute(), self.bias.as_ref().map(|b| b.compute()), WeightLayout::InOut)?;
         self.input = Some(x.clone());
         Ok(out)
     }
@@ -42,15 +41,8 @@ impl Layer for Linear {
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let x = saved(&self.input, "Linear")?;
         let mut dx = empty_like(x, x.shape())?;
-        matmul_backward(
-            &mut dx,
-            &mut self.weight.grad,
-            self.bias.as_mut().map(|b| &mut b.grad),
-            dout,
-            x,
-            &self.weight.value,
-            WeightLayout::InOut,
-        )?;
+        let (dweight, weight) = self.weight.grad_and_compute();
+        matmul_backward(&mut dx, dweight, self.bias.as_mut().map(|b| &mut b.grad), dout, x, weight, WeightLayout::InOut)?;
         Ok(dx)
     }
 

@@ -1,6 +1,7 @@
-use kernels::{Device, Tensor};
+use kernels::Tensor;
 
 use super::{Gelu, Layer, Linear};
+use crate::param::Placement;
 use crate::{Param, Result};
 
 /// c_fc (C -> 4C), GeLU, c_proj (4C -> C).
@@ -11,12 +12,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(device: Device, name: &str, c: usize, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Self {
-        Self {
-            c_fc: Linear::new(device, &format!("{name}.c_fc"), c, 4 * c, true, std, rng),
+    pub fn new(at: Placement, name: &str, c: usize, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
+        Ok(Self {
+            c_fc: Linear::new(at, &format!("{name}.c_fc"), c, 4 * c, true, std, rng)?,
             gelu: Gelu::default(),
-            c_proj: Linear::new(device, &format!("{name}.c_proj"), 4 * c, c, true, proj_std, rng),
-        }
+            c_proj: Linear::new(at, &format!("{name}.c_proj"), 4 * c, c, true, proj_std, rng)?,
+        })
     }
 }
 

@@ -30,9 +30,16 @@ pub trait Layer {
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param));
 }
 
-/// An output tensor on `like`'s device with unspecified contents (a recycled buffer):
-/// every op overwrites its outputs entirely.
+/// An output tensor on `like`'s device and of its dtype (the compute dtype: f32, or bf16 in
+/// mixed precision), with unspecified contents (a recycled buffer): every op overwrites its
+/// outputs entirely.
 pub(crate) fn empty_like(like: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::try_empty(like.device(), like.dtype(), shape)?)
+}
+
+/// An f32 output tensor on `like`'s device (statistics kept in f32 in every precision:
+/// LayerNorm mean/rstd, losses), contents unspecified.
+pub(crate) fn empty_f32(like: &Tensor, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::try_empty(like.device(), kernels::DType::F32, shape)?)
 }
 
