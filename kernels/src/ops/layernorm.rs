@@ -112,7 +112,7 @@ pub mod cpu {
 
     use super::EPS;
     use crate::ops::cpu_math::{sum_by, multiversion};
-    use crate::ops::cpu_util::reduce_rows_into;
+    use crate::ops::cpu_util::{reduce_rows_into, SendPtr};
 
     multiversion! {
         /// One row: normalizes x into o, returns (mean, rstd).
@@ -177,18 +177,18 @@ pub mod cpu {
         rstd: &[f32],
     ) {
         let c = weight.len();
-        dinp.par_chunks_mut(c).enumerate().for_each(|(row, di)| {
-            let x = &inp[row * c..][..c];
-            let d = &dout[row * c..][..c];
-            backward_row(di, d, x, weight, mean[row], rstd[row]);
-        });
-        // dweight and dbias reduced together in one deterministic pass: [dweight | dbias].
+        // One pass over the rows: each row's dinp, and its share of [dweight | dbias]
+        // summed into fixed chunks of rows, added in chunk order (deterministic).
         let rows = mean.len();
+        let dinp_ptr = SendPtr(dinp.as_mut_ptr());
         let mut acc = vec![0.0f32; 2 * c];
         reduce_rows_into(&mut acc, rows, |row, partial| {
             let x = &inp[row * c..][..c];
             let d = &dout[row * c..][..c];
             let (mu, rs) = (mean[row], rstd[row]);
+            // SAFETY: row `row` of dinp (rows * c elements) is written by this call only.
+            let di = unsafe { std::slice::from_raw_parts_mut(dinp_ptr.get().add(row * c), c) };
+            backward_row(di, d, x, weight, mu, rs);
             let (pw, pb) = partial.split_at_mut(c);
             accumulate_param_grads(pw, pb, d, x, mu, rs);
         });

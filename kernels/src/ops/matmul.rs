@@ -146,7 +146,18 @@ pub mod cpu {
     use rayon::prelude::*;
 
     use super::WeightLayout;
+    use crate::ops::cpu_math::multiversion;
     use crate::ops::cpu_util::{reduce_rows_into, sgemm, Mat};
+
+    multiversion! {
+        /// acc += x, elementwise.
+        fn add_into(acc: &mut [f32], x: &[f32]) {
+            let x = &x[..acc.len()];
+            for (a, v) in acc.iter_mut().zip(x) {
+                *a += v;
+            }
+        }
+    }
 
     /// W as the (IC x OC) matrix of the product, whatever its storage layout.
     fn w_as_in_out(weight: &[f32], ic: usize, oc: usize, layout: WeightLayout) -> Mat<*const f32> {
@@ -243,11 +254,7 @@ pub mod cpu {
             }
         }
         if let Some(dbias) = dbias {
-            reduce_rows_into(dbias, n, |row, partial| {
-                for (p, d) in partial.iter_mut().zip(&dout[row * oc..][..oc]) {
-                    *p += d;
-                }
-            });
+            reduce_rows_into(dbias, n, |row, partial| add_into(partial, &dout[row * oc..][..oc]));
         }
     }
 }
