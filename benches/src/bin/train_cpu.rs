@@ -26,6 +26,11 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // as `engine` does: the step runs on the CPU backend's workers
+    engine::kernels::ops::on_cpu_workers(|| run(args).map_err(|e| e.to_string())).map_err(|e| e.into())
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (b, t) = (32, 128);
     let data = TokenDataset::from_text(&TextSource::TinyShakespeare, &ByteTokenizer, 0.1)?;
     let config = GptConfig { vocab_size: 256, context_length: 128, n_layer: 4, n_head: 4, n_embd: 128 };
