@@ -227,6 +227,9 @@ impl Config {
         if t.lr == 0.0 {
             return Err("key `train.lr`: must be greater than 0".into());
         }
+        if t.min_lr > t.lr {
+            return Err(format!("key `train.min_lr`: must not exceed train.lr ({}), got {}", t.lr, t.min_lr));
+        }
         for (key, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
             if !(0.0..1.0).contains(&v) {
                 return Err(format!("key `{key}`: must be in [0, 1), got {v}"));
@@ -247,7 +250,7 @@ impl Config {
             }
         }
         if kernels::device::DeviceRequest::parse(&self.run.device).is_none() {
-            return Err(format!("key `run.device`: expected \"auto\", \"cpu\" or \"cuda\", got \"{}\"", self.run.device));
+            return Err(format!("key `run.device`: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"{}\"", self.run.device));
         }
         if !PRECISIONS.contains(&t.precision.as_str()) {
             return Err(format!("key `train.precision`: expected \"auto\", \"fp32\" or \"bf16\", got \"{}\"", t.precision));

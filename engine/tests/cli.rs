@@ -174,6 +174,12 @@ fn unknown_device_names_the_key() {
 }
 
 #[test]
+fn min_lr_above_lr_names_both() {
+    let (_dir, out) = train_config("lr.toml", "[train]\nlr = 1e-3\nmin_lr = 1e-2\n");
+    assert_fails(&out, &["lr.toml", "key `train.min_lr`", "train.lr (0.001)", "0.01"]);
+}
+
+#[test]
 fn cuda_device_fails_clearly_without_a_usable_gpu() {
     if let Ok(info) = kernels::cuda::probe(0) {
         eprintln!("skipped: a usable CUDA device is present ({info:?}), so device = \"cuda\" does not fail here");
