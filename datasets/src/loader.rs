@@ -9,18 +9,19 @@
 //! pool only when the consumer drops its [`LoadedBatch`], so a buffer is never refilled
 //! while it is being read.
 //!
-//! Where CUDA plugs in (the CUDA backend issue). Supply a [`HostAllocator`] whose buffers
-//! are pinned (page-locked, `cuMemHostAlloc`) and each carry a CUDA event:
+//! Where CUDA plugs in (engine/src/staging.rs does this). Supply a [`HostAllocator`] whose
+//! buffers are pinned (page-locked, `cuMemHostAlloc`) and each carry a CUDA event:
 //! 1. the consumer takes a batch with [`Loader::next_batch`], enqueues the host-to-device copy of
 //!    [`LoadedBatch::windows`] on the dedicated copy stream (asynchronous, since the memory
 //!    is pinned; two strided copies, pitch T+1, give inputs (B, T) and targets (B, T)),
-//!    records the slot's event on the copy stream, makes the compute stream wait on that
-//!    event (`cuStreamWaitEvent`: compute waits only for its own batch), and drops the
-//!    batch right away, without waiting for the copy;
+//!    records the slot's event ([`LoadedBatch::buffer`]) on the copy stream, makes the
+//!    compute stream wait on an event of the copy (`cuStreamWaitEvent`: compute waits only
+//!    for its own batch), and drops the batch right away, without waiting for the copy;
 //! 2. before a worker writes into a slot it calls [`HostBuffer::wait_reusable`], which for a
 //!    pinned buffer synchronizes on the slot's event: the buffer is refilled only after its
-//!    copy has completed. The pageable `Vec<u32>` used on the CPU has no copy in flight, so
-//!    its `wait_reusable` does nothing.
+//!    copy has completed (a failure there is reported as [`Error::LoaderWorker`]). The
+//!    pageable `Vec<u32>` used on the CPU has no copy in flight, so its `wait_reusable`
+//!    does nothing.
 //!
 //! Nothing else changes: same ring, same order, same sampler state.
 
@@ -41,8 +42,11 @@ pub trait HostBuffer: Send + 'static {
     fn tokens(&self) -> &[u32];
     fn tokens_mut(&mut self) -> &mut [u32];
     /// Called by a worker right before it overwrites the buffer. A pinned buffer whose
-    /// device copy may still be in flight waits here for the slot's event.
-    fn wait_reusable(&mut self) {}
+    /// device copy may still be in flight waits here for the slot's event. An `Err` (the
+    /// wait itself failed) fails the batch with [`Error::LoaderWorker`] carrying the text.
+    fn wait_reusable(&mut self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Makes the ring's buffers.
@@ -174,11 +178,13 @@ impl<A: HostAllocator> Loader<A> {
         let (split, index, tx, row) = (self.split.clone(), self.index.clone(), self.tx.clone(), self.config.seq_len + 1);
         self.pool.spawn(move || {
             let filled = catch_unwind(AssertUnwindSafe(|| {
-                buffer.wait_reusable();
+                buffer.wait_reusable()?;
                 gather(&split, &index, &window_ids, row, buffer.tokens_mut());
+                Ok::<(), String>(())
             }));
             let message = match filled {
-                Ok(()) => Ok(Filled { seq, buffer, window_ids, state_after }),
+                Ok(Ok(())) => Ok(Filled { seq, buffer, window_ids, state_after }),
+                Ok(Err(msg)) => Err((seq, format!("waiting for the slot's previous copy: {msg}"))),
                 Err(panic) => Err((seq, panic_text(panic))),
             };
             // The receiver is gone only if the loader was dropped: nothing to do then.
@@ -235,6 +241,12 @@ impl<A: HostAllocator> LoadedBatch<'_, A> {
     /// (B, T+1) token ids, row-major: row b is window `window_ids()[b]`.
     pub fn windows(&self) -> &[u32] {
         &self.filled().buffer.tokens()[..self.loader.config.batch_size * (self.loader.config.seq_len + 1)]
+    }
+
+    /// The slot's buffer itself, for the consumer to start a device copy from it and
+    /// record the event its [`HostBuffer::wait_reusable`] waits on.
+    pub fn buffer(&self) -> &A::Buffer {
+        &self.filled().buffer
     }
 
     /// The global window numbers of the rows.

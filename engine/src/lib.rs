@@ -10,6 +10,7 @@ pub mod optim;
 pub mod prepare;
 pub mod sample;
 pub mod schedule;
+pub mod staging;
 pub mod train;
 
 pub use error::{Error, Result};

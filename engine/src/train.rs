@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use datasets::{Batch, Data, EpochSampler, Loader, LoaderConfig, Order, PageableAllocator, Split};
+use datasets::{Batch, Data, EpochSampler, LoaderConfig, Order, Split};
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::device::{select, DeviceRequest};
 use kernels::{Device, Tensor};
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::error::io;
 use crate::optim::{zero_grad, AdamW, AdamWConfig};
 use crate::schedule::learning_rate;
+use crate::staging::{CopyTiming, Stager};
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Default)]
@@ -44,6 +45,9 @@ pub struct TrainSummary {
     pub data_wait_ms: Vec<(u64, f64)>,
     /// The sum of `data_wait_ms`, in seconds (part of `train_seconds`).
     pub data_wait_seconds: f64,
+    /// (step, host-to-device copy timings of its batches from CUDA events): on a GPU only,
+    /// also written to `copy.log` (crate::staging).
+    pub copy_timings: Vec<(u64, CopyTiming)>,
 }
 
 /// The config's data: `data.path` a prepared directory (shards, mapped and checked), a
@@ -73,13 +77,6 @@ pub fn batch_tensors_on(batch: &Batch, device: Device) -> Result<(Tensor, Tensor
     let shape = [batch.batch_size, batch.seq_len];
     let x = Tensor::from_u32(&shape, batch.inputs.clone())?.to_device(device)?;
     let y = Tensor::from_u32(&shape, batch.targets.clone())?.to_device(device)?;
-    Ok((x, y))
-}
-
-fn into_tensors(batch: Batch, device: Device) -> Result<(Tensor, Tensor)> {
-    let shape = [batch.batch_size, batch.seq_len];
-    let x = Tensor::from_u32(&shape, batch.inputs)?.to_device(device)?;
-    let y = Tensor::from_u32(&shape, batch.targets)?.to_device(device)?;
     Ok((x, y))
 }
 
@@ -206,7 +203,20 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         num_workers: config.data.num_workers,
         prefetch: config.data.prefetch,
     };
-    let mut loader = Loader::new(Arc::clone(&data.train), train_index, sampler, loader_config, PageableAllocator)?;
+    // On a GPU: pinned ring, copy stream and device ring (crate::staging); copy timings go
+    // to copy.log beside metrics.log.
+    let mut loader = Stager::new(device, Arc::clone(&data.train), train_index, sampler, loader_config)?;
+    let mut copy_log = match device {
+        Device::Cuda(_) => {
+            let path = run_dir.join("copy.log");
+            let mut file = fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+            if start_step == 0 {
+                writeln!(file, "# step copy_ms copy_overlap copy_stall_ms").map_err(io(&path))?;
+            }
+            Some((file, path))
+        }
+        Device::Cpu => None,
+    };
     let mut summary = TrainSummary {
         run_dir: run_dir.clone(),
         checkpoint: PathBuf::new(),
@@ -217,6 +227,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         train_seconds: 0.0,
         data_wait_ms: Vec::new(),
         data_wait_seconds: 0.0,
+        copy_timings: Vec::new(),
     };
     let mut train_time = Duration::ZERO;
     let mut last_val = None;
@@ -227,14 +238,11 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let mut loss = 0.0f32;
         let mut data_wait = Duration::ZERO;
         for _ in 0..t.grad_accum {
-            // The copy out of the loader's slot (into the model's input tensors on the CPU,
-            // then to the GPU when training there); the slot goes back to the workers as
-            // soon as it is made.
-            let (x, y) = {
-                let loaded = loader.next_batch()?;
-                data_wait += loaded.waited();
-                into_tensors(loaded.to_batch(), device)?
-            };
+            // On the CPU a copy out of the loader's slot; on a GPU a batch already copied
+            // (or being copied) by the copy stream, which the compute stream waits for.
+            let staged = loader.next_batch()?;
+            data_wait += staged.waited;
+            let (x, y) = (staged.inputs, staged.targets);
             loss += model.forward(&x, Some(&y))?.expect("targets given") / t.grad_accum as f32;
             model.backward(1.0 / t.grad_accum as f32)?;
         }
@@ -251,6 +259,11 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let wait_ms = data_wait.as_secs_f64() * 1e3;
         summary.data_wait_ms.push((done, wait_ms));
         summary.data_wait_seconds += data_wait.as_secs_f64();
+        if let (Some(copy), Some((file, path))) = (loader.take_copy_timing()?, copy_log.as_mut()) {
+            let overlap = copy.overlap().map_or("-".to_string(), |o| format!("{o:.3}"));
+            writeln!(file, "{done} {:.3} {overlap} {:.3}", copy.copy_ms, copy.stall_ms).map_err(io(&*path))?;
+            summary.copy_timings.push((done, copy));
+        }
 
         let last = done == t.max_steps;
         let mut val = None;
@@ -300,6 +313,9 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     summary.train_seconds = train_time.as_secs_f64();
     summary.tokens_per_sec = (trained * tokens_per_step) as f64 / summary.train_seconds.max(1e-9);
     log.flush().map_err(io(&log_path))?;
+    if let Some((mut file, path)) = copy_log {
+        file.flush().map_err(io(&path))?;
+    }
     if summary.checkpoint.as_os_str().is_empty() {
         summary.checkpoint = checkpoint::resolve(&run_dir)?;
     }
