@@ -113,6 +113,9 @@ pub struct TrainConfig {
     /// "auto" (bf16 on a GPU, fp32 on the CPU), "fp32" or "bf16" (mixed precision: bf16
     /// weight copies and activations, fp32 master weights, gradients and AdamW state; GPU only).
     pub precision: String,
+    /// Activation recomputation: "none", "selective" (LayerNorm and GeLU outputs), "full"
+    /// (each block keeps only its input) or "full:K" (full on every K-th block).
+    pub recompute: String,
 }
 
 impl Default for TrainConfig {
@@ -136,6 +139,7 @@ impl Default for TrainConfig {
             log_interval: 10,
             checkpoint_interval: 0,
             precision: "auto".into(),
+            recompute: "none".into(),
         }
     }
 }
@@ -255,6 +259,7 @@ impl Config {
         if !PRECISIONS.contains(&t.precision.as_str()) {
             return Err(format!("key `train.precision`: expected \"auto\", \"fp32\" or \"bf16\", got \"{}\"", t.precision));
         }
+        self.recompute()?;
         if t.precision == "bf16" && self.run.device == "cpu" {
             return Err(bf16_on_cpu("run.device = \"cpu\""));
         }
@@ -289,6 +294,11 @@ impl Config {
             ("bf16", kernels::Device::Cpu) => Err(bf16_on_cpu("the device is the CPU")),
             (other, _) => Err(format!("key `train.precision`: expected \"auto\", \"fp32\" or \"bf16\", got \"{other}\"")),
         }
+    }
+
+    /// `train.recompute` as a policy; a bad value is an error naming the key and the choices.
+    pub fn recompute(&self) -> std::result::Result<models::Recompute, String> {
+        self.train.recompute.parse().map_err(|e| format!("key `train.recompute`: {e}"))
     }
 
     pub fn run_dir(&self) -> PathBuf {

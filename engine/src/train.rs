@@ -112,6 +112,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let data = load_dataset(config)?;
     let t = &config.train;
     let mut model = Gpt::with_precision(config.gpt_config(data.vocab_size), device, precision, config.run.seed)?;
+    model.set_recompute(config.recompute().map_err(Error::Usage)?);
     let mut opt = AdamW::try_new(
         AdamWConfig {
             beta1: t.beta1 as f32,

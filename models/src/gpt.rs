@@ -11,6 +11,7 @@ use kernels::{DType, Device, Tensor};
 
 use crate::layers::{Block, Embedding, Layer, LayerNorm};
 use crate::param::{Placement, Precision};
+use crate::recompute::Recompute;
 use crate::{Error, Model, Param, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +49,7 @@ pub struct Gpt {
     pub embedding: Embedding,
     pub blocks: Vec<Block>,
     pub ln_f: LayerNorm,
+    recompute: Recompute,
     /// Set by forward: (final normalized activations (B,T,C), logits or dlogits (B,T,Vp), have_dlogits).
     head: Option<(Tensor, Tensor, bool)>,
 }
@@ -72,7 +74,20 @@ impl Gpt {
             .map(|i| Block::new(at, &format!("h.{i}"), c, config.n_head, std, proj_std, &mut rng))
             .collect::<Result<_>>()?;
         let ln_f = LayerNorm::new(at, "ln_f", c)?;
-        Ok(Self { embedding, blocks, ln_f, head: None, config, precision })
+        Ok(Self { embedding, blocks, ln_f, recompute: Recompute::None, head: None, config, precision })
+    }
+
+    /// Sets the recomputation policy (see [`crate::recompute`]); it takes effect at the next
+    /// forward, so a planner may switch it between any two steps. Gradients do not change.
+    pub fn set_recompute(&mut self, policy: Recompute) {
+        self.recompute = policy;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            block.set_recompute(policy.for_block(i));
+        }
+    }
+
+    pub fn recompute(&self) -> Recompute {
+        self.recompute
     }
 
     fn check_tokens(&self, what: &str, t: &Tensor) -> Result<(usize, usize)> {
@@ -147,6 +162,11 @@ impl Model for Gpt {
             d = block.backward(&d)?;
         }
         self.embedding.backward(&d)?;
+        Ok(())
+    }
+
+    fn set_recompute(&mut self, policy: Recompute) -> Result<()> {
+        Gpt::set_recompute(self, policy);
         Ok(())
     }
 

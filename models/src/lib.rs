@@ -5,6 +5,7 @@
 //! - [`Param`]: a named parameter with its gradient and its optimizer settings; in bf16
 //!   [`Precision`] it also holds the bf16 working copy of its fp32 master value.
 //! - [`Model`]: what the trainer drives (GPT-2 here; custom models implement it too).
+//! - [`Recompute`]: activation checkpointing policies (none, selective, full, full:K).
 //!
 //! Nothing here knows how an op is computed or on which device: that is `kernels`' job.
 //! The same layer code runs on the CPU (fp32) and on a GPU (fp32 or bf16): parameters are
@@ -15,9 +16,11 @@ pub mod gpt;
 pub mod layers;
 pub mod model;
 pub mod param;
+pub mod recompute;
 
 pub use error::{Error, Result};
 pub use gpt::{Gpt, GptConfig};
 pub use layers::Layer;
 pub use model::Model;
 pub use param::{Param, Placement, Precision};
+pub use recompute::Recompute;

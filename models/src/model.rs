@@ -1,6 +1,7 @@
 use kernels::{Device, Tensor};
 
-use crate::{Param, Result};
+use crate::recompute::Recompute;
+use crate::{Error, Param, Result};
 
 /// What the trainer drives. GPT-2 implements it; so can any model a library user builds
 /// from the engine's layers.
@@ -13,6 +14,15 @@ pub trait Model {
     /// Backward from the last forward's loss, times `loss_scale` (e.g. 1/accumulation
     /// steps). Parameter gradients accumulate.
     fn backward(&mut self, loss_scale: f32) -> Result<()>;
+
+    /// Sets the recomputation (activation checkpointing) policy from the next forward on.
+    /// Models without recomputation accept only [`Recompute::None`].
+    fn set_recompute(&mut self, policy: Recompute) -> Result<()> {
+        match policy {
+            Recompute::None => Ok(()),
+            other => Err(Error::Config(format!("this model does not support recomputation ({other})"))),
+        }
+    }
 
     /// Logits (B,T,V_stored) of the last forward run without targets, on the model's device
     /// in its compute dtype. Columns at and past [`Model::vocab_size`] are padding and must

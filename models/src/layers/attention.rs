@@ -1,7 +1,7 @@
 use kernels::ops::attention::{attention_backward, attention_forward, attention_saved_shape};
 use kernels::{DType, Tensor};
 
-use super::{empty_like, saved, Layer, Linear};
+use super::{empty_like, take_saved, Layer, Linear};
 use crate::param::Placement;
 use crate::{Param, Result};
 
@@ -43,12 +43,18 @@ impl Layer for CausalSelfAttention {
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let dy = self.c_proj.backward(dout)?;
-        let (qkv, att) = saved(&self.cache, "CausalSelfAttention")?;
-        let mut dqkv = empty_like(qkv, qkv.shape())?;
-        attention_backward(&mut dqkv, &dy, qkv, att, self.n_head)?;
+        let (qkv, att) = take_saved(&mut self.cache, "CausalSelfAttention")?;
+        let mut dqkv = empty_like(&qkv, qkv.shape())?;
+        attention_backward(&mut dqkv, &dy, &qkv, &att, self.n_head)?;
+        drop((qkv, att, dy));
         self.c_attn.backward(&dqkv)
     }
 
+    fn release(&mut self) {
+        self.c_attn.release();
+        self.c_proj.release();
+        self.cache = None;
+    }
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
         self.c_attn.visit_params(f);
         self.c_proj.visit_params(f);

@@ -1,7 +1,7 @@
 use kernels::ops::embedding::{embedding_backward, embedding_forward};
 use kernels::Tensor;
 
-use super::{empty_like, saved, Layer};
+use super::{empty_like, take_saved, Layer};
 use crate::param::{normal, Placement};
 use crate::{Param, Result};
 
@@ -39,16 +39,19 @@ impl Layer for Embedding {
     }
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
-        let tokens = saved(&self.tokens, "Embedding")?;
+        let tokens = take_saved(&mut self.tokens, "Embedding")?;
         // The launcher scatters dout into gradients of its own dtype: in bf16 precision dout
         // (B,T,C) is widened to the f32 gradients' dtype first (exact), which is far smaller
         // than keeping bf16 copies of the (V,C) gradients.
         let dout = dout.to_dtype(self.wte.grad.dtype())?;
-        embedding_backward(&mut self.wte.grad, &mut self.wpe.grad, &dout, tokens)?;
+        embedding_backward(&mut self.wte.grad, &mut self.wpe.grad, &dout, &tokens)?;
         // Token ids have no gradient: an empty host tensor (no zero-sized device allocation).
         Ok(Tensor::from_vec(&[0], Vec::new())?)
     }
 
+    fn release(&mut self) {
+        self.tokens = None;
+    }
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
         f(&self.wte);
         f(&self.wpe);

@@ -1,13 +1,23 @@
 use kernels::ops::gelu::{gelu_backward, gelu_forward};
 use kernels::Tensor;
 
-use super::{empty_like, saved, Layer};
+use super::{empty_like, saved, take_saved, Layer};
 use crate::{Param, Result};
 
 /// GeLU (tanh approximation). No parameters.
 #[derive(Default)]
 pub struct Gelu {
     input: Option<Tensor>,
+}
+
+impl Gelu {
+    /// The last forward's output again, from its kept input (selective recomputation).
+    pub(crate) fn recompute_output(&self) -> Result<Tensor> {
+        let x = saved(&self.input, "Gelu")?;
+        let mut out = empty_like(x, x.shape())?;
+        gelu_forward(&mut out, x)?;
+        Ok(out)
+    }
 }
 
 impl Layer for Gelu {
@@ -19,12 +29,15 @@ impl Layer for Gelu {
     }
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
-        let x = saved(&self.input, "Gelu")?;
-        let mut dx = empty_like(x, x.shape())?;
-        gelu_backward(&mut dx, x, dout)?;
+        let x = take_saved(&mut self.input, "Gelu")?;
+        let mut dx = empty_like(&x, x.shape())?;
+        gelu_backward(&mut dx, &x, dout)?;
         Ok(dx)
     }
 
+    fn release(&mut self) {
+        self.input = None;
+    }
     fn visit_params(&self, _f: &mut dyn FnMut(&Param)) {}
     fn visit_params_mut(&mut self, _f: &mut dyn FnMut(&mut Param)) {}
 }

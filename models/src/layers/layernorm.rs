@@ -1,7 +1,7 @@
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward};
 use kernels::Tensor;
 
-use super::{empty_f32, empty_like, saved, Layer};
+use super::{empty_f32, empty_like, saved, take_saved, Layer};
 use crate::param::{constant, Placement};
 use crate::{Param, Result};
 
@@ -23,6 +23,20 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// The last forward's output again, from its kept input (selective recomputation): the
+    /// same op on the same input and weights, so the same bits. The statistics it writes
+    /// again are discarded (the kept ones are identical).
+    pub(crate) fn recompute_output(&self) -> Result<Tensor> {
+        let (x, _, _) = saved(&self.cache, "LayerNorm")?;
+        let n = x.numel() / self.weight.numel();
+        let mut out = empty_like(x, x.shape())?;
+        let (mut mean, mut rstd) = (empty_f32(x, &[n])?, empty_f32(x, &[n])?);
+        layernorm_forward(&mut out, &mut mean, &mut rstd, x, self.weight.compute(), self.bias.compute())?;
+        Ok(out)
+    }
+}
+
 impl Layer for LayerNorm {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let n = x.numel() / self.weight.numel();
@@ -34,13 +48,16 @@ impl Layer for LayerNorm {
     }
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
-        let (x, mean, rstd) = saved(&self.cache, "LayerNorm")?;
-        let mut dx = empty_like(x, x.shape())?;
+        let (x, mean, rstd) = take_saved(&mut self.cache, "LayerNorm")?;
+        let mut dx = empty_like(&x, x.shape())?;
         let (dweight, weight) = self.weight.grad_and_compute();
-        layernorm_backward(&mut dx, dweight, &mut self.bias.grad, dout, x, weight, mean, rstd)?;
+        layernorm_backward(&mut dx, dweight, &mut self.bias.grad, dout, &x, weight, &mean, &rstd)?;
         Ok(dx)
     }
 
+    fn release(&mut self) {
+        self.cache = None;
+    }
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
         f(&self.weight);
         f(&self.bias);

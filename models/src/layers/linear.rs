@@ -1,7 +1,7 @@
 use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
 use kernels::Tensor;
 
-use super::{empty_like, saved, Layer};
+use super::{empty_like, take_saved, Layer};
 use crate::param::{constant, normal, Placement};
 use crate::{Param, Result};
 
@@ -23,6 +23,21 @@ impl Linear {
         })
     }
 
+    /// Drops the kept input (selective recomputation: it is recomputed before backward).
+    pub(crate) fn forget_input(&mut self) {
+        self.input = None;
+    }
+
+    /// Whether an input is kept for backward.
+    pub(crate) fn has_input(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// Puts back a recomputed input before backward.
+    pub(crate) fn restore_input(&mut self, x: Tensor) {
+        self.input = Some(x);
+    }
+
     fn out_shape(&self, x: &Tensor) -> Vec<usize> {
         let mut s = x.shape().to_vec();
         *s.last_mut().expect("input has a channel dimension") = self.weight.value.shape()[1];
@@ -39,13 +54,16 @@ impl Layer for Linear {
     }
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
-        let x = saved(&self.input, "Linear")?;
-        let mut dx = empty_like(x, x.shape())?;
+        let x = take_saved(&mut self.input, "Linear")?;
+        let mut dx = empty_like(&x, x.shape())?;
         let (dweight, weight) = self.weight.grad_and_compute();
-        matmul_backward(&mut dx, dweight, self.bias.as_mut().map(|b| &mut b.grad), dout, x, weight, WeightLayout::InOut)?;
+        matmul_backward(&mut dx, dweight, self.bias.as_mut().map(|b| &mut b.grad), dout, &x, weight, WeightLayout::InOut)?;
         Ok(dx)
     }
 
+    fn release(&mut self) {
+        self.input = None;
+    }
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
         f(&self.weight);
         if let Some(b) = &self.bias {

@@ -9,6 +9,9 @@ pub struct Mlp {
     pub c_fc: Linear,
     pub gelu: Gelu,
     pub c_proj: Linear,
+    /// Selective recomputation: forward drops the GeLU output (c_proj's input, (B,T,4C));
+    /// backward recomputes it from the GeLU input, which stays.
+    pub(crate) recompute_gelu: bool,
 }
 
 impl Mlp {
@@ -17,6 +20,7 @@ impl Mlp {
             c_fc: Linear::new(at, &format!("{name}.c_fc"), c, 4 * c, true, std, rng)?,
             gelu: Gelu::default(),
             c_proj: Linear::new(at, &format!("{name}.c_proj"), 4 * c, c, true, proj_std, rng)?,
+            recompute_gelu: false,
         })
     }
 }
@@ -25,13 +29,27 @@ impl Layer for Mlp {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let h = self.c_fc.forward(x)?;
         let h = self.gelu.forward(&h)?;
-        self.c_proj.forward(&h)
+        let out = self.c_proj.forward(&h)?;
+        if self.recompute_gelu {
+            self.c_proj.forget_input();
+        }
+        Ok(out)
     }
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
+        // What forward kept decides, not the current setting (it may change between steps).
+        if !self.c_proj.has_input() {
+            self.c_proj.restore_input(self.gelu.recompute_output()?);
+        }
         let dh = self.c_proj.backward(dout)?;
         let dh = self.gelu.backward(&dh)?;
         self.c_fc.backward(&dh)
+    }
+
+    fn release(&mut self) {
+        self.c_fc.release();
+        self.gelu.release();
+        self.c_proj.release();
     }
 
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {

@@ -25,7 +25,12 @@ pub trait Layer {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor>;
     /// Given d loss / d output, accumulates parameter gradients (`+=`) and returns
     /// d loss / d input (for integer inputs such as token ids, an empty tensor).
+    /// Backward releases what forward saved (a second backward without a new forward is an
+    /// error).
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor>;
+    /// Drops what the last forward saved, without a backward (activation checkpointing
+    /// keeps a block's input instead and re-runs its forward in backward).
+    fn release(&mut self);
     fn visit_params(&self, f: &mut dyn FnMut(&Param));
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param));
 }
@@ -45,4 +50,9 @@ pub(crate) fn empty_f32(like: &Tensor, shape: &[usize]) -> Result<Tensor> {
 
 pub(crate) fn saved<'a, T>(slot: &'a Option<T>, layer: &'static str) -> Result<&'a T> {
     slot.as_ref().ok_or(crate::Error::NoForward { layer })
+}
+
+/// Takes what forward saved, for a backward that releases it.
+pub(crate) fn take_saved<T>(slot: &mut Option<T>, layer: &'static str) -> Result<T> {
+    slot.take().ok_or(crate::Error::NoForward { layer })
 }
