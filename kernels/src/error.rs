@@ -32,6 +32,10 @@ pub enum Error {
     Compile { file: String, arch: String, log: String },
     #[error("launching `{kernel}` failed: {msg}")]
     Launch { kernel: String, msg: String },
+    /// A request past the pool's budget (or refused by the device). Byte counts are size-class
+    /// rounded; `largest_free` is the largest request that would succeed now.
+    #[error("out of memory on {device}: {}", crate::memory::Oom { requested: *.requested, in_use: *.in_use, budget: *.budget, largest_free: *.largest_free })]
+    OutOfMemory { device: Device, requested: usize, in_use: usize, budget: Option<usize>, largest_free: usize },
     #[error("{op}: CUDA error: {msg}")]
     Cuda { op: String, msg: String },
 }

@@ -5,6 +5,8 @@
 //!   [`device::select`] turns the config's `auto`/`cpu`/`cuda` into a device, never panicking.
 //! - [`Tensor`]: a typed buffer with a shape, on one device. Clones share storage;
 //!   writing to a shared tensor copies it first, so saved activations stay intact.
+//! - [`memory`]: the caching pool of each device, with a budget and statistics; every
+//!   tensor buffer comes from it (`OutOfMemory` past the budget, never a panic).
 //! - [`ops`]: every op the models need, forward and backward. Each op dispatches on
 //!   the device of its tensors; nothing above this crate knows how an op is computed.
 //!
@@ -15,6 +17,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod host_pool;
+pub mod memory;
 pub mod ops;
 pub mod tensor;
 

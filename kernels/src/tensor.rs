@@ -1,11 +1,13 @@
 use std::any::Any;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use half::bf16;
 
 use crate::cuda::{self, CudaElement, CudaSlice};
-use crate::{host_pool, Device, Error, Result};
+use crate::memory::{self, HostBuf, HostElement};
+use crate::{Device, Error, Result};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,59 +34,90 @@ impl fmt::Display for DType {
     }
 }
 
-/// The buffer behind a tensor. CUDA buffers live on their device's compute stream.
+/// The buffer behind a tensor, taken from its device's [`memory`] pool and given back
+/// when dropped. CUDA buffers live on their device's compute stream. Invariant: every CUDA
+/// slice here came from `memory::cuda_alloc` (its pool block is found again from its length).
 #[derive(Debug)]
 enum Storage {
-    CpuF32(Vec<f32>),
-    CpuBf16(Vec<bf16>),
-    CpuU32(Vec<u32>),
-    CudaF32(CudaSlice<f32>),
-    CudaBf16(CudaSlice<bf16>),
-    CudaU32(CudaSlice<u32>),
+    CpuF32(HostBuf<f32>),
+    CpuBf16(HostBuf<bf16>),
+    CpuU32(HostBuf<u32>),
+    CudaF32(ManuallyDrop<CudaSlice<f32>>),
+    CudaBf16(ManuallyDrop<CudaSlice<bf16>>),
+    CudaU32(ManuallyDrop<CudaSlice<u32>>),
 }
 
-/// f32 host buffers go back to the pool for reuse by [`Tensor::empty`].
 impl Drop for Storage {
     fn drop(&mut self) {
-        if let Storage::CpuF32(v) = self {
-            host_pool::give(std::mem::take(v));
+        // SAFETY (ManuallyDrop::take): the slice is taken once, here, and never used again.
+        match self {
+            Storage::CpuF32(v) => memory::host_give(std::mem::take(v)),
+            Storage::CpuBf16(v) => memory::host_give(std::mem::take(v)),
+            Storage::CpuU32(v) => memory::host_give(std::mem::take(v)),
+            Storage::CudaF32(s) => memory::cuda_give(unsafe { ManuallyDrop::take(s) }),
+            Storage::CudaBf16(s) => memory::cuda_give(unsafe { ManuallyDrop::take(s) }),
+            Storage::CudaU32(s) => memory::cuda_give(unsafe { ManuallyDrop::take(s) }),
         }
     }
 }
 
+/// A host copy of `v` from the pool.
+fn host_copy<T: HostElement>(v: &[T]) -> Result<HostBuf<T>> {
+    let mut copy = memory::host_take(v.len())?;
+    copy.copy_from_slice(v);
+    Ok(copy)
+}
+
+/// A pool buffer of `n` elements on `dev`, contents unspecified.
+fn cuda_empty<T: CudaElement>(dev: &cuda::CudaDevice, n: usize) -> Result<ManuallyDrop<CudaSlice<T>>> {
+    Ok(ManuallyDrop::new(memory::cuda_alloc(dev, n)?))
+}
+
+/// A pool buffer on `dev` holding a copy of `data`.
+fn cuda_from_host<T: CudaElement>(dev: &cuda::CudaDevice, data: &[T]) -> Result<ManuallyDrop<CudaSlice<T>>> {
+    let mut s = cuda_empty(dev, data.len())?;
+    let op = || format!("copying {} x {} to the GPU", data.len(), T::NAME);
+    dev.stream().memcpy_htod(data, &mut *s).map_err(|e| Error::Cuda { op: op(), msg: e.to_string() })?;
+    Ok(s)
+}
+
+/// A device-to-device copy of `src` into a pool buffer (on the compute stream).
+fn cuda_clone<T: CudaElement>(src: &CudaSlice<T>) -> Result<ManuallyDrop<CudaSlice<T>>> {
+    let dev = cuda::device(src.ordinal())?;
+    let mut s = cuda_empty(&dev, src.len())?;
+    let err = |e: cuda::DriverError| Error::Cuda { op: "copying a shared tensor before a write".into(), msg: e.to_string() };
+    dev.stream().memcpy_dtod(src, &mut *s).map_err(err)?;
+    Ok(s)
+}
+
 impl Storage {
-    /// A deep copy; fails (rather than panicking, as `CudaSlice::clone` would) when the
-    /// device cannot allocate.
+    /// A deep copy from the pool; fails (rather than panicking, as `CudaSlice::clone`
+    /// would) past the budget or when the device cannot allocate.
     fn try_clone(&self) -> Result<Self> {
-        let err = |e: cuda::DriverError| Error::Cuda { op: "copying a shared tensor before a write".into(), msg: e.to_string() };
         Ok(match self {
-            Storage::CpuF32(v) => {
-                let mut copy = host_pool::take(v.len());
-                copy.copy_from_slice(v);
-                Storage::CpuF32(copy)
-            }
-            Storage::CpuBf16(v) => Storage::CpuBf16(v.clone()),
-            Storage::CpuU32(v) => Storage::CpuU32(v.clone()),
-            Storage::CudaF32(s) => Storage::CudaF32(s.try_clone().map_err(err)?),
-            Storage::CudaBf16(s) => Storage::CudaBf16(s.try_clone().map_err(err)?),
-            Storage::CudaU32(s) => Storage::CudaU32(s.try_clone().map_err(err)?),
+            Storage::CpuF32(v) => Storage::CpuF32(host_copy(v)?),
+            Storage::CpuBf16(v) => Storage::CpuBf16(host_copy(v)?),
+            Storage::CpuU32(v) => Storage::CpuU32(host_copy(v)?),
+            Storage::CudaF32(s) => Storage::CudaF32(cuda_clone(s)?),
+            Storage::CudaBf16(s) => Storage::CudaBf16(cuda_clone(s)?),
+            Storage::CudaU32(s) => Storage::CudaU32(cuda_clone(s)?),
         })
     }
 
     fn cuda_any(&self) -> Option<&dyn Any> {
         match self {
-            Storage::CudaF32(s) => Some(s),
-            Storage::CudaBf16(s) => Some(s),
-            Storage::CudaU32(s) => Some(s),
+            Storage::CudaF32(s) => Some(&**s),
+            Storage::CudaBf16(s) => Some(&**s),
+            Storage::CudaU32(s) => Some(&**s),
             _ => None,
         }
     }
 
     fn cuda_any_mut(&mut self) -> Option<&mut dyn Any> {
         match self {
-            Storage::CudaF32(s) => Some(s),
-            Storage::CudaBf16(s) => Some(s),
-            Storage::CudaU32(s) => Some(s),
+            Storage::CudaF32(s) => Some(&mut **s),
+            Storage::CudaBf16(s) => Some(&mut **s),
+            Storage::CudaU32(s) => Some(&mut **s),
             _ => None,
         }
     }
@@ -109,57 +142,77 @@ impl Tensor {
             .unwrap_or_else(|e| panic!("Tensor::zeros({device}, {shape:?}) failed: {e}"))
     }
 
-    /// A tensor whose contents are unspecified, for an op to overwrite entirely: on the CPU
-    /// a recycled buffer from [`host_pool`] (no clearing, no page faults); elsewhere zeros.
+    /// A tensor whose contents are unspecified, for an op to overwrite entirely: a cached
+    /// block from the device's [`memory`] pool (no clearing, no page faults), on the GPU
+    /// too. Under [`memory::set_poison`] float buffers start as NaN. Fails with
+    /// `OutOfMemory` past the pool's budget.
     pub fn try_empty(device: Device, dtype: DType, shape: &[usize]) -> Result<Self> {
-        match (device, dtype) {
-            (Device::Cpu, DType::F32) => {
-                let v = host_pool::take(shape.iter().product());
-                Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuF32(v)) })
-            }
-            _ => Self::try_zeros(device, dtype, shape),
-        }
-    }
-
-    /// A tensor of zeros of any dtype on any device.
-    pub fn try_zeros(device: Device, dtype: DType, shape: &[usize]) -> Result<Self> {
         let n = shape.iter().product();
         let storage = match (device, dtype) {
-            (Device::Cpu, DType::F32) => {
-                let mut v = host_pool::take(n);
-                v.fill(0.0);
-                Storage::CpuF32(v)
-            }
-            (Device::Cpu, DType::Bf16) => Storage::CpuBf16(vec![bf16::ZERO; n]),
-            (Device::Cpu, DType::U32) => Storage::CpuU32(vec![0; n]),
+            (Device::Cpu, DType::F32) => Storage::CpuF32(memory::host_take(n)?),
+            (Device::Cpu, DType::Bf16) => Storage::CpuBf16(memory::host_take(n)?),
+            (Device::Cpu, DType::U32) => Storage::CpuU32(memory::host_take(n)?),
             (Device::Cuda(ordinal), dtype) => {
                 let dev = cuda::device(ordinal)?;
+                let poison = memory::poison();
                 match dtype {
-                    DType::F32 => Storage::CudaF32(dev.alloc_zeros(n)?),
-                    DType::Bf16 => Storage::CudaBf16(dev.alloc_zeros(n)?),
-                    DType::U32 => Storage::CudaU32(dev.alloc_zeros(n)?),
+                    DType::F32 => {
+                        let mut s = cuda_empty::<f32>(&dev, n)?;
+                        if poison {
+                            crate::ops::fill::gpu::fill(&dev, &mut s, f32::NAN)?;
+                        }
+                        Storage::CudaF32(s)
+                    }
+                    DType::Bf16 => {
+                        let mut s = cuda_empty::<bf16>(&dev, n)?;
+                        if poison {
+                            crate::ops::fill::gpu::fill(&dev, &mut s, f32::NAN)?;
+                        }
+                        Storage::CudaBf16(s)
+                    }
+                    DType::U32 => Storage::CudaU32(cuda_empty(&dev, n)?),
                 }
             }
         };
         Ok(Self { shape: shape.to_vec(), storage: Arc::new(storage) })
     }
 
-    /// An f32 tensor on the CPU. Errors if `data.len()` is not the product of `shape`.
+    /// A tensor of zeros of any dtype on any device (a pool block, cleared).
+    pub fn try_zeros(device: Device, dtype: DType, shape: &[usize]) -> Result<Self> {
+        let n = shape.iter().product();
+        let storage = match (device, dtype) {
+            (Device::Cpu, DType::F32) => Storage::CpuF32(zeroed(memory::host_take(n)?)),
+            (Device::Cpu, DType::Bf16) => Storage::CpuBf16(zeroed(memory::host_take(n)?)),
+            (Device::Cpu, DType::U32) => Storage::CpuU32(zeroed(memory::host_take(n)?)),
+            (Device::Cuda(ordinal), dtype) => {
+                let dev = cuda::device(ordinal)?;
+                match dtype {
+                    DType::F32 => Storage::CudaF32(cuda_zeros(&dev, n)?),
+                    DType::Bf16 => Storage::CudaBf16(cuda_zeros(&dev, n)?),
+                    DType::U32 => Storage::CudaU32(cuda_zeros(&dev, n)?),
+                }
+            }
+        };
+        Ok(Self { shape: shape.to_vec(), storage: Arc::new(storage) })
+    }
+
+    /// An f32 tensor on the CPU (the buffer is counted by the CPU pool, so this fails past
+    /// its budget). Errors if `data.len()` is not the product of `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
         check_len("Tensor::from_vec", shape, data.len())?;
-        Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuF32(data)) })
+        Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuF32(memory::host_adopt(data)?)) })
     }
 
     /// A bf16 tensor on the CPU (a host staging buffer; the CPU ops compute in f32).
     pub fn from_bf16(shape: &[usize], data: Vec<bf16>) -> Result<Self> {
         check_len("Tensor::from_bf16", shape, data.len())?;
-        Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuBf16(data)) })
+        Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuBf16(memory::host_adopt(data)?)) })
     }
 
     /// A u32 (token id) tensor on the CPU.
     pub fn from_u32(shape: &[usize], data: Vec<u32>) -> Result<Self> {
         check_len("Tensor::from_u32", shape, data.len())?;
-        Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuU32(data)) })
+        Ok(Self { shape: shape.to_vec(), storage: Arc::new(Storage::CpuU32(memory::host_adopt(data)?)) })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -209,9 +262,9 @@ impl Tensor {
         }
         // From a GPU: to the host first (waits for the compute stream), then on from there.
         let host = match &*self.storage {
-            Storage::CudaF32(s) => Some(Self::host(&self.shape, Storage::CpuF32(cuda::device(s.ordinal())?.dtoh(s)?))),
-            Storage::CudaBf16(s) => Some(Self::host(&self.shape, Storage::CpuBf16(cuda::device(s.ordinal())?.dtoh(s)?))),
-            Storage::CudaU32(s) => Some(Self::host(&self.shape, Storage::CpuU32(cuda::device(s.ordinal())?.dtoh(s)?))),
+            Storage::CudaF32(s) => Some(Self::host(&self.shape, Storage::CpuF32(memory::host_adopt(cuda::device(s.ordinal())?.dtoh(s)?)?))),
+            Storage::CudaBf16(s) => Some(Self::host(&self.shape, Storage::CpuBf16(memory::host_adopt(cuda::device(s.ordinal())?.dtoh(s)?)?))),
+            Storage::CudaU32(s) => Some(Self::host(&self.shape, Storage::CpuU32(memory::host_adopt(cuda::device(s.ordinal())?.dtoh(s)?)?))),
             _ => None,
         };
         if let Some(host) = host {
@@ -220,9 +273,9 @@ impl Tensor {
         let Device::Cuda(ordinal) = device else { unreachable!("a CPU tensor asked for the CPU returned above") };
         let dev = cuda::device(ordinal)?;
         let storage = match &*self.storage {
-            Storage::CpuF32(v) => Storage::CudaF32(dev.htod(v)?),
-            Storage::CpuBf16(v) => Storage::CudaBf16(dev.htod(v)?),
-            Storage::CpuU32(v) => Storage::CudaU32(dev.htod(v)?),
+            Storage::CpuF32(v) => Storage::CudaF32(cuda_from_host(&dev, v)?),
+            Storage::CpuBf16(v) => Storage::CudaBf16(cuda_from_host(&dev, v)?),
+            Storage::CpuU32(v) => Storage::CudaU32(cuda_from_host(&dev, v)?),
             _ => unreachable!("GPU storage handled above"),
         };
         Ok(Self { shape: self.shape.clone(), storage: Arc::new(storage) })
@@ -256,7 +309,7 @@ impl Tensor {
     /// A copy of the data on the host, as f32 (bf16 widened exactly, u32 converted).
     pub fn try_to_vec(&self) -> Result<Vec<f32>> {
         Ok(match &*self.storage {
-            Storage::CpuF32(v) => v.clone(),
+            Storage::CpuF32(v) => v.to_vec(),
             Storage::CpuBf16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::CpuU32(v) => v.iter().map(|&x| x as f32).collect(),
             Storage::CudaF32(_) | Storage::CudaBf16(_) | Storage::CudaU32(_) => return self.to_host()?.try_to_vec(),
@@ -364,6 +417,19 @@ impl Tensor {
         }
         Ok(())
     }
+}
+
+/// `buf` with every element zero.
+fn zeroed<T: HostElement>(mut buf: HostBuf<T>) -> HostBuf<T> {
+    buf.fill(T::default());
+    buf
+}
+
+/// A cleared pool buffer of `n` elements on `dev`.
+fn cuda_zeros<T: CudaElement>(dev: &cuda::CudaDevice, n: usize) -> Result<ManuallyDrop<CudaSlice<T>>> {
+    let mut s = cuda_empty(dev, n)?;
+    memset_zeros(&mut s)?;
+    Ok(s)
 }
 
 fn memset_zeros<T: CudaElement>(s: &mut CudaSlice<T>) -> Result<()> {
