@@ -5,7 +5,7 @@
 //! - `selective`: each block drops its LayerNorm outputs and its GeLU output after forward
 //!   and recomputes them (from the LayerNorm input and statistics, and from the GeLU input,
 //!   which stay) right before the backward that needs them. Cheap elementwise work for about
-//!   6C of the ~15C floats per token a block keeps (plus attention's saved state).
+//!   6C of the ~16C floats per token a block keeps (plus attention's saved state).
 //! - `full`: each block keeps only its input; its backward re-runs the block's forward and
 //!   then backpropagates through it, so at most one block's activations exist at a time.
 //! - `full:K`: `full` on blocks 0, K, 2K, ... and `none` on the others.
