@@ -21,6 +21,17 @@ pub struct Config {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    pub memory: MemoryConfig,
+}
+
+/// `[memory]`: how much memory the run may take on its device.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// The pool's hard budget: an amount ("20GiB", "512MiB") or a percentage of the memory
+    /// free when the run starts ("90%": of the GPU's free memory, or of the host's available
+    /// memory on the CPU). Unset: unlimited.
+    pub budget: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -260,6 +271,7 @@ impl Config {
             return Err(format!("key `train.precision`: expected \"auto\", \"fp32\" or \"bf16\", got \"{}\"", t.precision));
         }
         self.recompute()?;
+        self.memory_budget()?;
         if t.precision == "bf16" && self.run.device == "cpu" {
             return Err(bf16_on_cpu("run.device = \"cpu\""));
         }
@@ -293,6 +305,15 @@ impl Config {
             ("bf16" | "auto", kernels::Device::Cuda(_)) => Ok(Precision::Bf16),
             ("bf16", kernels::Device::Cpu) => Err(bf16_on_cpu("the device is the CPU")),
             (other, _) => Err(format!("key `train.precision`: expected \"auto\", \"fp32\" or \"bf16\", got \"{other}\"")),
+        }
+    }
+
+    /// `memory.budget` parsed (`None`: unlimited); a bad value is an error naming the key,
+    /// the value and what was expected.
+    pub fn memory_budget(&self) -> std::result::Result<Option<kernels::memory::Budget>, String> {
+        match &self.memory.budget {
+            None => Ok(None),
+            Some(text) => kernels::memory::Budget::parse(text).map(Some).map_err(|e| format!("key `memory.budget`: {e}")),
         }
     }
 

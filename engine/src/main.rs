@@ -109,11 +109,15 @@ fn run(cli: Cli) -> Result<()> {
             let config = Config::load(&config, &overrides)?;
             let s = train(&config, &TrainOptions { quiet, resume })?;
             let val = s.val_losses.last().map_or("-".into(), |(_, v)| format!("{v:.4}"));
+            let m = &s.memory;
             println!(
-                "trained {} steps in {:.1}s ({:.0} tokens/s); final val loss {val}; checkpoint {}",
+                "trained {} steps in {:.1}s ({:.0} tokens/s); final val loss {val}; memory peak {}, reserved {}, cache hit rate {:.1}%; checkpoint {}",
                 s.steps,
                 s.train_seconds,
                 s.tokens_per_sec,
+                engine::kernels::memory::fmt_bytes(m.peak),
+                engine::kernels::memory::fmt_bytes(m.reserved),
+                100.0 * m.hit_rate(),
                 s.checkpoint.display()
             );
             Ok(())

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use datasets::{Batch, Data, EpochSampler, LoaderConfig, Order, Split};
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::device::{select, DeviceRequest};
+use kernels::memory::{self, PoolStats};
 use kernels::{Device, Tensor};
 use models::{Gpt, Model, Precision};
 
@@ -48,6 +49,9 @@ pub struct TrainSummary {
     /// (step, host-to-device copy timings of its batches from CUDA events): on a GPU only,
     /// also written to `copy.log` (crate::staging).
     pub copy_timings: Vec<(u64, CopyTiming)>,
+    /// The device pool's statistics at the end of the run; `peak` counts from the start of
+    /// this run (kernels::memory).
+    pub memory: PoolStats,
 }
 
 /// The config's data: `data.path` a prepared directory (shards, mapped and checked), a
@@ -107,8 +111,35 @@ pub fn resolve_device(config: &Config) -> Result<(Device, Precision, String)> {
     Ok((device, precision, format!("{note}; precision {}", precision.name())))
 }
 
+/// Trains as `config` says. An out-of-memory error names the budget's key and the ways out.
 pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
+    train_run(config, options).map_err(|e| match e {
+        Error::Kernel(oom @ kernels::Error::OutOfMemory { .. }) => Error::Usage(format!(
+            "{oom}; memory.budget = {}: raise it, or lower train.batch_size (with a larger train.grad_accum) or set train.recompute",
+            config.memory.budget.as_deref().map_or("unset (unlimited)".into(), |b| format!("\"{b}\""))
+        )),
+        other => other,
+    })
+}
+
+/// Sets `device`'s pool budget from `memory.budget` (unset: unlimited) and starts a new
+/// peak measurement; returns the line the trainer prints.
+pub fn apply_memory_budget(config: &Config, device: Device) -> Result<String> {
+    let budget = match config.memory_budget().map_err(Error::Usage)? {
+        Some(b) => Some(b.resolve(device)?),
+        None => None,
+    };
+    memory::set_budget(device, budget);
+    memory::reset_peak(device);
+    Ok(match budget {
+        Some(bytes) => format!("memory budget on {device}: {} (memory.budget = \"{}\")", memory::fmt_bytes(bytes), config.memory.budget.as_deref().unwrap_or_default()),
+        None => format!("memory budget on {device}: unlimited"),
+    })
+}
+
+fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let (device, precision, device_note) = resolve_device(config)?;
+    let memory_note = apply_memory_budget(config, device)?;
     let data = load_dataset(config)?;
     let t = &config.train;
     let mut model = Gpt::with_precision(config.gpt_config(data.vocab_size), device, precision, config.run.seed)?;
@@ -179,6 +210,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         }
     };
     say(device_note);
+    say(memory_note);
     say(format!(
         "model: GPT-2 {} layers, {} heads, {} wide, {} parameters; data {}: {} train / {} val tokens; {} tokens per step",
         config.model.n_layer,
@@ -229,6 +261,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         data_wait_ms: Vec::new(),
         data_wait_seconds: 0.0,
         copy_timings: Vec::new(),
+        memory: PoolStats::default(),
     };
     let mut train_time = Duration::ZERO;
     let mut last_val = None;
@@ -311,6 +344,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         bar.finish_and_clear();
     }
     let trained = summary.losses.len() as u64;
+    summary.memory = memory::stats(device);
     summary.train_seconds = train_time.as_secs_f64();
     summary.tokens_per_sec = (trained * tokens_per_step) as f64 / summary.train_seconds.max(1e-9);
     log.flush().map_err(io(&log_path))?;

@@ -1,0 +1,96 @@
+//! `memory.budget` end to end: the budget string is checked with the config (naming the key),
+//! a budget too small for the run ends it with exit code 1 and one `error:` line giving the
+//! numbers (never a panic), and a run that fits reports the pool's statistics.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use engine::config::Config;
+use engine::kernels::memory::Budget;
+use tempfile::TempDir;
+
+const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
+const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+
+/// `engine train <shipped config> --quiet` with a tiny model, 2 steps, and `extra` `--set`s.
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["train".into(), SHIPPED_CONFIG.into(), "--quiet".into()];
+    let sets = [
+        "model.n_layer=1".to_string(),
+        "model.n_embd=16".into(),
+        "model.n_head=2".into(),
+        "model.context_length=16".into(),
+        "train.seq_len=16".into(),
+        "train.batch_size=2".into(),
+        "train.max_steps=2".into(),
+        "train.eval_batches=1".into(),
+        "run.name=tiny".into(),
+        format!("run.out_dir='{}'", dir.display()),
+    ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.extend(["--set".into(), s.to_string()]);
+    }
+    Command::new(ENGINE).args(&args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
+}
+
+/// Exit code 1 and exactly one stderr line, `error: ...`, containing every needle; no panic.
+#[track_caller]
+fn assert_fails(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "panicked:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{stderr}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "stderr does not name {needle:?}: {}", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+#[test]
+fn budget_key_parses_and_defaults_to_unlimited() {
+    let c = Config::parse("", "c.toml", &[]).unwrap();
+    assert_eq!(c.memory_budget(), Ok(None));
+    let c = Config::parse("[memory]\nbudget = \"20GiB\"\n", "c.toml", &[]).unwrap();
+    assert_eq!(c.memory_budget(), Ok(Some(Budget::Bytes(20 << 30))));
+    let c = Config::parse("", "c.toml", &["memory.budget=90%".into()]).unwrap();
+    assert_eq!(c.memory_budget(), Ok(Some(Budget::Percent(90.0))));
+}
+
+#[test]
+fn malformed_budget_names_the_key_the_value_and_the_forms() {
+    for (bad, needle) in [("lots", "\"20GiB\""), ("20 GiBs", "\"90%\""), ("150%", "at most 100%"), ("0", "at least 1 byte")] {
+        let err = Config::parse(&format!("[memory]\nbudget = \"{bad}\"\n"), "c.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("memory.budget") && err.contains(&format!("\"{bad}\"")) && err.contains(needle), "{bad}: {err}");
+    }
+    let err = Config::parse("[memory]\nbudjet = \"1GiB\"\n", "c.toml", &[]).unwrap_err().to_string();
+    assert!(err.contains("unknown field `budjet`"), "{err}");
+}
+
+#[test]
+fn malformed_budget_on_the_command_line_fails_cleanly() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), &["memory.budget=lots"]);
+    assert_fails(&out, &["memory.budget", "\"lots\"", "\"20GiB\""]);
+}
+
+#[test]
+fn too_small_budget_fails_with_the_numbers_not_a_panic() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), &["memory.budget=64KiB"]);
+    let line = assert_fails(&out, &["out of memory on cpu", "requested ", "in use ", "budget 64.00 KiB", "largest free ", "memory.budget = \"64KiB\""]);
+    assert!(!dir.path().join("tiny").join("checkpoints").exists(), "nothing trained: {line}");
+}
+
+#[test]
+fn a_run_within_its_budget_reports_the_pool() {
+    let dir = TempDir::new().unwrap();
+    let out = train(dir.path(), &["memory.budget=256MiB"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().last().unwrap_or_default();
+    assert!(line.contains("memory peak ") && line.contains("reserved ") && line.contains("cache hit rate "), "{line}");
+    // two steps of the same shapes: the second is served from the cache
+    let rate: f64 = line.split("cache hit rate ").nth(1).and_then(|r| r.split('%').next()).and_then(|r| r.parse().ok()).unwrap();
+    assert!(rate > 30.0, "{line}");
+}
