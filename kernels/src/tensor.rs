@@ -90,6 +90,15 @@ fn cuda_clone<T: CudaElement>(src: &CudaSlice<T>) -> Result<ManuallyDrop<CudaSli
     Ok(s)
 }
 
+/// Elements `a..b` of `src` copied device to device into a pool buffer (compute stream).
+fn cuda_rows<T: CudaElement>(src: &CudaSlice<T>, a: usize, b: usize) -> Result<ManuallyDrop<CudaSlice<T>>> {
+    let dev = cuda::device(src.ordinal())?;
+    let mut s = cuda_empty(&dev, b - a)?;
+    let err = |e: cuda::DriverError| Error::Cuda { op: "copying tensor rows".into(), msg: e.to_string() };
+    dev.stream().memcpy_dtod(&src.slice(a..b), &mut *s).map_err(err)?;
+    Ok(s)
+}
+
 impl Storage {
     /// A deep copy from the pool; fails (rather than panicking, as `CudaSlice::clone`
     /// would) past the budget or when the device cannot allocate.
@@ -281,6 +290,32 @@ impl Tensor {
         Ok(Self { shape: self.shape.clone(), storage: Arc::new(storage) })
     }
 
+    /// A copy of rows `start .. start + count` along the first dimension, on the same device
+    /// (a fresh pool buffer; on a GPU a device-to-device copy on the compute stream). The
+    /// trainer cuts a step's batch into micro-batches with it.
+    pub fn rows(&self, start: usize, count: usize) -> Result<Self> {
+        let total = self.shape.first().copied().unwrap_or(0);
+        if count == 0 || start + count > total {
+            return Err(Error::Invalid {
+                op: "Tensor::rows",
+                msg: format!("rows {start}..{} are outside a tensor of shape {:?}", start + count, self.shape),
+            });
+        }
+        let row: usize = self.shape[1..].iter().product();
+        let (a, b) = (start * row, (start + count) * row);
+        let storage = match &*self.storage {
+            Storage::CpuF32(v) => Storage::CpuF32(host_copy(&v[a..b])?),
+            Storage::CpuBf16(v) => Storage::CpuBf16(host_copy(&v[a..b])?),
+            Storage::CpuU32(v) => Storage::CpuU32(host_copy(&v[a..b])?),
+            Storage::CudaF32(s) => Storage::CudaF32(cuda_rows(s, a, b)?),
+            Storage::CudaBf16(s) => Storage::CudaBf16(cuda_rows(s, a, b)?),
+            Storage::CudaU32(s) => Storage::CudaU32(cuda_rows(s, a, b)?),
+        };
+        let mut shape = self.shape.clone();
+        shape[0] = count;
+        Ok(Self { shape, storage: Arc::new(storage) })
+    }
+
     fn host(shape: &[usize], storage: Storage) -> Self {
         Self { shape: shape.to_vec(), storage: Arc::new(storage) }
     }
@@ -469,6 +504,21 @@ mod tests {
         assert!(matches!(t.f32(), Err(Error::DType { expected: DType::F32, got: DType::Bf16, .. })));
         let z = Tensor::try_zeros(Device::Cpu, DType::Bf16, &[2, 2]).unwrap();
         assert_eq!(z.to_vec(), [0.0; 4]);
+    }
+
+    #[test]
+    fn rows_copies_a_range_of_the_first_dimension() {
+        let t = Tensor::from_u32(&[4, 3], (0..12).collect()).unwrap();
+        let r = t.rows(1, 2).unwrap();
+        assert_eq!(r.shape(), [2, 3]);
+        assert_eq!(r.u32().unwrap(), [3, 4, 5, 6, 7, 8]);
+        assert_eq!(t.rows(3, 1).unwrap().u32().unwrap(), [9, 10, 11]);
+        for (start, count) in [(3, 2), (0, 0), (5, 1)] {
+            let msg = t.rows(start, count).unwrap_err().to_string();
+            assert!(msg.contains("outside a tensor of shape [4, 3]"), "{msg}");
+        }
+        let f = Tensor::from_vec(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(f.rows(1, 1).unwrap().to_vec(), [3.0, 4.0]);
     }
 
     #[test]

@@ -165,6 +165,13 @@ impl Model for Gpt {
         Ok(())
     }
 
+    fn release(&mut self) {
+        self.head = None;
+        self.embedding.release();
+        self.blocks.iter_mut().for_each(Layer::release);
+        self.ln_f.release();
+    }
+
     fn set_recompute(&mut self, policy: Recompute) -> Result<()> {
         Gpt::set_recompute(self, policy);
         Ok(())

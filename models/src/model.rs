@@ -15,6 +15,12 @@ pub trait Model {
     /// steps). Parameter gradients accumulate.
     fn backward(&mut self, loss_scale: f32) -> Result<()>;
 
+    /// Drops everything the last forward kept for backward (activations, logits), so that
+    /// memory is free again without a backward: the trainer calls it after a step failed
+    /// (out of memory) before redoing the step, and after evaluation. The next forward
+    /// starts afresh. Models that keep nothing between calls need not implement it.
+    fn release(&mut self) {}
+
     /// Sets the recomputation (activation checkpointing) policy from the next forward on.
     /// Models without recomputation accept only [`Recompute::None`].
     fn set_recompute(&mut self, policy: Recompute) -> Result<()> {
