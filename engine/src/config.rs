@@ -21,17 +21,49 @@ pub struct Config {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    pub batch: BatchConfig,
     pub memory: MemoryConfig,
+    /// Which of the planner's keys the config (or a `--set`) gave explicitly: those are
+    /// kept as given, the planner chooses the rest ([`crate::plan`]).
+    #[serde(skip)]
+    pub explicit: ExplicitKeys,
+}
+
+/// The keys the memory planner would otherwise choose, as given explicitly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExplicitKeys {
+    pub batch_size: bool,
+    pub grad_accum: bool,
+    pub recompute: bool,
+}
+
+/// `[batch]`: the global batch, which neither the planner nor a run-time out-of-memory
+/// changes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Tokens per optimizer step (a multiple of train.seq_len). Unset: train.batch_size x
+    /// train.grad_accum x train.seq_len.
+    pub tokens_per_step: Option<usize>,
 }
 
 /// `[memory]`: how much memory the run may take on its device.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// The pool's hard budget: an amount ("20GiB", "512MiB") or a percentage of the memory
     /// free when the run starts ("90%": of the GPU's free memory, or of the host's available
     /// memory on the CPU). Unset: unlimited.
     pub budget: Option<String>,
+    /// The planner prefers less recomputation as long as the micro-batch it allows still
+    /// holds this many tokens (or the whole step); below that, a bigger micro-batch wins.
+    pub min_micro_tokens: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self { budget: None, min_micro_tokens: 8192 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -173,7 +205,9 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o).map_err(|m| err(format!("--set {o}: {m}")))?;
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let given = |key: &str| table.get("train").and_then(|t| t.as_table()).is_some_and(|t| t.contains_key(key));
+        let explicit = ExplicitKeys { batch_size: given("batch_size"), grad_accum: given("grad_accum"), recompute: given("recompute") };
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let msg = format!("key `{key}`: {}", e.into_inner().message().trim());
             // A value that came from --set is named as such, not blamed on the file.
@@ -182,12 +216,25 @@ impl Config {
                 None => err(msg),
             }
         })?;
+        config.explicit = explicit;
         config.validate().map_err(err)?;
         Ok(config)
     }
 
+    /// The config as TOML, every key written except the planner's keys the config did not
+    /// give (train.batch_size, train.grad_accum, train.recompute): those stay free, so the
+    /// text parses back to the same config and the same plan (run directory, checkpoints).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes")
+        let mut table = toml::Table::try_from(self).expect("config serializes");
+        if let Some(train) = table.get_mut("train").and_then(|t| t.as_table_mut()) {
+            let e = self.explicit;
+            for (key, given) in [("batch_size", e.batch_size), ("grad_accum", e.grad_accum), ("recompute", e.recompute)] {
+                if !given {
+                    train.remove(key);
+                }
+            }
+        }
+        toml::to_string_pretty(&table).expect("config serializes")
     }
 
     /// Impossible values, each named by its key.
@@ -272,6 +319,10 @@ impl Config {
         }
         self.recompute()?;
         self.memory_budget()?;
+        self.global_batch()?;
+        if self.memory.min_micro_tokens == 0 {
+            return Err("key `memory.min_micro_tokens`: must be at least 1, got 0".into());
+        }
         if t.precision == "bf16" && self.run.device == "cpu" {
             return Err(bf16_on_cpu("run.device = \"cpu\""));
         }
@@ -315,6 +366,60 @@ impl Config {
             None => Ok(None),
             Some(text) => kernels::memory::Budget::parse(text).map(Some).map_err(|e| format!("key `memory.budget`: {e}")),
         }
+    }
+
+    /// Sequences per optimizer step: `batch.tokens_per_step / train.seq_len`, or
+    /// `train.batch_size x train.grad_accum` when that is unset. With `batch.tokens_per_step`
+    /// set, it must be a multiple of train.seq_len, and an explicit train.batch_size or
+    /// train.grad_accum must divide the step (both explicit: multiply to it); errors name
+    /// the keys.
+    pub fn global_batch(&self) -> std::result::Result<usize, String> {
+        let t = &self.train;
+        let Some(tokens) = self.batch.tokens_per_step else { return Ok(t.batch_size * t.grad_accum) };
+        if tokens == 0 || tokens % t.seq_len != 0 {
+            return Err(format!("key `batch.tokens_per_step`: {tokens} is not a positive multiple of train.seq_len ({})", t.seq_len));
+        }
+        let g = tokens / t.seq_len;
+        let e = self.explicit;
+        if e.batch_size && e.grad_accum && t.batch_size * t.grad_accum != g {
+            return Err(format!(
+                "key `batch.tokens_per_step`: {tokens} tokens are {g} sequences of train.seq_len = {}, but train.batch_size x \
+                 train.grad_accum = {} x {} = {}; set only one of train.batch_size and train.grad_accum",
+                t.seq_len,
+                t.batch_size,
+                t.grad_accum,
+                t.batch_size * t.grad_accum
+            ));
+        }
+        for (key, v, given) in [("train.batch_size", t.batch_size, e.batch_size), ("train.grad_accum", t.grad_accum, e.grad_accum)] {
+            if given && g % v != 0 {
+                return Err(format!(
+                    "key `{key}`: {v} does not divide the step's {g} sequences (batch.tokens_per_step = {tokens} / train.seq_len = {})",
+                    t.seq_len
+                ));
+            }
+        }
+        Ok(g)
+    }
+
+    /// The micro-batch fixed by the config, if any: an explicit train.batch_size, or the
+    /// step divided by an explicit train.grad_accum. `None`: the planner chooses.
+    pub fn fixed_micro_batch(&self) -> Option<usize> {
+        let g = self.global_batch().expect("validated");
+        if self.explicit.batch_size {
+            Some(self.train.batch_size)
+        } else if self.explicit.grad_accum {
+            Some(g / self.train.grad_accum)
+        } else {
+            None
+        }
+    }
+
+    /// The micro-batch without a planner: the fixed one, else the largest divisor of the
+    /// step not above train.batch_size.
+    pub fn default_micro_batch(&self) -> usize {
+        let g = self.global_batch().expect("validated");
+        self.fixed_micro_batch().unwrap_or_else(|| (1..=self.train.batch_size.min(g)).rev().find(|b| g % b == 0).unwrap_or(1))
     }
 
     /// `train.recompute` as a policy; a bad value is an error naming the key and the choices.

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod optim;
+pub mod plan;
 pub mod prepare;
 pub mod sample;
 pub mod schedule;

@@ -9,7 +9,7 @@ use engine::checkpoint;
 use engine::config::Config;
 use engine::prepare::{prepare, PrepareOptions, DEFAULT_SHARD_TOKENS};
 use engine::sample::{sample, SampleOptions};
-use engine::train::{evaluate, load_dataset, train, TrainOptions};
+use engine::train::{evaluate, load_dataset, plan_run, resolve_budget, resolve_device, train, TrainOptions};
 use engine::{Error, Result};
 use kernels::device::{select, DeviceRequest};
 use models::{Model, Precision};
@@ -35,6 +35,17 @@ enum Command {
         /// Continue from the run directory's newest checkpoint.
         #[arg(long)]
         resume: bool,
+    },
+    /// Show the memory plan (micro-batch, gradient accumulation, recomputation) that fits
+    /// memory.budget, measured on the device, without training.
+    Plan {
+        config: PathBuf,
+        /// Override a config value, e.g. --set memory.budget=2GiB (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Print the plan as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Tokenize text files into a data set directory (llm.c shards + dataset.json) for `data.path`.
     Prepare {
@@ -107,7 +118,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train { config, overrides, quiet, resume } => {
             let config = Config::load(&config, &overrides)?;
-            let s = train(&config, &TrainOptions { quiet, resume })?;
+            let s = train(&config, &TrainOptions { quiet, resume, ..Default::default() })?;
             let val = s.val_losses.last().map_or("-".into(), |(_, v)| format!("{v:.4}"));
             let m = &s.memory;
             println!(
@@ -120,6 +131,28 @@ fn run(cli: Cli) -> Result<()> {
                 100.0 * m.hit_rate(),
                 s.checkpoint.display()
             );
+            Ok(())
+        }
+        Command::Plan { config, overrides, json } => {
+            let config = Config::load(&config, &overrides)?;
+            let (device, precision, note) = resolve_device(&config)?;
+            let data = load_dataset(&config)?;
+            let budget = resolve_budget(&config, device)?;
+            let plan = plan_run(&config, device, precision, data.vocab_size, budget)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan).expect("serializable"));
+            } else {
+                println!("{note}");
+                if budget.is_none() {
+                    println!(
+                        "memory.budget is unset, so nothing is planned: the run uses micro-batch {} x {} accumulation, recompute {} \
+                         (set memory.budget, e.g. --set memory.budget=90%, to plan within a budget)",
+                        plan.micro_batch, plan.grad_accum, plan.policy
+                    );
+                } else {
+                    println!("{}", plan.table());
+                }
+            }
             Ok(())
         }
         Command::Prepare { inputs, tokenizer, out, val_fraction, shard_tokens, quiet } => {

@@ -12,13 +12,14 @@ use datasets::{Batch, Data, EpochSampler, LoaderConfig, Order, Split};
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::device::{select, DeviceRequest};
 use kernels::memory::{self, PoolStats};
-use kernels::{Device, Tensor};
-use models::{Gpt, Model, Precision};
+use kernels::{DType, Device, Tensor};
+use models::{Gpt, Model, Precision, Recompute};
 
 use crate::checkpoint::{self, CheckpointState, SamplerCheckpoint};
 use crate::config::Config;
 use crate::error::io;
 use crate::optim::{zero_grad, AdamW, AdamWConfig};
+use crate::plan::{self, ModelProbe, Plan, PlanRequest};
 use crate::schedule::learning_rate;
 use crate::staging::{CopyTiming, Stager};
 use crate::{Error, Result};
@@ -29,6 +30,41 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Continue from the run directory's newest checkpoint.
     pub resume: bool,
+    /// Called before each optimizer step with the step's number (counting from 0), on the
+    /// training thread: for a library user's own bookkeeping, or a test that changes the
+    /// conditions mid-run (such as the memory budget).
+    pub before_step: Option<StepHook>,
+}
+
+/// A callback given the step number (see [`TrainOptions::before_step`]).
+#[derive(Clone)]
+pub struct StepHook(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for StepHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepHook")
+    }
+}
+
+/// A change of plan during the run, after a step ran out of memory (also a line of the run
+/// directory's `events.jsonl`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PlanChange {
+    /// The step that was redone (counting from 1, as in metrics.log).
+    pub step: u64,
+    /// The out-of-memory error, as printed.
+    pub error: String,
+    #[serde(serialize_with = "policy_string")]
+    pub from_policy: Recompute,
+    pub from_micro_batch: usize,
+    #[serde(serialize_with = "policy_string")]
+    pub to_policy: Recompute,
+    pub to_micro_batch: usize,
+    pub to_grad_accum: usize,
+}
+
+fn policy_string<S: serde::Serializer>(p: &Recompute, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(p)
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +88,11 @@ pub struct TrainSummary {
     /// The device pool's statistics at the end of the run; `peak` counts from the start of
     /// this run (kernels::memory).
     pub memory: PoolStats,
+    /// The plan the run started with (crate::plan), and the one it ended with.
+    pub plan: Plan,
+    pub final_plan: Plan,
+    /// Every change of plan after an out-of-memory error.
+    pub plan_changes: Vec<PlanChange>,
 }
 
 /// The config's data: `data.path` a prepared directory (shards, mapped and checked), a
@@ -87,18 +128,30 @@ pub fn batch_tensors_on(batch: &Batch, device: Device) -> Result<(Tensor, Tensor
 /// Mean cross-entropy over the first `max_batches * batch_size` windows of `split` in order
 /// (the sampler's sequential mode), and how many windows that was.
 pub fn evaluate(model: &mut dyn Model, split: &Split, batch_size: usize, seq_len: usize, max_batches: usize) -> Result<(f32, usize)> {
+    evaluate_windows(model, split, batch_size * max_batches, batch_size, seq_len)
+}
+
+/// Mean cross-entropy over the first `windows` windows of `split` in order (fewer if it has
+/// fewer), `chunk` at a time, and how many windows that was. What the model kept for
+/// backward is released at the end.
+pub fn evaluate_windows(model: &mut dyn Model, split: &Split, windows: usize, chunk: usize, seq_len: usize) -> Result<(f32, usize)> {
     let index = split.windows(seq_len)?;
     let device = model.device();
-    let (mut total, mut count, mut windows) = (0.0f64, 0usize, 0usize);
-    for batch in split.sequential_batches(&index, batch_size, max_batches) {
+    let (mut total, mut count, mut seen) = (0.0f64, 0usize, 0usize);
+    let rows = split.sequential_windows(&index, (index.count() as usize).min(windows));
+    for rows in rows.chunks(chunk.max(1) * (seq_len + 1)) {
+        let batch = Batch::from_windows(rows, seq_len);
+        // The last batch's saved state goes before the next forward, not during it.
+        model.release();
         let (x, y) = batch_tensors_on(&batch, device)?;
         let loss = model.forward(&x, Some(&y))?.expect("targets given");
         let n = batch.batch_size * batch.seq_len;
         total += loss as f64 * n as f64;
         count += n;
-        windows += batch.batch_size;
+        seen += batch.batch_size;
     }
-    Ok(((total / count.max(1) as f64) as f32, windows))
+    model.release();
+    Ok(((total / count.max(1) as f64) as f32, seen))
 }
 
 /// The device `run.device` names (or `auto` picks) and the precision `train.precision`
@@ -114,7 +167,7 @@ pub fn resolve_device(config: &Config) -> Result<(Device, Precision, String)> {
 /// Trains as `config` says. An out-of-memory error names the budget's key and the ways out.
 pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     train_run(config, options).map_err(|e| match e {
-        Error::Kernel(oom @ kernels::Error::OutOfMemory { .. }) => Error::Usage(format!(
+        oom if is_out_of_memory(&oom) => Error::Usage(format!(
             "{oom}; memory.budget = {}: raise it, or lower train.batch_size (with a larger train.grad_accum) or set train.recompute",
             config.memory.budget.as_deref().map_or("unset (unlimited)".into(), |b| format!("\"{b}\""))
         )),
@@ -122,39 +175,120 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     })
 }
 
+/// `memory.budget` in bytes on `device` (`None`: unset, unlimited).
+pub fn resolve_budget(config: &Config, device: Device) -> Result<Option<usize>> {
+    match config.memory_budget().map_err(Error::Usage)? {
+        Some(b) => Ok(Some(b.resolve(device)?)),
+        None => Ok(None),
+    }
+}
+
 /// Sets `device`'s pool budget from `memory.budget` (unset: unlimited) and starts a new
 /// peak measurement; returns the line the trainer prints.
 pub fn apply_memory_budget(config: &Config, device: Device) -> Result<String> {
-    let budget = match config.memory_budget().map_err(Error::Usage)? {
-        Some(b) => Some(b.resolve(device)?),
-        None => None,
-    };
+    let budget = resolve_budget(config, device)?;
+    Ok(set_budget_line(config, device, budget))
+}
+
+fn set_budget_line(config: &Config, device: Device, budget: Option<usize>) -> String {
     memory::set_budget(device, budget);
     memory::reset_peak(device);
-    Ok(match budget {
+    match budget {
         Some(bytes) => format!("memory budget on {device}: {} (memory.budget = \"{}\")", memory::fmt_bytes(bytes), config.memory.budget.as_deref().unwrap_or_default()),
         None => format!("memory budget on {device}: unlimited"),
+    }
+}
+
+/// AdamW's settings from `[train]`.
+pub fn adamw_config(config: &Config) -> AdamWConfig {
+    let t = &config.train;
+    AdamWConfig {
+        beta1: t.beta1 as f32,
+        beta2: t.beta2 as f32,
+        eps: t.eps as f32,
+        weight_decay: t.weight_decay as f32,
+        decay_all_params: t.decay_all_params,
+        grad_clip: t.grad_clip as f32,
+    }
+}
+
+/// The run's plan (crate::plan): with `budget`, measured on a throw-away GPT-2 of the
+/// config on `device` (with the budget lifted while measuring); without, the config's
+/// settings. A budget no plan fits is an error naming the numbers and the keys.
+pub fn plan_run(config: &Config, device: Device, precision: Precision, vocab_size: usize, budget: Option<usize>) -> Result<Plan> {
+    let t = &config.train;
+    let global = config.global_batch().map_err(Error::Usage)?;
+    let policy = config.recompute().map_err(Error::Usage)?;
+    let Some(bytes) = budget else {
+        return Ok(Plan::from_settings(global, t.seq_len, config.default_micro_batch(), policy));
+    };
+    let request = PlanRequest {
+        global_batch: global,
+        seq_len: t.seq_len,
+        budget: Some(bytes),
+        micro_batch: config.fixed_micro_batch(),
+        policy: config.explicit.recompute.then_some(policy),
+        candidates: Recompute::candidates(config.model.n_layer),
+        min_micro_tokens: config.memory.min_micro_tokens,
+    };
+    // The device ring holds DEVICE_SLOTS batches of inputs and targets; the probe one.
+    let extra = match device {
+        Device::Cuda(_) => (crate::staging::DEVICE_SLOTS - 1) * 2 * global * t.seq_len * DType::U32.size_in_bytes(),
+        Device::Cpu => 0,
+    };
+    memory::set_budget(device, None);
+    let planned = {
+        let mut probe = ModelProbe::new(device, global, t.seq_len, extra, || {
+            let model = Gpt::with_precision(config.gpt_config(vocab_size), device, precision, config.run.seed)?;
+            let opt = AdamW::try_new(adamw_config(config), &model)?;
+            Ok((Box::new(model) as Box<dyn Model>, opt))
+        })?;
+        plan::plan(&mut probe, &request)?
+    };
+    planned.map_err(|no_fit| {
+        let text = config.memory.budget.as_deref().unwrap_or_default();
+        Error::Usage(plan::no_fit_message(&no_fit, text, request.micro_batch.is_some(), request.policy.is_some()))
     })
+}
+
+/// Whether `e` is the memory pool (or the device) running out of memory.
+pub fn is_out_of_memory(e: &Error) -> bool {
+    matches!(e, Error::Kernel(kernels::Error::OutOfMemory { .. }) | Error::Model(models::Error::Kernel(kernels::Error::OutOfMemory { .. })))
+}
+
+/// One step's forward and backward passes over the step's batch (inputs, targets) (G, T),
+/// cut into the plan's micro-batches in order; returns the step's mean loss. Gradients are
+/// zeroed first, so a failed attempt leaves nothing behind once the model is released.
+fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan) -> Result<f32> {
+    zero_grad(model)?;
+    let (micro, accum) = (plan.micro_batch, plan.grad_accum);
+    let mut loss = 0.0f32;
+    for i in 0..accum {
+        let (x, y) = if accum == 1 { (inputs.clone(), targets.clone()) } else { (inputs.rows(i * micro, micro)?, targets.rows(i * micro, micro)?) };
+        loss += model.forward(&x, Some(&y))?.expect("targets given") / accum as f32;
+        model.backward(1.0 / accum as f32)?;
+    }
+    Ok(loss)
+}
+
+/// Appends one JSON line to `path`.
+fn append_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    let mut file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path))?;
+    writeln!(file, "{}", serde_json::to_string(value).expect("serializable")).map_err(io(path))
 }
 
 fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let (device, precision, device_note) = resolve_device(config)?;
-    let memory_note = apply_memory_budget(config, device)?;
     let data = load_dataset(config)?;
+    let budget = resolve_budget(config, device)?;
+    let plan = plan_run(config, device, precision, data.vocab_size, budget)?;
+    let memory_note = set_budget_line(config, device, budget);
     let t = &config.train;
     let mut model = Gpt::with_precision(config.gpt_config(data.vocab_size), device, precision, config.run.seed)?;
-    model.set_recompute(config.recompute().map_err(Error::Usage)?);
-    let mut opt = AdamW::try_new(
-        AdamWConfig {
-            beta1: t.beta1 as f32,
-            beta2: t.beta2 as f32,
-            eps: t.eps as f32,
-            weight_decay: t.weight_decay as f32,
-            decay_all_params: t.decay_all_params,
-            grad_clip: t.grad_clip as f32,
-        },
-        &model,
-    )?;
+    model.set_recompute(plan.policy);
+    let mut opt = AdamW::try_new(adamw_config(config), &model)?;
+    let candidates = Recompute::candidates(config.model.n_layer);
+    let global = plan.global_batch;
     let run_dir = config.run_dir();
     // Training windows: a fresh permutation every epoch, one rank of one.
     let train_index = data.train.windows(t.seq_len)?;
@@ -189,21 +323,24 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
                 )))
             }
             Some(s) => datasets::SamplerState { epoch: s.epoch, position: s.position },
-            // Written before the state was recorded: every step read grad_accum batches.
-            None => sampler.state_after(state.step * (t.grad_accum * t.batch_size) as u64),
+            // Written before the state was recorded: every step read one global batch.
+            None => sampler.state_after(state.step * global as u64),
         };
         sampler.restore(resumed)?;
     }
     fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
     let config_path = run_dir.join("config.toml");
     fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
+    let plan_path = run_dir.join("plan.json");
+    fs::write(&plan_path, serde_json::to_string_pretty(&plan).expect("serializable") + "\n").map_err(io(&plan_path))?;
+    let events_path = run_dir.join("events.jsonl");
     let log_path = run_dir.join("metrics.log");
     let mut log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
     if start_step == 0 {
         writeln!(log, "# step loss val_loss lr grad_norm tokens_per_s ms data_wait_ms").map_err(io(&log_path))?;
     }
 
-    let tokens_per_step = (t.batch_size * t.seq_len * t.grad_accum) as u64;
+    let tokens_per_step = (global * t.seq_len) as u64;
     let say = |line: String| {
         if !options.quiet {
             eprintln!("{line}");
@@ -211,8 +348,12 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     };
     say(device_note);
     say(memory_note);
+    if plan.source == "planner" {
+        say(plan.table());
+    }
     say(format!(
-        "model: GPT-2 {} layers, {} heads, {} wide, {} parameters; data {}: {} train / {} val tokens; {} tokens per step",
+        "model: GPT-2 {} layers, {} heads, {} wide, {} parameters; data {}: {} train / {} val tokens; {} tokens per step \
+         (micro-batch {} x {} accumulation, recompute {})",
         config.model.n_layer,
         config.model.n_head,
         config.model.n_embd,
@@ -220,7 +361,10 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         data.description,
         data.train.len(),
         data.val.len(),
-        tokens_per_step
+        tokens_per_step,
+        plan.micro_batch,
+        plan.grad_accum,
+        plan.policy
     ));
     let bar = (!options.quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(t.max_steps);
@@ -230,8 +374,10 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     });
 
     let windows = sampler.windows();
+    // The loader hands out whole steps: the trainer cuts them into micro-batches, so a
+    // change of micro-batch never changes which samples a step sees.
     let loader_config = LoaderConfig {
-        batch_size: t.batch_size,
+        batch_size: global,
         seq_len: t.seq_len,
         num_workers: config.data.num_workers,
         prefetch: config.data.prefetch,
@@ -262,24 +408,73 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         data_wait_seconds: 0.0,
         copy_timings: Vec::new(),
         memory: PoolStats::default(),
+        plan: plan.clone(),
+        final_plan: plan.clone(),
+        plan_changes: Vec::new(),
     };
+    let mut plan = plan;
+    // Validation always covers the same windows, whatever the micro-batch.
+    let eval_windows = t.eval_batches * t.batch_size;
     let mut train_time = Duration::ZERO;
     let mut last_val = None;
     for step in start_step..t.max_steps {
+        if let Some(hook) = &options.before_step {
+            (hook.0)(step);
+        }
         let started = Instant::now();
         let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;
-        zero_grad(&mut model)?;
-        let mut loss = 0.0f32;
-        let mut data_wait = Duration::ZERO;
-        for _ in 0..t.grad_accum {
-            // On the CPU a copy out of the loader's slot; on a GPU a batch already copied
-            // (or being copied) by the copy stream, which the compute stream waits for.
-            let staged = loader.next_batch()?;
-            data_wait += staged.waited;
-            let (x, y) = (staged.inputs, staged.targets);
-            loss += model.forward(&x, Some(&y))?.expect("targets given") / t.grad_accum as f32;
-            model.backward(1.0 / t.grad_accum as f32)?;
-        }
+        // On the CPU a copy out of the loader's slot; on a GPU a batch already copied (or
+        // being copied) by the copy stream, which the compute stream waits for.
+        let staged = loader.next_batch()?;
+        let data_wait = staged.waited;
+        let loss = loop {
+            match accumulate(&mut model, &staged.inputs, &staged.targets, &plan) {
+                Ok(loss) => break loss,
+                Err(e) if is_out_of_memory(&e) => {
+                    // Nothing of the failed attempt is kept: redo the step, same samples,
+                    // smaller micro-batches (or more recomputation).
+                    model.release();
+                    zero_grad(&mut model)?;
+                    let Some(next) = plan.shrink(&candidates) else {
+                        return Err(Error::Usage(format!(
+                            "step {}: {e}, and no smaller plan is left (micro-batch {} with recompute {} was the last); \
+                             raise memory.budget or make the model or train.seq_len smaller",
+                            step + 1,
+                            plan.micro_batch,
+                            plan.policy
+                        )));
+                    };
+                    let change = PlanChange {
+                        step: step + 1,
+                        error: e.to_string(),
+                        from_policy: plan.policy,
+                        from_micro_batch: plan.micro_batch,
+                        to_policy: next.policy,
+                        to_micro_batch: next.micro_batch,
+                        to_grad_accum: next.grad_accum,
+                    };
+                    let line = format!(
+                        "step {}: out of memory ({e}); redoing the step with micro-batch {} x {} accumulation, recompute {} (was micro-batch {}, recompute {})",
+                        step + 1,
+                        next.micro_batch,
+                        next.grad_accum,
+                        next.policy,
+                        plan.micro_batch,
+                        plan.policy
+                    );
+                    match &bar {
+                        Some(bar) => bar.println(line),
+                        None => say(line),
+                    }
+                    append_json(&events_path, &serde_json::json!({"event": "plan_change", "change": &change}))?;
+                    model.set_recompute(next.policy);
+                    summary.plan_changes.push(change);
+                    plan = next;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        drop(staged);
         if !loss.is_finite() {
             return Err(Error::Diverged { step, loss });
         }
@@ -302,13 +497,13 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let last = done == t.max_steps;
         let mut val = None;
         if last || (t.eval_interval > 0 && done % t.eval_interval == 0) {
-            let (v, _) = evaluate(&mut model, &data.val, t.batch_size, t.seq_len, t.eval_batches)?;
+            let (v, _) = evaluate_windows(&mut model, &data.val, eval_windows, plan.micro_batch, t.seq_len)?;
             summary.val_losses.push((done, v));
             val = Some(v);
             last_val = Some(v);
         }
         let val_text = val.map_or("-".to_string(), |v| format!("{v:.4}"));
-        writeln!(log, "{done} {loss:.6} {val_text} {lr:.6e} {grad_norm:.4} {tok_s:.0} {:.1} {wait_ms:.3}", elapsed.as_secs_f64() * 1e3)
+        writeln!(log, "{done} {loss:.6} {val_text} {lr:.6e} {grad_norm:.4} {tok_s:.0} {:.1} {:.3}", elapsed.as_secs_f64() * 1e3, wait_ms)
             .map_err(io(&log_path))?;
         let line = format!("step {done}/{} | loss {loss:.4} | val {val_text} | lr {lr:.2e} | {tok_s:.0} tok/s", t.max_steps);
         match &bar {
@@ -345,6 +540,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     }
     let trained = summary.losses.len() as u64;
     summary.memory = memory::stats(device);
+    summary.final_plan = plan;
     summary.train_seconds = train_time.as_secs_f64();
     summary.tokens_per_sec = (trained * tokens_per_step) as f64 / summary.train_seconds.max(1e-9);
     log.flush().map_err(io(&log_path))?;

@@ -228,7 +228,7 @@ eval_batches = 2
         dir.path().display()
     );
     let config = Config::parse(&toml, "short-run.toml", &[]).unwrap();
-    let summary = engine::train::train(&config, &engine::train::TrainOptions { quiet: true, resume: false }).unwrap();
+    let summary = engine::train::train(&config, &engine::train::TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let losses: Vec<f32> = summary.losses.iter().map(|&(_, l)| l).collect();
     eprintln!("{device} {precision}: losses {losses:?}");
     assert_eq!(losses.len(), 20);

@@ -31,7 +31,7 @@ eval_batches = 1
         dir.path().display()
     );
     let config = Config::parse(&toml, "recompute.toml", &[]).unwrap();
-    let summary = engine::train::train(&config, &engine::train::TrainOptions { quiet: true, resume: false }).unwrap();
+    let summary = engine::train::train(&config, &engine::train::TrainOptions { quiet: true, ..Default::default() }).unwrap();
     assert_eq!(summary.losses.len(), 2);
     let losses = summary.losses.iter().map(|&(_, l)| l.to_bits()).collect();
     let (_, _, _, model) = engine::checkpoint::load_model_with(&summary.checkpoint, kernels::Device::Cpu, models::Precision::Fp32).unwrap();
