@@ -30,15 +30,15 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Continue from the run directory's newest checkpoint.
     pub resume: bool,
-    /// Called before each optimizer step with the step's number (counting from 0), on the
-    /// training thread: for a library user's own bookkeeping, or a test that changes the
-    /// conditions mid-run (such as the memory budget).
-    pub before_step: Option<StepHook>,
+    /// Called before each micro-batch's forward with (step, micro-batch), both counting from
+    /// 0 (again for a step that is redone), on the training thread: for a library user's own
+    /// bookkeeping, or a test that changes the conditions mid-step (the memory budget).
+    pub before_micro_batch: Option<StepHook>,
 }
 
-/// A callback given the step number (see [`TrainOptions::before_step`]).
+/// A callback given (step, micro-batch) (see [`TrainOptions::before_micro_batch`]).
 #[derive(Clone)]
-pub struct StepHook(pub Arc<dyn Fn(u64) + Send + Sync>);
+pub struct StepHook(pub Arc<dyn Fn(u64, usize) + Send + Sync>);
 
 impl std::fmt::Debug for StepHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -259,11 +259,12 @@ pub fn is_out_of_memory(e: &Error) -> bool {
 /// One step's forward and backward passes over the step's batch (inputs, targets) (G, T),
 /// cut into the plan's micro-batches in order; returns the step's mean loss. Gradients are
 /// zeroed first, so a failed attempt leaves nothing behind once the model is released.
-fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan) -> Result<f32> {
+fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan, before: impl Fn(usize)) -> Result<f32> {
     zero_grad(model)?;
     let (micro, accum) = (plan.micro_batch, plan.grad_accum);
     let mut loss = 0.0f32;
     for i in 0..accum {
+        before(i);
         let (x, y) = if accum == 1 { (inputs.clone(), targets.clone()) } else { (inputs.rows(i * micro, micro)?, targets.rows(i * micro, micro)?) };
         loss += model.forward(&x, Some(&y))?.expect("targets given") / accum as f32;
         model.backward(1.0 / accum as f32)?;
@@ -418,9 +419,6 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let mut train_time = Duration::ZERO;
     let mut last_val = None;
     for step in start_step..t.max_steps {
-        if let Some(hook) = &options.before_step {
-            (hook.0)(step);
-        }
         let started = Instant::now();
         let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;
         // On the CPU a copy out of the loader's slot; on a GPU a batch already copied (or
@@ -428,7 +426,12 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let staged = loader.next_batch()?;
         let data_wait = staged.waited;
         let loss = loop {
-            match accumulate(&mut model, &staged.inputs, &staged.targets, &plan) {
+            let before = |micro: usize| {
+                if let Some(hook) = &options.before_micro_batch {
+                    (hook.0)(step, micro);
+                }
+            };
+            match accumulate(&mut model, &staged.inputs, &staged.targets, &plan, before) {
                 Ok(loss) => break loss,
                 Err(e) if is_out_of_memory(&e) => {
                     // Nothing of the failed attempt is kept: redo the step, same samples,

@@ -146,16 +146,18 @@ fn every_plan_fits_its_budget_in_a_real_run() {
     assert_eq!(chosen[4], ("none".to_string(), 32), "{chosen:?}");
 }
 
-/// A run planned at micro-batch 16 whose budget drops at `oom_step` (counting from 0) to one
-/// that fits 8 but not 16: that step runs out of memory and is redone at 8.
+/// A run planned at micro-batch 16 (2 per step) whose budget drops, before the second
+/// micro-batch of step `oom_step` (counting from 0), to one that fits 8 but not 16: that
+/// step runs out of memory with the first micro-batch's gradients accumulated, and is redone
+/// at 8.
 fn run_with_oom(dir: &TempDir, name: &str, oom_step: u64, budget: usize) -> TrainSummary {
     let c = config(dir, name, &["train.batch_size=16", "train.recompute=none"]);
-    let hook = StepHook(Arc::new(move |step| {
-        if step == oom_step {
+    let hook = StepHook(Arc::new(move |step, micro| {
+        if step == oom_step && micro == 1 {
             memory::set_budget(Device::Cpu, Some(budget));
         }
     }));
-    train(&c, &TrainOptions { quiet: true, before_step: Some(hook), ..Default::default() }).unwrap()
+    train(&c, &TrainOptions { quiet: true, before_micro_batch: Some(hook), ..Default::default() }).unwrap()
 }
 
 #[test]
@@ -210,12 +212,12 @@ fn nothing_left_to_shrink_stops_with_the_numbers() {
     // From step 2 on, a budget just below a step at micro-batch 1 with full recomputation
     // (the step's batch still fits: the steps run out of memory in forward or backward).
     let budget = step_peak(&c, Recompute::Full { every: 1 }, 1) - 1;
-    let hook = StepHook(Arc::new(move |step| {
+    let hook = StepHook(Arc::new(move |step, _| {
         if step == 1 {
             memory::set_budget(Device::Cpu, Some(budget));
         }
     }));
-    let err = train(&c, &TrainOptions { quiet: true, before_step: Some(hook), ..Default::default() }).unwrap_err().to_string();
+    let err = train(&c, &TrainOptions { quiet: true, before_micro_batch: Some(hook), ..Default::default() }).unwrap_err().to_string();
     for needle in ["step 2: out of memory on cpu", "no smaller plan is left", "micro-batch 1 with recompute full", "raise memory.budget"] {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
