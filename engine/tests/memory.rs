@@ -95,3 +95,61 @@ fn a_run_within_its_budget_reports_the_pool() {
     let rate: f64 = line.split("cache hit rate ").nth(1).and_then(|r| r.split('%').next()).and_then(|r| r.parse().ok()).unwrap();
     assert!(rate > 30.0, "{line}");
 }
+
+/// `engine plan <shipped config> --set ...`, with the tiny model and no training.
+fn plan(dir: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["plan".into(), SHIPPED_CONFIG.into()];
+    let sets = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.context_length=32", "train.seq_len=32", "run.device=cpu"];
+    for s in sets.iter().chain(extra) {
+        args.extend(["--set".into(), s.to_string()]);
+    }
+    Command::new(ENGINE).args(&args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
+}
+
+#[test]
+fn engine_plan_prints_the_table_and_trains_nothing() {
+    let dir = TempDir::new().unwrap();
+    // The shipped config fixes train.batch_size = 32; a global batch in tokens frees it.
+    let out = plan(dir.path(), &["memory.budget=64MiB", "batch.tokens_per_step=2048", "train.batch_size=8"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("memory plan (planner): budget 64.00 MiB; 64 sequences x 32 tokens per step"), "{stdout}");
+    assert!(stdout.contains("policy") && stdout.contains("predicted") && stdout.contains("measured") && stdout.contains("headroom"), "{stdout}");
+    assert!(stdout.contains("micro-batch 8 x 8 accumulation = 64 sequences per step"), "{stdout}");
+    assert!(!dir.path().join("runs").exists(), "engine plan wrote a run directory");
+
+    // Micro-batch and policy both free (the shipped config gives train.batch_size: a config
+    // of our own), as JSON.
+    let config = dir.path().join("free.toml");
+    std::fs::write(&config, "[run]\ndevice = \"cpu\"\n[model]\nn_layer = 2\nn_embd = 32\nn_head = 2\ncontext_length = 32\n[train]\nseq_len = 32\n[batch]\ntokens_per_step = 2048\n[memory]\nbudget = \"4MiB\"\n").unwrap();
+    let out = Command::new(ENGINE).args(["plan", config.to_str().unwrap(), "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (micro, accum) = (v["micro_batch"].as_u64().unwrap(), v["grad_accum"].as_u64().unwrap());
+    assert_eq!(micro * accum, 64, "{v}");
+    assert!(v["measured_peak"].as_u64().unwrap() <= 4 << 20, "{v}");
+    assert_eq!(v["source"], "planner");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 3, "none, selective, full for 2 layers: {v}");
+}
+
+#[test]
+fn engine_plan_without_a_budget_says_so() {
+    let dir = TempDir::new().unwrap();
+    let out = plan(dir.path(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("memory.budget is unset") && stdout.contains("micro-batch 32 x 1 accumulation, recompute none"), "{stdout}");
+}
+
+#[test]
+fn a_budget_below_micro_batch_1_with_full_recomputation_names_the_numbers() {
+    let dir = TempDir::new().unwrap();
+    let config = dir.path().join("free.toml");
+    std::fs::write(&config, "[run]\ndevice = \"cpu\"\n[model]\nn_layer = 2\nn_embd = 32\nn_head = 2\ncontext_length = 32\n[train]\nseq_len = 32\n[batch]\ntokens_per_step = 2048\n[memory]\nbudget = \"100KiB\"\n").unwrap();
+    for command in ["plan", "train"] {
+        let out = Command::new(ENGINE).args([command, config.to_str().unwrap()]).current_dir(dir.path()).env_remove("RUST_BACKTRACE").output().unwrap();
+        let line = assert_fails(&out, &["memory.budget = \"100KiB\" (100.00 KiB) is too small", "even micro-batch 1 with full recomputation needs ", "raise memory.budget to at least "]);
+        assert!(!line.contains("unset train.batch_size"), "nothing was fixed: {line}");
+    }
+    assert!(!dir.path().join("runs").exists());
+}
