@@ -392,7 +392,7 @@ impl Config {
             ));
         }
         for (key, v, given) in [("train.batch_size", t.batch_size, e.batch_size), ("train.grad_accum", t.grad_accum, e.grad_accum)] {
-            if given && g % v != 0 {
+            if given && !g.is_multiple_of(v) {
                 return Err(format!(
                     "key `{key}`: {v} does not divide the step's {g} sequences (batch.tokens_per_step = {tokens} / train.seq_len = {})",
                     t.seq_len
@@ -419,7 +419,7 @@ impl Config {
     /// step not above train.batch_size.
     pub fn default_micro_batch(&self) -> usize {
         let g = self.global_batch().expect("validated");
-        self.fixed_micro_batch().unwrap_or_else(|| (1..=self.train.batch_size.min(g)).rev().find(|b| g % b == 0).unwrap_or(1))
+        self.fixed_micro_batch().unwrap_or_else(|| (1..=self.train.batch_size.min(g)).rev().find(|b| g.is_multiple_of(*b)).unwrap_or(1))
     }
 
     /// `train.recompute` as a policy; a bad value is an error naming the key and the choices.

@@ -149,7 +149,7 @@ impl Plan {
         next.predicted_peak = None;
         next.measured_peak = None;
         next.rows = Vec::new();
-        if let Some(b) = (1..self.micro_batch).rev().find(|b| self.global_batch % b == 0) {
+        if let Some(b) = (1..self.micro_batch).rev().find(|b| self.global_batch.is_multiple_of(*b)) {
             next.micro_batch = b;
         } else {
             let at = candidates.iter().position(|&p| p == self.policy)?;
@@ -204,7 +204,7 @@ pub fn plan(probe: &mut dyn PeakProbe, request: &PlanRequest) -> Result<std::res
     let budget = request.budget.unwrap_or(usize::MAX);
     let divisors: Vec<usize> = match request.micro_batch {
         Some(b) => vec![b],
-        None => (1..=g).filter(|b| g % b == 0).collect(),
+        None => (1..=g).filter(|b| g.is_multiple_of(*b)).collect(),
     };
     let policies: Vec<Recompute> = match request.policy {
         Some(p) => vec![p],
