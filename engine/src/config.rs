@@ -23,6 +23,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub batch: BatchConfig,
     pub memory: MemoryConfig,
+    pub logs: LogsConfig,
     /// Which of the planner's keys the config (or a `--set`) gave explicitly: those are
     /// kept as given, the planner chooses the rest ([`crate::plan`]).
     #[serde(skip)]
@@ -35,6 +36,23 @@ pub struct ExplicitKeys {
     pub batch_size: bool,
     pub grad_accum: bool,
     pub recompute: bool,
+}
+
+/// `[logs]`: the performance logs (crate::logs).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// The first steps of each invocation left out of summary.json's statistics.
+    pub warmup_steps: u64,
+    /// The device's peak bf16 rate in TFLOP/s for MFU; unset: from the table of known GPUs
+    /// (unknown devices, and the CPU, get no MFU).
+    pub peak_tflops: Option<f64>,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self { warmup_steps: 2, peak_tflops: None }
+    }
 }
 
 /// `[batch]`: the global batch, which neither the planner nor a run-time out-of-memory
@@ -320,6 +338,11 @@ impl Config {
         self.recompute()?;
         self.memory_budget()?;
         self.global_batch()?;
+        if let Some(p) = self.logs.peak_tflops {
+            if !(p.is_finite() && p > 0.0) {
+                return Err(format!("key `logs.peak_tflops`: must be a finite number > 0 (TFLOP/s), got {p}"));
+            }
+        }
         if self.memory.min_micro_tokens == 0 {
             return Err("key `memory.min_micro_tokens`: must be at least 1, got 0".into());
         }

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod logs;
 pub mod optim;
 pub mod plan;
 pub mod prepare;

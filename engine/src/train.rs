@@ -18,6 +18,7 @@ use models::{Gpt, Model, Precision, Recompute};
 use crate::checkpoint::{self, CheckpointState, SamplerCheckpoint};
 use crate::config::Config;
 use crate::error::io;
+use crate::logs::{self, MemoryRecord, StepRecord};
 use crate::optim::{zero_grad, AdamW, AdamWConfig};
 use crate::plan::{self, ModelProbe, Plan, PlanRequest};
 use crate::schedule::learning_rate;
@@ -93,6 +94,8 @@ pub struct TrainSummary {
     pub final_plan: Plan,
     /// Every change of plan after an out-of-memory error.
     pub plan_changes: Vec<PlanChange>,
+    /// What summary.json holds (crate::logs).
+    pub perf: Option<logs::Summary>,
 }
 
 /// The config's data: `data.path` a prepared directory (shards, mapped and checked), a
@@ -259,17 +262,38 @@ pub fn is_out_of_memory(e: &Error) -> bool {
 /// One step's forward and backward passes over the step's batch (inputs, targets) (G, T),
 /// cut into the plan's micro-batches in order; returns the step's mean loss. Gradients are
 /// zeroed first, so a failed attempt leaves nothing behind once the model is released.
-fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan, before: impl Fn(usize)) -> Result<f32> {
+/// Returns the mean loss and the host time spent in forward and in backward.
+fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan, before: impl Fn(usize)) -> Result<(f32, Duration, Duration)> {
     zero_grad(model)?;
     let (micro, accum) = (plan.micro_batch, plan.grad_accum);
-    let mut loss = 0.0f32;
+    let (mut loss, mut forward, mut backward) = (0.0f32, Duration::ZERO, Duration::ZERO);
     for i in 0..accum {
         before(i);
         let (x, y) = if accum == 1 { (inputs.clone(), targets.clone()) } else { (inputs.rows(i * micro, micro)?, targets.rows(i * micro, micro)?) };
+        let t0 = Instant::now();
         loss += model.forward(&x, Some(&y))?.expect("targets given") / accum as f32;
+        let t1 = Instant::now();
         model.backward(1.0 / accum as f32)?;
+        forward += t1 - t0;
+        backward += t1.elapsed();
     }
-    Ok(loss)
+    Ok((loss, forward, backward))
+}
+
+/// The peak bf16 rate for MFU and where it came from: `logs.peak_tflops`, the table by the
+/// GPU's name, or unknown (the CPU, an unlisted GPU).
+pub fn peak_rate(config: &Config, device: Device) -> Result<(Option<f64>, String)> {
+    if let Some(p) = config.logs.peak_tflops {
+        return Ok((Some(p), "logs.peak_tflops".into()));
+    }
+    let name = match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(ordinal) => kernels::cuda::device(ordinal)?.name().to_string(),
+    };
+    Ok(match logs::peak_tflops_for(&name) {
+        Some(p) => (Some(p), format!("table: {name}")),
+        None => (None, format!("unknown: {name} (set logs.peak_tflops for MFU)")),
+    })
 }
 
 /// Appends one JSON line to `path`.
@@ -279,6 +303,7 @@ fn append_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<
 }
 
 fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
+    let run_started = Instant::now();
     let (device, precision, device_note) = resolve_device(config)?;
     let data = load_dataset(config)?;
     let budget = resolve_budget(config, device)?;
@@ -340,6 +365,11 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     if start_step == 0 {
         writeln!(log, "# step loss val_loss lr grad_norm tokens_per_s ms data_wait_ms").map_err(io(&log_path))?;
     }
+    let jsonl_path = run_dir.join("metrics.jsonl");
+    let mut jsonl = fs::OpenOptions::new().create(true).append(true).open(&jsonl_path).map_err(io(&jsonl_path))?;
+    let peak = peak_rate(config, device)?;
+    let flops_per_token = model.flops_per_token(t.seq_len);
+    let mut records: Vec<StepRecord> = Vec::new();
 
     let tokens_per_step = (global * t.seq_len) as u64;
     let say = |line: String| {
@@ -412,6 +442,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         plan: plan.clone(),
         final_plan: plan.clone(),
         plan_changes: Vec::new(),
+        perf: None,
     };
     let mut plan = plan;
     // Validation always covers the same windows, whatever the micro-batch.
@@ -425,14 +456,14 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         // being copied) by the copy stream, which the compute stream waits for.
         let staged = loader.next_batch()?;
         let data_wait = staged.waited;
-        let loss = loop {
+        let (loss, forward_time, backward_time) = loop {
             let before = |micro: usize| {
                 if let Some(hook) = &options.before_micro_batch {
                     (hook.0)(step, micro);
                 }
             };
             match accumulate(&mut model, &staged.inputs, &staged.targets, &plan, before) {
-                Ok(loss) => break loss,
+                Ok(done) => break done,
                 Err(e) if is_out_of_memory(&e) => {
                     // Nothing of the failed attempt is kept: redo the step, same samples,
                     // smaller micro-batches (or more recomputation).
@@ -481,7 +512,9 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         if !loss.is_finite() {
             return Err(Error::Diverged { step, loss });
         }
+        let optimizer_started = Instant::now();
         let grad_norm = opt.step(&mut model, lr)?;
+        let optimizer_time = optimizer_started.elapsed();
         let elapsed = started.elapsed();
         train_time += elapsed;
         let done = step + 1;
@@ -505,6 +538,30 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             val = Some(v);
             last_val = Some(v);
         }
+        let pool = memory::stats(device);
+        let host_ms = |d: Duration| matches!(device, Device::Cpu).then(|| d.as_secs_f64() * 1e3);
+        let record = StepRecord {
+            step: done,
+            time_s: run_started.elapsed().as_secs_f64(),
+            loss,
+            val_loss: val,
+            lr,
+            grad_norm,
+            tokens: tokens_per_step,
+            tokens_per_s: tok_s,
+            mfu: logs::mfu(flops_per_token, tok_s, peak.0),
+            step_ms: elapsed.as_secs_f64() * 1e3,
+            data_wait_ms: wait_ms,
+            forward_ms: host_ms(forward_time),
+            backward_ms: host_ms(backward_time),
+            optimizer_ms: host_ms(optimizer_time),
+            memory: MemoryRecord { in_use: pool.in_use, peak: pool.peak, reserved: pool.reserved, budget: pool.budget },
+            micro_batch: plan.micro_batch,
+            grad_accum: plan.grad_accum,
+            recompute: plan.policy.to_string(),
+        };
+        writeln!(jsonl, "{}", serde_json::to_string(&record).expect("serializable")).map_err(io(&jsonl_path))?;
+        records.push(record);
         let val_text = val.map_or("-".to_string(), |v| format!("{v:.4}"));
         writeln!(log, "{done} {loss:.6} {val_text} {lr:.6e} {grad_norm:.4} {tok_s:.0} {:.1} {:.3}", elapsed.as_secs_f64() * 1e3, wait_ms)
             .map_err(io(&log_path))?;
@@ -541,6 +598,11 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let perf = logs::summarize(&records, config.logs.warmup_steps, run_started.elapsed().as_secs_f64(), peak);
+    let summary_path = run_dir.join("summary.json");
+    fs::write(&summary_path, serde_json::to_string_pretty(&perf).expect("serializable") + "\n").map_err(io(&summary_path))?;
+    jsonl.flush().map_err(io(&jsonl_path))?;
+    summary.perf = Some(perf);
     let trained = summary.losses.len() as u64;
     summary.memory = memory::stats(device);
     summary.final_plan = plan;

@@ -1,0 +1,245 @@
+//! Performance logs: one JSON record per step (`metrics.jsonl`), the end-of-run summary
+//! (`summary.json`) with mean/min/max/std/p50/p95 per metric, and MFU from a table of
+//! devices' peak bf16 rates. Field by field in docs/CONFIG.md ("metrics.jsonl",
+//! "summary.json").
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Memory of the run's device pool after a step (kernels::memory), in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct MemoryRecord {
+    pub in_use: usize,
+    /// The most in use since the run started.
+    pub peak: usize,
+    pub reserved: usize,
+    pub budget: Option<usize>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepRecord {
+    /// Steps completed (1-based, as in metrics.log).
+    pub step: u64,
+    /// Seconds since the run (this invocation) started, at the end of the step.
+    pub time_s: f64,
+    pub loss: f32,
+    /// Validation loss after this step, when evaluated.
+    pub val_loss: Option<f32>,
+    pub lr: f32,
+    pub grad_norm: f32,
+    /// Tokens trained on in this step.
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    /// Model FLOPs utilization in [0, 1]; `None` when the device's peak rate is unknown.
+    pub mfu: Option<f64>,
+    /// Wall time of the step (data wait, forward, backward, optimizer), milliseconds.
+    pub step_ms: f64,
+    /// Waiting for the data loader.
+    pub data_wait_ms: f64,
+    /// Forward passes of all micro-batches; host timers on the CPU, `None` on a GPU (where
+    /// host timers would measure kernel launches, not work).
+    pub forward_ms: Option<f64>,
+    pub backward_ms: Option<f64>,
+    pub optimizer_ms: Option<f64>,
+    pub memory: MemoryRecord,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    pub recompute: String,
+}
+
+/// Summary statistics of one metric over the summarized steps.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Stats {
+    pub count: usize,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Population standard deviation (divides by `count`).
+    pub std: f64,
+    /// Percentiles by linear interpolation between the closest ranks (numpy's default).
+    pub p50: f64,
+    pub p95: f64,
+}
+
+/// Statistics of `values` (`None` when empty; NaNs are skipped).
+pub fn stats(values: &[f64]) -> Option<Stats> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    Some(Stats { count: v.len(), mean, min: v[0], max: v[v.len() - 1], std: var.sqrt(), p50: percentile(&v, 50.0), p95: percentile(&v, 95.0) })
+}
+
+/// The `q`-th percentile of sorted `v`: linear interpolation at rank `q/100 * (n - 1)`.
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let rank = q / 100.0 * (v.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    /// Steps this invocation trained, and the first ones left out of `metrics` (warm-up:
+    /// compilation, first allocations).
+    pub steps: u64,
+    pub warmup_steps_excluded: u64,
+    pub first_step: u64,
+    pub last_step: u64,
+    pub tokens: u64,
+    /// Wall time of the run from start to the last step's end, and of the steps alone.
+    pub wall_seconds: f64,
+    pub train_seconds: f64,
+    pub final_loss: Option<f32>,
+    pub final_val_loss: Option<f32>,
+    /// Per metric over the summarized steps: loss, grad_norm, tokens_per_s, mfu, step_ms,
+    /// data_wait_ms, forward_ms, backward_ms, optimizer_ms, memory_in_use, memory_peak.
+    pub metrics: BTreeMap<String, Stats>,
+    /// The device's peak bf16 rate used for MFU, TFLOP/s, and where it came from.
+    pub peak_tflops: Option<f64>,
+    pub peak_tflops_source: String,
+}
+
+/// The summary of `records` (this invocation's steps, in order), leaving out the first
+/// `warmup` of them from the statistics (all of them are counted when there are no more).
+pub fn summarize(records: &[StepRecord], warmup: u64, wall_seconds: f64, peak: (Option<f64>, String)) -> Summary {
+    let skip = if (records.len() as u64) > warmup { warmup as usize } else { 0 };
+    let kept = &records[skip..];
+    let mut metrics = BTreeMap::new();
+    let mut add = |name: &str, f: &dyn Fn(&StepRecord) -> Option<f64>| {
+        let v: Vec<f64> = kept.iter().filter_map(f).collect();
+        if let Some(s) = stats(&v) {
+            metrics.insert(name.to_string(), s);
+        }
+    };
+    add("loss", &|r| Some(r.loss as f64));
+    add("grad_norm", &|r| Some(r.grad_norm as f64));
+    add("tokens_per_s", &|r| Some(r.tokens_per_s));
+    add("mfu", &|r| r.mfu);
+    add("step_ms", &|r| Some(r.step_ms));
+    add("data_wait_ms", &|r| Some(r.data_wait_ms));
+    add("forward_ms", &|r| r.forward_ms);
+    add("backward_ms", &|r| r.backward_ms);
+    add("optimizer_ms", &|r| r.optimizer_ms);
+    add("memory_in_use", &|r| Some(r.memory.in_use as f64));
+    add("memory_peak", &|r| Some(r.memory.peak as f64));
+    Summary {
+        steps: records.len() as u64,
+        warmup_steps_excluded: skip as u64,
+        first_step: records.first().map_or(0, |r| r.step),
+        last_step: records.last().map_or(0, |r| r.step),
+        tokens: records.iter().map(|r| r.tokens).sum(),
+        wall_seconds,
+        train_seconds: records.iter().map(|r| r.step_ms).sum::<f64>() / 1e3,
+        final_loss: records.last().map(|r| r.loss),
+        final_val_loss: records.iter().rev().find_map(|r| r.val_loss),
+        metrics,
+        peak_tflops: peak.0,
+        peak_tflops_source: peak.1,
+    }
+}
+
+/// Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) by GPU name, from the vendors'
+/// data sheets; the first entry whose every word is in the name wins, so more specific
+/// names come first.
+const PEAK_BF16_TFLOPS: [(&str, f64); 10] = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+];
+
+/// The peak bf16 rate of a device named `name` (`None`: unknown, e.g. a CPU).
+pub fn peak_tflops_for(name: &str) -> Option<f64> {
+    PEAK_BF16_TFLOPS.iter().find(|(key, _)| key.split(' ').all(|w| name.split([' ', '-']).any(|n| n == w))).map(|&(_, t)| t)
+}
+
+/// MFU = FLOPs per token x tokens/s / peak FLOP/s.
+pub fn mfu(flops_per_token: f64, tokens_per_s: f64, peak_tflops: Option<f64>) -> Option<f64> {
+    peak_tflops.filter(|p| *p > 0.0).map(|p| flops_per_token * tokens_per_s / (p * 1e12))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_of_known_values() {
+        // 1..=10: mean 5.5, population variance 8.25, p50 5.5, p95 at rank 8.55 -> 9.55.
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        let s = stats(&v).unwrap();
+        assert_eq!((s.count, s.mean, s.min, s.max, s.p50), (10, 5.5, 1.0, 10.0, 5.5));
+        assert!((s.std - 8.25f64.sqrt()).abs() < 1e-12, "{}", s.std);
+        assert!((s.p95 - 9.55).abs() < 1e-12, "{}", s.p95);
+        // Order does not matter, NaNs are skipped, one value is its own everything.
+        let s = stats(&[3.0, f64::NAN, 1.0, 2.0]).unwrap();
+        assert_eq!((s.count, s.mean, s.p50, s.std), (3, 2.0, 2.0, (2.0f64 / 3.0).sqrt()));
+        let s = stats(&[7.0]).unwrap();
+        assert_eq!((s.mean, s.std, s.p50, s.p95), (7.0, 0.0, 7.0, 7.0));
+        assert!(stats(&[]).is_none() && stats(&[f64::NAN]).is_none());
+    }
+
+    fn record(step: u64, step_ms: f64) -> StepRecord {
+        StepRecord {
+            step,
+            time_s: step as f64,
+            loss: 10.0 - step as f32,
+            val_loss: (step == 3).then_some(7.5),
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens: 100,
+            tokens_per_s: 100.0 / (step_ms / 1e3),
+            mfu: None,
+            step_ms,
+            data_wait_ms: 0.0,
+            forward_ms: Some(step_ms / 2.0),
+            backward_ms: Some(step_ms / 2.0),
+            optimizer_ms: Some(0.0),
+            memory: MemoryRecord::default(),
+            micro_batch: 1,
+            grad_accum: 1,
+            recompute: "none".into(),
+        }
+    }
+
+    #[test]
+    fn summary_leaves_out_the_warm_up() {
+        let records: Vec<StepRecord> = [500.0, 10.0, 20.0, 30.0].iter().enumerate().map(|(i, &ms)| record(i as u64 + 1, ms)).collect();
+        let s = summarize(&records, 1, 2.0, (None, "unknown".into()));
+        assert_eq!((s.steps, s.warmup_steps_excluded, s.first_step, s.last_step, s.tokens), (4, 1, 1, 4, 400));
+        assert_eq!(s.metrics["step_ms"].mean, 20.0, "the 500 ms first step is left out");
+        assert_eq!(s.metrics["loss"].min, 6.0);
+        assert!((s.train_seconds - 0.56).abs() < 1e-12);
+        assert_eq!((s.final_loss, s.final_val_loss), (Some(6.0), Some(7.5)));
+        assert!(!s.metrics.contains_key("mfu"), "no MFU without a peak rate");
+        // Fewer steps than the warm-up: all are counted.
+        assert_eq!(summarize(&records[..1], 5, 1.0, (None, String::new())).metrics["step_ms"].mean, 500.0);
+    }
+
+    #[test]
+    fn peak_rates_by_name() {
+        assert_eq!(peak_tflops_for("NVIDIA H100 80GB HBM3"), Some(989.0));
+        assert_eq!(peak_tflops_for("NVIDIA H100 PCIe"), Some(756.0));
+        assert_eq!(peak_tflops_for("NVIDIA H200"), Some(989.0));
+        assert_eq!(peak_tflops_for("NVIDIA A100-SXM4-80GB"), Some(312.0));
+        assert_eq!(peak_tflops_for("NVIDIA L40S"), Some(362.0));
+        assert_eq!(peak_tflops_for("NVIDIA L4"), Some(121.0));
+        assert_eq!(peak_tflops_for("NVIDIA A10"), Some(125.0));
+        assert_eq!(peak_tflops_for("NVIDIA A10G"), None, "not guessed from a prefix");
+        assert_eq!(peak_tflops_for("cpu"), None);
+        assert_eq!(mfu(6.0e9, 1.0e5, Some(1000.0)), Some(0.6));
+        assert_eq!(mfu(6.0e9, 1.0e5, None), None);
+    }
+}

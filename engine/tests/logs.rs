@@ -1,0 +1,149 @@
+//! The performance logs of a short CPU run: `metrics.jsonl` has one line per step with every
+//! documented field and type, `summary.json` summarizes them (warm-up left out), MFU is
+//! absent on the CPU unless `logs.peak_tflops` gives a rate, and bad values name the key.
+
+use engine::config::Config;
+use engine::train::{train, TrainOptions};
+use serde_json::Value;
+use tempfile::TempDir;
+
+fn run(dir: &TempDir, sets: &[&str]) -> engine::train::TrainSummary {
+    let toml = format!(
+        r#"
+[run]
+name = "logs"
+out_dir = '{}'
+device = "cpu"
+[model]
+n_layer = 1
+n_head = 2
+n_embd = 32
+context_length = 32
+[train]
+batch_size = 4
+grad_accum = 2
+seq_len = 32
+max_steps = 5
+eval_interval = 2
+eval_batches = 1
+"#,
+        dir.path().display()
+    );
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let config = Config::parse(&toml, "logs.toml", &sets).unwrap();
+    train(&config, &TrainOptions { quiet: true, ..Default::default() }).unwrap()
+}
+
+/// Every field of a metrics.jsonl line and the JSON type it must have (`?` = or null).
+const FIELDS: [(&str, &str); 18] = [
+    ("step", "u64"),
+    ("time_s", "f64"),
+    ("loss", "f64"),
+    ("val_loss", "f64?"),
+    ("lr", "f64"),
+    ("grad_norm", "f64"),
+    ("tokens", "u64"),
+    ("tokens_per_s", "f64"),
+    ("mfu", "f64?"),
+    ("step_ms", "f64"),
+    ("data_wait_ms", "f64"),
+    ("forward_ms", "f64?"),
+    ("backward_ms", "f64?"),
+    ("optimizer_ms", "f64?"),
+    ("memory", "object"),
+    ("micro_batch", "u64"),
+    ("grad_accum", "u64"),
+    ("recompute", "string"),
+];
+
+#[track_caller]
+fn check_type(line: &Value, key: &str, kind: &str) {
+    let v = line.get(key).unwrap_or_else(|| panic!("no `{key}` in {line}"));
+    let ok = match kind {
+        "u64" => v.is_u64(),
+        "f64" => v.is_number(),
+        "f64?" => v.is_number() || v.is_null(),
+        "u64?" => v.is_u64() || v.is_null(),
+        "object" => v.is_object(),
+        "string" => v.is_string(),
+        _ => unreachable!(),
+    };
+    assert!(ok, "`{key}` should be {kind}: {line}");
+}
+
+#[test]
+fn a_short_run_writes_metrics_jsonl_and_summary_json() {
+    let dir = TempDir::new().unwrap();
+    let s = run(&dir, &[]);
+    let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line.as_object().unwrap().len(), FIELDS.len(), "no undocumented field: {line}");
+        for (key, kind) in FIELDS {
+            check_type(line, key, kind);
+        }
+        for (key, kind) in [("in_use", "u64"), ("peak", "u64"), ("reserved", "u64"), ("budget", "u64?")] {
+            check_type(&line["memory"], key, kind);
+        }
+        assert_eq!(line["step"].as_u64(), Some(i as u64 + 1));
+        assert_eq!(line["tokens"].as_u64(), Some(4 * 2 * 32));
+        assert_eq!((line["micro_batch"].as_u64(), line["grad_accum"].as_u64(), line["recompute"].as_str()), (Some(4), Some(2), Some("none")));
+        assert!(line["mfu"].is_null(), "no MFU on the CPU without logs.peak_tflops: {line}");
+        assert_eq!(line["loss"].as_f64().unwrap() as f32, s.losses[i].1, "the same loss as the trainer's");
+        let parts = line["data_wait_ms"].as_f64().unwrap() + line["forward_ms"].as_f64().unwrap() + line["backward_ms"].as_f64().unwrap() + line["optimizer_ms"].as_f64().unwrap();
+        assert!(parts <= line["step_ms"].as_f64().unwrap() * 1.0001 + 1e-3, "the split exceeds the step: {line}");
+        assert!(line["memory"]["peak"].as_u64() >= line["memory"]["in_use"].as_u64() && line["memory"]["in_use"].as_u64() > Some(0));
+        // validation at steps 2, 4 and the last
+        assert_eq!(line["val_loss"].is_number(), [2, 4, 5].contains(&(i + 1)), "{line}");
+    }
+
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(s.run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["steps"].as_u64(), summary["warmup_steps_excluded"].as_u64(), summary["tokens"].as_u64()), (Some(5), Some(2), Some(5 * 256)));
+    assert_eq!(summary["final_val_loss"].as_f64().map(|v| v as f32), s.val_losses.last().map(|v| v.1));
+    assert!(summary["peak_tflops"].is_null() && summary["peak_tflops_source"].as_str().unwrap().starts_with("unknown: cpu"), "{summary}");
+    // step_ms statistics are those of steps 3..=5 of metrics.jsonl, computed here by hand.
+    let ms: Vec<f64> = lines[2..].iter().map(|l| l["step_ms"].as_f64().unwrap()).collect();
+    let stats = &summary["metrics"]["step_ms"];
+    let mean = ms.iter().sum::<f64>() / 3.0;
+    let mut sorted = ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(stats["count"].as_u64(), Some(3));
+    assert!((stats["mean"].as_f64().unwrap() - mean).abs() < 1e-9 && stats["min"].as_f64() == Some(sorted[0]) && stats["max"].as_f64() == Some(sorted[2]), "{stats}");
+    assert_eq!(stats["p50"].as_f64(), Some(sorted[1]));
+    for key in ["loss", "grad_norm", "tokens_per_s", "step_ms", "data_wait_ms", "forward_ms", "backward_ms", "optimizer_ms", "memory_in_use", "memory_peak"] {
+        for stat in ["count", "mean", "min", "max", "std", "p50", "p95"] {
+            assert!(summary["metrics"][key][stat].is_number(), "summary.metrics.{key}.{stat}: {summary}");
+        }
+    }
+    assert!(summary["metrics"].get("mfu").is_none());
+}
+
+#[test]
+fn mfu_from_an_explicit_peak_rate() {
+    let dir = TempDir::new().unwrap();
+    let s = run(&dir, &["logs.peak_tflops=0.5", "train.max_steps=2"]);
+    let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
+    // flops per token = 6N + 6LCT for this model
+    let n = {
+        let (_, _, _, m) = engine::checkpoint::load_model_with(&s.checkpoint, engine::kernels::Device::Cpu, engine::models::Precision::Fp32).unwrap();
+        engine::models::Model::num_params(&m) as f64
+    };
+    let flops = 6.0 * n + 6.0 * 1.0 * 32.0 * 32.0;
+    for line in text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()) {
+        let expected = flops * line["tokens_per_s"].as_f64().unwrap() / 0.5e12;
+        assert!((line["mfu"].as_f64().unwrap() - expected).abs() <= 1e-9 * expected, "{line}");
+    }
+    let summary = s.perf.unwrap();
+    assert_eq!((summary.peak_tflops, summary.peak_tflops_source.as_str()), (Some(0.5), "logs.peak_tflops"));
+}
+
+#[test]
+fn bad_log_settings_name_the_key() {
+    for bad in ["logs.peak_tflops=0", "logs.peak_tflops=-3.0", "logs.peak_tflops=nan"] {
+        let err = Config::parse("", "l.toml", &[bad.to_string()]).unwrap_err().to_string();
+        assert!(err.contains("key `logs.peak_tflops`") && err.contains("finite number > 0"), "{bad}: {err}");
+    }
+    let err = Config::parse("[logs]\nwarmup = 3\n", "l.toml", &[]).unwrap_err().to_string();
+    assert!(err.contains("unknown field `warmup`"), "{err}");
+}
