@@ -47,11 +47,17 @@ pub struct LogsConfig {
     /// The device's peak bf16 rate in TFLOP/s for MFU; unset: from the table of known GPUs
     /// (unknown devices, and the CPU, get no MFU).
     pub peak_tflops: Option<f64>,
+    /// Alert when a step waits for data longer than this fraction of its time.
+    pub alert_data_stall: f64,
+    /// Alert when the pool's peak exceeds this fraction of memory.budget.
+    pub alert_memory: f64,
+    /// Alert when a loss exceeds this multiple of the recent median; 0 disables.
+    pub alert_loss_spike: f64,
 }
 
 impl Default for LogsConfig {
     fn default() -> Self {
-        Self { warmup_steps: 2, peak_tflops: None }
+        Self { warmup_steps: 2, peak_tflops: None, alert_data_stall: 0.05, alert_memory: 0.95, alert_loss_spike: 2.0 }
     }
 }
 
@@ -341,6 +347,21 @@ impl Config {
         if let Some(p) = self.logs.peak_tflops {
             if !(p.is_finite() && p > 0.0) {
                 return Err(format!("key `logs.peak_tflops`: must be a finite number > 0 (TFLOP/s), got {p}"));
+            }
+        }
+        let l = &self.logs;
+        for (key, v, ok) in [
+            ("logs.alert_data_stall", l.alert_data_stall, l.alert_data_stall > 0.0 && l.alert_data_stall < 1.0),
+            ("logs.alert_memory", l.alert_memory, l.alert_memory > 0.0 && l.alert_memory <= 1.0),
+            ("logs.alert_loss_spike", l.alert_loss_spike, l.alert_loss_spike == 0.0 || l.alert_loss_spike > 1.0),
+        ] {
+            if !(v.is_finite() && ok) {
+                let expected = match key {
+                    "logs.alert_data_stall" => "a fraction in (0, 1)",
+                    "logs.alert_memory" => "a fraction in (0, 1]",
+                    _ => "0 (off) or a ratio above 1",
+                };
+                return Err(format!("key `{key}`: expected {expected}, got {v}"));
             }
         }
         if self.memory.min_micro_tokens == 0 {

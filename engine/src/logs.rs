@@ -104,11 +104,136 @@ pub struct Summary {
     /// The device's peak bf16 rate used for MFU, TFLOP/s, and where it came from.
     pub peak_tflops: Option<f64>,
     pub peak_tflops_source: String,
+    /// Every alert raised during the run, in order.
+    pub alerts: Vec<Alert>,
+}
+
+/// Thresholds of the alerts (`[logs]`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AlertThresholds {
+    /// Data stall: data wait above this fraction of the step time.
+    pub data_stall: f64,
+    /// Memory: the pool's peak above this fraction of the budget.
+    pub memory: f64,
+    /// Loss spike: a loss above this multiple of the median of the previous steps' losses
+    /// (the last [`SPIKE_WINDOW`], at least [`SPIKE_MIN_STEPS`] of them).
+    pub loss_spike: f64,
+    /// Steps at the start of the run that raise no data-stall alert (the loader starting).
+    pub warmup_steps: u64,
+}
+
+pub const SPIKE_WINDOW: usize = 20;
+pub const SPIKE_MIN_STEPS: usize = 5;
+
+/// Something a user should look at, raised at one step (events.jsonl, the terminal,
+/// summary.json).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    pub step: u64,
+    /// "data_stall", "memory_near_budget", "nonfinite_loss" or "loss_spike".
+    pub kind: &'static str,
+    pub message: String,
+    /// The measured value and the threshold it crossed (in the unit the message gives).
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// The alert for a step whose loss is NaN or infinite.
+pub fn nonfinite_loss_alert(step: u64, loss: f32) -> Alert {
+    Alert { step, kind: "nonfinite_loss", message: format!("the loss is {loss}: training diverged"), value: loss as f64, threshold: 0.0 }
+}
+
+/// Checks each step's record against the thresholds. An alert is raised when its condition
+/// starts to hold and not again until it has stopped holding (no alert per step during a
+/// long stall).
+#[derive(Clone, Debug)]
+pub struct Alerter {
+    thresholds: AlertThresholds,
+    losses: std::collections::VecDeque<f64>,
+    active: BTreeMap<&'static str, bool>,
+    seen: u64,
+}
+
+impl Alerter {
+    pub fn new(thresholds: AlertThresholds) -> Self {
+        Self { thresholds, losses: Default::default(), active: BTreeMap::new(), seen: 0 }
+    }
+
+    /// The alerts this step raises.
+    pub fn check(&mut self, r: &StepRecord) -> Vec<Alert> {
+        let th = self.thresholds;
+        self.seen += 1;
+        let mut found: Vec<(&'static str, bool, f64, f64, String)> = Vec::new();
+        let stall = r.data_wait_ms / r.step_ms.max(1e-9);
+        found.push((
+            "data_stall",
+            self.seen > th.warmup_steps && stall > th.data_stall,
+            stall,
+            th.data_stall,
+            format!(
+                "data stall: the step waited {:.1} ms of {:.1} ms ({:.1}%, threshold {:.1}%) for the data loader; raise data.num_workers or data.prefetch",
+                r.data_wait_ms,
+                r.step_ms,
+                100.0 * stall,
+                100.0 * th.data_stall
+            ),
+        ));
+        if let Some(budget) = r.memory.budget {
+            let share = r.memory.peak as f64 / budget as f64;
+            found.push((
+                "memory_near_budget",
+                share > th.memory,
+                share,
+                th.memory,
+                format!(
+                    "memory near the budget: peak {} of {} ({:.1}%, threshold {:.1}%); an out-of-memory error would shrink the micro-batch",
+                    kernels::memory::fmt_bytes(r.memory.peak),
+                    kernels::memory::fmt_bytes(budget),
+                    100.0 * share,
+                    100.0 * th.memory
+                ),
+            ));
+        }
+        let loss = r.loss as f64;
+        let nonfinite = nonfinite_loss_alert(r.step, r.loss);
+        found.push(("nonfinite_loss", !loss.is_finite(), loss, 0.0, nonfinite.message));
+        if loss.is_finite() {
+            if self.losses.len() >= SPIKE_MIN_STEPS && th.loss_spike > 0.0 {
+                let mut recent: Vec<f64> = self.losses.iter().copied().collect();
+                recent.sort_by(f64::total_cmp);
+                let median = percentile(&recent, 50.0);
+                let ratio = loss / median;
+                found.push((
+                    "loss_spike",
+                    ratio > th.loss_spike,
+                    ratio,
+                    th.loss_spike,
+                    format!(
+                        "loss spike: {loss:.4} is {ratio:.2}x the median {median:.4} of the last {} steps (threshold {:.2}x)",
+                        recent.len(),
+                        th.loss_spike
+                    ),
+                ));
+            }
+            self.losses.push_back(loss);
+            if self.losses.len() > SPIKE_WINDOW {
+                self.losses.pop_front();
+            }
+        }
+        let mut raised = Vec::new();
+        for (kind, holds, value, threshold, message) in found {
+            let was = self.active.insert(kind, holds).unwrap_or(false);
+            if holds && !was {
+                raised.push(Alert { step: r.step, kind, message, value, threshold });
+            }
+        }
+        raised
+    }
 }
 
 /// The summary of `records` (this invocation's steps, in order), leaving out the first
 /// `warmup` of them from the statistics (all of them are counted when there are no more).
-pub fn summarize(records: &[StepRecord], warmup: u64, wall_seconds: f64, peak: (Option<f64>, String)) -> Summary {
+pub fn summarize(records: &[StepRecord], warmup: u64, wall_seconds: f64, peak: (Option<f64>, String), alerts: Vec<Alert>) -> Summary {
     let skip = if (records.len() as u64) > warmup { warmup as usize } else { 0 };
     let kept = &records[skip..];
     let mut metrics = BTreeMap::new();
@@ -142,6 +267,7 @@ pub fn summarize(records: &[StepRecord], warmup: u64, wall_seconds: f64, peak: (
         metrics,
         peak_tflops: peak.0,
         peak_tflops_source: peak.1,
+        alerts,
     }
 }
 
@@ -217,7 +343,7 @@ mod tests {
     #[test]
     fn summary_leaves_out_the_warm_up() {
         let records: Vec<StepRecord> = [500.0, 10.0, 20.0, 30.0].iter().enumerate().map(|(i, &ms)| record(i as u64 + 1, ms)).collect();
-        let s = summarize(&records, 1, 2.0, (None, "unknown".into()));
+        let s = summarize(&records, 1, 2.0, (None, "unknown".into()), Vec::new());
         assert_eq!((s.steps, s.warmup_steps_excluded, s.first_step, s.last_step, s.tokens), (4, 1, 1, 4, 400));
         assert_eq!(s.metrics["step_ms"].mean, 20.0, "the 500 ms first step is left out");
         assert_eq!(s.metrics["loss"].min, 6.0);
@@ -225,7 +351,67 @@ mod tests {
         assert_eq!((s.final_loss, s.final_val_loss), (Some(6.0), Some(7.5)));
         assert!(!s.metrics.contains_key("mfu"), "no MFU without a peak rate");
         // Fewer steps than the warm-up: all are counted.
-        assert_eq!(summarize(&records[..1], 5, 1.0, (None, String::new())).metrics["step_ms"].mean, 500.0);
+        assert_eq!(summarize(&records[..1], 5, 1.0, (None, String::new()), Vec::new()).metrics["step_ms"].mean, 500.0);
+    }
+
+    fn thresholds() -> AlertThresholds {
+        AlertThresholds { data_stall: 0.05, memory: 0.95, loss_spike: 2.0, warmup_steps: 1 }
+    }
+
+    #[test]
+    fn data_stall_is_raised_once_per_stall_after_the_warm_up() {
+        let mut a = Alerter::new(thresholds());
+        let mut r = record(1, 100.0);
+        r.data_wait_ms = 50.0;
+        assert!(a.check(&r).is_empty(), "the first step is warm-up");
+        r.step = 2;
+        let raised = a.check(&r);
+        assert_eq!(raised.len(), 1);
+        assert_eq!((raised[0].kind, raised[0].step, raised[0].value, raised[0].threshold), ("data_stall", 2, 0.5, 0.05));
+        assert!(raised[0].message.contains("50.0 ms of 100.0 ms (50.0%, threshold 5.0%)"), "{}", raised[0].message);
+        r.step = 3;
+        assert!(a.check(&r).is_empty(), "still stalled: not raised again");
+        r.data_wait_ms = 1.0;
+        assert!(a.check(&r).is_empty());
+        r.data_wait_ms = 6.0;
+        assert_eq!(a.check(&r).len(), 1, "a new stall");
+    }
+
+    #[test]
+    fn memory_near_the_budget() {
+        let mut a = Alerter::new(thresholds());
+        let mut r = record(1, 10.0);
+        r.memory = MemoryRecord { in_use: 90, peak: 94, reserved: 95, budget: Some(100) };
+        assert!(a.check(&r).is_empty());
+        r.memory.peak = 96;
+        let raised = a.check(&r);
+        assert_eq!((raised.len(), raised[0].kind), (1, "memory_near_budget"));
+        assert!(raised[0].message.contains("peak 96 B of 100 B (96.0%, threshold 95.0%)"), "{}", raised[0].message);
+        r.memory.budget = None;
+        assert!(a.check(&r).is_empty(), "no budget, no alert");
+    }
+
+    #[test]
+    fn loss_spike_against_the_recent_median_and_nonfinite_loss() {
+        let mut a = Alerter::new(thresholds());
+        for (i, loss) in [4.0f32, 3.9, 3.8, 3.7, 3.6].iter().enumerate() {
+            let mut r = record(i as u64 + 1, 10.0);
+            r.loss = *loss;
+            assert!(a.check(&r).is_empty());
+        }
+        let mut r = record(6, 10.0);
+        r.loss = 7.0; // median 3.8: 1.84x, under 2x
+        assert!(a.check(&r).is_empty());
+        r.step = 7;
+        r.loss = 8.0; // median of 3.6, 3.7, 3.8, 3.9, 4.0, 7.0 = 3.85: 2.08x
+        let raised = a.check(&r);
+        assert_eq!((raised.len(), raised[0].kind), (1, "loss_spike"), "{raised:?}");
+        assert!(raised[0].message.contains("8.0000 is 2.08x the median 3.8500 of the last 6 steps"), "{}", raised[0].message);
+        r.step = 8;
+        r.loss = f32::NAN;
+        let raised = a.check(&r);
+        assert_eq!((raised.len(), raised[0].kind), (1, "nonfinite_loss"));
+        assert!(raised[0].message.contains("the loss is NaN"), "{}", raised[0].message);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use models::{Gpt, Model, Precision, Recompute};
 use crate::checkpoint::{self, CheckpointState, SamplerCheckpoint};
 use crate::config::Config;
 use crate::error::io;
-use crate::logs::{self, MemoryRecord, StepRecord};
+use crate::logs::{self, Alert, AlertThresholds, Alerter, MemoryRecord, StepRecord};
 use crate::optim::{zero_grad, AdamW, AdamWConfig};
 use crate::plan::{self, ModelProbe, Plan, PlanRequest};
 use crate::schedule::learning_rate;
@@ -370,6 +370,21 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let peak = peak_rate(config, device)?;
     let flops_per_token = model.flops_per_token(t.seq_len);
     let mut records: Vec<StepRecord> = Vec::new();
+    let mut alerter = Alerter::new(AlertThresholds {
+        data_stall: config.logs.alert_data_stall,
+        memory: config.logs.alert_memory,
+        loss_spike: config.logs.alert_loss_spike,
+        warmup_steps: config.logs.warmup_steps,
+    });
+    let mut alerts: Vec<Alert> = Vec::new();
+    // An alert goes to events.jsonl and to the terminal (stderr, unless --quiet).
+    let raise = |alert: &Alert| -> Result<()> {
+        append_json(&events_path, &serde_json::json!({"event": "alert", "alert": alert}))?;
+        if !options.quiet {
+            eprintln!("alert: step {}: {}", alert.step, alert.message);
+        }
+        Ok(())
+    };
 
     let tokens_per_step = (global * t.seq_len) as u64;
     let say = |line: String| {
@@ -510,6 +525,8 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         };
         drop(staged);
         if !loss.is_finite() {
+            let alert = logs::nonfinite_loss_alert(step + 1, loss);
+            raise(&alert)?;
             return Err(Error::Diverged { step, loss });
         }
         let optimizer_started = Instant::now();
@@ -561,6 +578,10 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             recompute: plan.policy.to_string(),
         };
         writeln!(jsonl, "{}", serde_json::to_string(&record).expect("serializable")).map_err(io(&jsonl_path))?;
+        for alert in alerter.check(&record) {
+            raise(&alert)?;
+            alerts.push(alert);
+        }
         records.push(record);
         let val_text = val.map_or("-".to_string(), |v| format!("{v:.4}"));
         writeln!(log, "{done} {loss:.6} {val_text} {lr:.6e} {grad_norm:.4} {tok_s:.0} {:.1} {:.3}", elapsed.as_secs_f64() * 1e3, wait_ms)
@@ -598,7 +619,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let perf = logs::summarize(&records, config.logs.warmup_steps, run_started.elapsed().as_secs_f64(), peak);
+    let perf = logs::summarize(&records, config.logs.warmup_steps, run_started.elapsed().as_secs_f64(), peak, alerts);
     let summary_path = run_dir.join("summary.json");
     fs::write(&summary_path, serde_json::to_string_pretty(&perf).expect("serializable") + "\n").map_err(io(&summary_path))?;
     jsonl.flush().map_err(io(&jsonl_path))?;

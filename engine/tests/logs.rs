@@ -144,6 +144,45 @@ fn bad_log_settings_name_the_key() {
         let err = Config::parse("", "l.toml", &[bad.to_string()]).unwrap_err().to_string();
         assert!(err.contains("key `logs.peak_tflops`") && err.contains("finite number > 0"), "{bad}: {err}");
     }
+    for (bad, key) in [("logs.alert_data_stall=1.5", "logs.alert_data_stall"), ("logs.alert_memory=0", "logs.alert_memory"), ("logs.alert_loss_spike=0.5", "logs.alert_loss_spike")] {
+        let err = Config::parse("", "l.toml", &[bad.to_string()]).unwrap_err().to_string();
+        assert!(err.contains(&format!("key `{key}`: expected")), "{bad}: {err}");
+    }
     let err = Config::parse("[logs]\nwarmup = 3\n", "l.toml", &[]).unwrap_err().to_string();
     assert!(err.contains("unknown field `warmup`"), "{err}");
+}
+
+fn events(s: &engine::train::TrainSummary) -> Vec<Value> {
+    std::fs::read_to_string(s.run_dir.join("events.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn memory_near_the_budget_raises_one_alert_in_events_and_summary() {
+    let dir = TempDir::new().unwrap();
+    // Any run's peak is above 1% of 16 MiB (163 KiB): the alert is raised at step 1, once.
+    let s = run(&dir, &["memory.budget=16MiB", "logs.alert_memory=0.01", "train.max_steps=3"]);
+    let alerts: Vec<Value> = events(&s).into_iter().filter(|e| e["event"] == "alert").map(|e| e["alert"].clone()).collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!((alerts[0]["kind"].as_str(), alerts[0]["step"].as_u64(), alerts[0]["threshold"].as_f64()), (Some("memory_near_budget"), Some(1), Some(0.01)));
+    assert!(alerts[0]["message"].as_str().unwrap().contains("of 16.00 MiB"), "{alerts:?}");
+    let perf = s.perf.unwrap();
+    assert_eq!(perf.alerts.len(), 1);
+    assert_eq!(perf.alerts[0].kind, "memory_near_budget");
+}
+
+#[test]
+fn a_nonfinite_loss_is_an_alert_then_an_error() {
+    let dir = TempDir::new().unwrap();
+    let toml = format!(
+        "[run]\nname = \"nan\"\nout_dir = '{}'\ndevice = \"cpu\"\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext_length = 32\n\
+         [train]\nbatch_size = 4\nseq_len = 32\nmax_steps = 10\nlr = 1e38\nmin_lr = 1e38\nwarmup_steps = 0\ngrad_clip = 0.0\neval_batches = 1\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&toml, "nan.toml", &[]).unwrap();
+    let err = train(&config, &TrainOptions { quiet: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("training diverged at step"), "{err}");
+    let text = std::fs::read_to_string(dir.path().join("nan").join("events.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["alert"]["kind"], "nonfinite_loss", "{text}");
+    assert!(last["alert"]["message"].as_str().unwrap().contains("training diverged"), "{text}");
 }
