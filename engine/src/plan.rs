@@ -62,7 +62,7 @@ pub struct PlanRequest {
 /// One policy's line in the plan table.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PlanRow {
-    #[serde(serialize_with = "as_string")]
+    #[serde(serialize_with = "serialize_policy")]
     pub policy: Recompute,
     /// The largest micro-batch that fits (`None`: not even 1).
     pub micro_batch: Option<usize>,
@@ -79,7 +79,7 @@ pub struct PlanRow {
 /// How the step is split and what it keeps: the planner's choice or the config's.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
-    #[serde(serialize_with = "as_string")]
+    #[serde(serialize_with = "serialize_policy")]
     pub policy: Recompute,
     pub micro_batch: usize,
     pub grad_accum: usize,
@@ -93,7 +93,8 @@ pub struct Plan {
     pub rows: Vec<PlanRow>,
 }
 
-fn as_string<S: serde::Serializer>(p: &Recompute, s: S) -> std::result::Result<S::Ok, S::Error> {
+/// Serializes a policy as its config string ("none", "full:2", ...).
+pub fn serialize_policy<S: serde::Serializer>(p: &Recompute, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.collect_str(p)
 }
 

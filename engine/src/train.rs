@@ -55,17 +55,13 @@ pub struct PlanChange {
     pub step: u64,
     /// The out-of-memory error, as printed.
     pub error: String,
-    #[serde(serialize_with = "policy_string")]
+    #[serde(serialize_with = "plan::serialize_policy")]
     pub from_policy: Recompute,
     pub from_micro_batch: usize,
-    #[serde(serialize_with = "policy_string")]
+    #[serde(serialize_with = "plan::serialize_policy")]
     pub to_policy: Recompute,
     pub to_micro_batch: usize,
     pub to_grad_accum: usize,
-}
-
-fn policy_string<S: serde::Serializer>(p: &Recompute, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_str(p)
 }
 
 #[derive(Clone, Debug)]
@@ -186,13 +182,8 @@ pub fn resolve_budget(config: &Config, device: Device) -> Result<Option<usize>> 
     }
 }
 
-/// Sets `device`'s pool budget from `memory.budget` (unset: unlimited) and starts a new
-/// peak measurement; returns the line the trainer prints.
-pub fn apply_memory_budget(config: &Config, device: Device) -> Result<String> {
-    let budget = resolve_budget(config, device)?;
-    Ok(set_budget_line(config, device, budget))
-}
-
+/// Sets `device`'s pool budget to `budget` (`None`: unlimited) and starts a new peak
+/// measurement; returns the line the trainer prints.
 fn set_budget_line(config: &Config, device: Device, budget: Option<usize>) -> String {
     memory::set_budget(device, budget);
     memory::reset_peak(device);
@@ -260,9 +251,9 @@ pub fn is_out_of_memory(e: &Error) -> bool {
 }
 
 /// One step's forward and backward passes over the step's batch (inputs, targets) (G, T),
-/// cut into the plan's micro-batches in order; returns the step's mean loss. Gradients are
-/// zeroed first, so a failed attempt leaves nothing behind once the model is released.
-/// Returns the mean loss and the host time spent in forward and in backward.
+/// cut into the plan's micro-batches in order; returns the step's mean loss and the host
+/// time spent in forward and in backward. Gradients are zeroed first, so a failed attempt
+/// leaves nothing behind once the model is released.
 fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan, before: impl Fn(usize)) -> Result<(f32, Duration, Duration)> {
     zero_grad(model)?;
     let (micro, accum) = (plan.micro_batch, plan.grad_accum);
@@ -483,7 +474,6 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
                     // Nothing of the failed attempt is kept: redo the step, same samples,
                     // smaller micro-batches (or more recomputation).
                     model.release();
-                    zero_grad(&mut model)?;
                     let Some(next) = plan.shrink(&candidates) else {
                         return Err(Error::Usage(format!(
                             "step {}: {e}, and no smaller plan is left (micro-batch {} with recompute {} was the last); \

@@ -106,6 +106,14 @@ fn plan(dir: &Path, extra: &[&str]) -> Output {
     Command::new(ENGINE).args(&args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
 }
 
+/// A 2 x 32 model at T = 32, 64 sequences per step, `budget`: micro-batch and policy free.
+fn free_config(budget: &str) -> String {
+    format!(
+        "[run]\ndevice = \"cpu\"\n[model]\nn_layer = 2\nn_embd = 32\nn_head = 2\ncontext_length = 32\n[train]\nseq_len = 32\n\
+         [batch]\ntokens_per_step = 2048\n[memory]\nbudget = \"{budget}\"\n"
+    )
+}
+
 #[test]
 fn engine_plan_prints_the_table_and_trains_nothing() {
     let dir = TempDir::new().unwrap();
@@ -121,7 +129,7 @@ fn engine_plan_prints_the_table_and_trains_nothing() {
     // Micro-batch and policy both free (the shipped config gives train.batch_size: a config
     // of our own), as JSON.
     let config = dir.path().join("free.toml");
-    std::fs::write(&config, "[run]\ndevice = \"cpu\"\n[model]\nn_layer = 2\nn_embd = 32\nn_head = 2\ncontext_length = 32\n[train]\nseq_len = 32\n[batch]\ntokens_per_step = 2048\n[memory]\nbudget = \"4MiB\"\n").unwrap();
+    std::fs::write(&config, free_config("4MiB")).unwrap();
     let out = Command::new(ENGINE).args(["plan", config.to_str().unwrap(), "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -145,7 +153,7 @@ fn engine_plan_without_a_budget_says_so() {
 fn a_budget_below_micro_batch_1_with_full_recomputation_names_the_numbers() {
     let dir = TempDir::new().unwrap();
     let config = dir.path().join("free.toml");
-    std::fs::write(&config, "[run]\ndevice = \"cpu\"\n[model]\nn_layer = 2\nn_embd = 32\nn_head = 2\ncontext_length = 32\n[train]\nseq_len = 32\n[batch]\ntokens_per_step = 2048\n[memory]\nbudget = \"100KiB\"\n").unwrap();
+    std::fs::write(&config, free_config("100KiB")).unwrap();
     for command in ["plan", "train"] {
         let out = Command::new(ENGINE).args([command, config.to_str().unwrap()]).current_dir(dir.path()).env_remove("RUST_BACKTRACE").output().unwrap();
         let line = assert_fails(&out, &["memory.budget = \"100KiB\" (100.00 KiB) is too small", "even micro-batch 1 with full recomputation needs ", "raise memory.budget to at least "]);
