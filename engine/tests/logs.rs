@@ -7,6 +7,14 @@ use engine::train::{train, TrainOptions};
 use serde_json::Value;
 use tempfile::TempDir;
 
+/// The CPU memory pool (and its budget) is one per process: runs here take turns, so one
+/// run's `memory.budget` is not reset by another starting meanwhile.
+static POOL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run(dir: &TempDir, sets: &[&str]) -> engine::train::TrainSummary {
     let toml = format!(
         r#"
@@ -73,6 +81,7 @@ fn check_type(line: &Value, key: &str, kind: &str) {
 
 #[test]
 fn a_short_run_writes_metrics_jsonl_and_summary_json() {
+    let _turn = turn();
     let dir = TempDir::new().unwrap();
     let s = run(&dir, &[]);
     let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
@@ -121,6 +130,7 @@ fn a_short_run_writes_metrics_jsonl_and_summary_json() {
 
 #[test]
 fn mfu_from_an_explicit_peak_rate() {
+    let _turn = turn();
     let dir = TempDir::new().unwrap();
     let s = run(&dir, &["logs.peak_tflops=0.5", "train.max_steps=2"]);
     let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
@@ -158,6 +168,7 @@ fn events(s: &engine::train::TrainSummary) -> Vec<Value> {
 
 #[test]
 fn memory_near_the_budget_raises_one_alert_in_events_and_summary() {
+    let _turn = turn();
     let dir = TempDir::new().unwrap();
     // Any run's peak is above 1% of 16 MiB (163 KiB): the alert is raised at step 1, once.
     let s = run(&dir, &["memory.budget=16MiB", "logs.alert_memory=0.01", "train.max_steps=3"]);
@@ -172,6 +183,7 @@ fn memory_near_the_budget_raises_one_alert_in_events_and_summary() {
 
 #[test]
 fn a_nonfinite_loss_is_an_alert_then_an_error() {
+    let _turn = turn();
     let dir = TempDir::new().unwrap();
     let toml = format!(
         "[run]\nname = \"nan\"\nout_dir = '{}'\ndevice = \"cpu\"\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext_length = 32\n\
