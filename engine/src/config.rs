@@ -42,6 +42,11 @@ pub struct ExplicitKeys {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
+    /// metrics.jsonl, telemetry.jsonl, alerts, summary.json and report.html; off: only
+    /// metrics.log (and events.jsonl's plan changes and checkpoints).
+    pub enabled: bool,
+    /// Telemetry's sampling interval in milliseconds; 0: no telemetry.
+    pub telemetry_interval_ms: u64,
     /// The first steps of each invocation left out of summary.json's statistics.
     pub warmup_steps: u64,
     /// The device's peak bf16 rate in TFLOP/s for MFU; unset: from the table of known GPUs
@@ -53,11 +58,27 @@ pub struct LogsConfig {
     pub alert_memory: f64,
     /// Alert when a loss exceeds this multiple of the recent median; 0 disables.
     pub alert_loss_spike: f64,
+    /// Alert when the GPU's mean utilization over the last 10 telemetry samples is below
+    /// this fraction; 0 disables.
+    pub alert_gpu_util: f64,
+    /// Alert when the GPU's clocks are held down (thermal, power, hardware slowdown) in this
+    /// many telemetry samples in a row; 0 disables.
+    pub alert_throttle_samples: usize,
 }
 
 impl Default for LogsConfig {
     fn default() -> Self {
-        Self { warmup_steps: 2, peak_tflops: None, alert_data_stall: 0.05, alert_memory: 0.95, alert_loss_spike: 2.0 }
+        Self {
+            enabled: true,
+            telemetry_interval_ms: 1000,
+            warmup_steps: 2,
+            peak_tflops: None,
+            alert_data_stall: 0.05,
+            alert_memory: 0.95,
+            alert_loss_spike: 2.0,
+            alert_gpu_util: 0.5,
+            alert_throttle_samples: 3,
+        }
     }
 }
 
@@ -354,15 +375,20 @@ impl Config {
             ("logs.alert_data_stall", l.alert_data_stall, l.alert_data_stall > 0.0 && l.alert_data_stall < 1.0),
             ("logs.alert_memory", l.alert_memory, l.alert_memory > 0.0 && l.alert_memory <= 1.0),
             ("logs.alert_loss_spike", l.alert_loss_spike, l.alert_loss_spike == 0.0 || l.alert_loss_spike > 1.0),
+            ("logs.alert_gpu_util", l.alert_gpu_util, (0.0..1.0).contains(&l.alert_gpu_util)),
         ] {
             if !(v.is_finite() && ok) {
                 let expected = match key {
                     "logs.alert_data_stall" => "a fraction in (0, 1)",
                     "logs.alert_memory" => "a fraction in (0, 1]",
+                    "logs.alert_gpu_util" => "0 (off) or a fraction in (0, 1)",
                     _ => "0 (off) or a ratio above 1",
                 };
                 return Err(format!("key `{key}`: expected {expected}, got {v}"));
             }
+        }
+        if l.telemetry_interval_ms > 0 && l.telemetry_interval_ms < 50 {
+            return Err(format!("key `logs.telemetry_interval_ms`: expected 0 (off) or at least 50 (milliseconds), got {}", l.telemetry_interval_ms));
         }
         if self.memory.min_micro_tokens == 0 {
             return Err("key `memory.min_micro_tokens`: must be at least 1, got 0".into());

@@ -7,12 +7,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod logs;
+pub mod monitor;
 pub mod optim;
 pub mod plan;
 pub mod prepare;
 pub mod sample;
 pub mod schedule;
 pub mod staging;
+pub mod telemetry;
 pub mod train;
 
 pub use error::{Error, Result};

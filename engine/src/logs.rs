@@ -143,6 +143,19 @@ pub fn nonfinite_loss_alert(step: u64, loss: f32) -> Alert {
     Alert { step, kind: "nonfinite_loss", message: format!("the loss is {loss}: training diverged"), value: loss as f64, threshold: 0.0 }
 }
 
+/// Edge triggering of alerts by kind: an alert rises when its condition starts to hold and
+/// not again until it has stopped holding.
+#[derive(Clone, Debug, Default)]
+pub struct Edges(BTreeMap<&'static str, bool>);
+
+impl Edges {
+    /// Records whether `kind`'s condition holds now; true when it just started to.
+    pub fn rises(&mut self, kind: &'static str, holds: bool) -> bool {
+        let was = self.0.insert(kind, holds).unwrap_or(false);
+        holds && !was
+    }
+}
+
 /// Checks each step's record against the thresholds. An alert is raised when its condition
 /// starts to hold and not again until it has stopped holding (no alert per step during a
 /// long stall).
@@ -150,13 +163,13 @@ pub fn nonfinite_loss_alert(step: u64, loss: f32) -> Alert {
 pub struct Alerter {
     thresholds: AlertThresholds,
     losses: std::collections::VecDeque<f64>,
-    active: BTreeMap<&'static str, bool>,
+    edges: Edges,
     seen: u64,
 }
 
 impl Alerter {
     pub fn new(thresholds: AlertThresholds) -> Self {
-        Self { thresholds, losses: Default::default(), active: BTreeMap::new(), seen: 0 }
+        Self { thresholds, losses: Default::default(), edges: Edges::default(), seen: 0 }
     }
 
     /// The alerts this step raises.
@@ -222,8 +235,7 @@ impl Alerter {
         }
         let mut raised = Vec::new();
         for (kind, holds, value, threshold, message) in found {
-            let was = self.active.insert(kind, holds).unwrap_or(false);
-            if holds && !was {
+            if self.edges.rises(kind, holds) {
                 raised.push(Alert { step: r.step, kind, message, value, threshold });
             }
         }

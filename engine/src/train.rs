@@ -2,23 +2,24 @@
 //! periodic validation and checkpoints, a live progress line and a plain metrics log.
 
 use std::fs;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
 use datasets::{Batch, Data, EpochSampler, LoaderConfig, Order, Split};
-use indicatif::{ProgressBar, ProgressStyle};
 use kernels::device::{select, DeviceRequest};
 use kernels::memory::{self, PoolStats};
+use kernels::timing::{self, Mark};
 use kernels::{DType, Device, Tensor};
 use models::{Gpt, Model, Precision, Recompute};
 
 use crate::checkpoint::{self, CheckpointState, SamplerCheckpoint};
 use crate::config::Config;
 use crate::error::io;
-use crate::logs::{self, Alert, AlertThresholds, Alerter, MemoryRecord, StepRecord};
+use crate::logs::{self, MemoryRecord, StepRecord};
+use crate::monitor::{Monitor, MonitorSetup};
 use crate::optim::{zero_grad, AdamW, AdamWConfig};
 use crate::plan::{self, ModelProbe, Plan, PlanRequest};
 use crate::schedule::learning_rate;
@@ -251,24 +252,25 @@ pub fn is_out_of_memory(e: &Error) -> bool {
 }
 
 /// One step's forward and backward passes over the step's batch (inputs, targets) (G, T),
-/// cut into the plan's micro-batches in order; returns the step's mean loss and the host
-/// time spent in forward and in backward. Gradients are zeroed first, so a failed attempt
-/// leaves nothing behind once the model is released.
-fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan, before: impl Fn(usize)) -> Result<(f32, Duration, Duration)> {
+/// cut into the plan's micro-batches in order; returns the step's mean loss and the marks
+/// before each forward, between it and its backward, and after the backward (host instants on the CPU, events on a GPU).
+/// Gradients are zeroed first, so a failed attempt leaves nothing behind once the model is
+/// released.
+fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan, before: impl Fn(usize)) -> Result<(f32, Vec<[Mark; 3]>)> {
     zero_grad(model)?;
+    let device = model.device();
     let (micro, accum) = (plan.micro_batch, plan.grad_accum);
-    let (mut loss, mut forward, mut backward) = (0.0f32, Duration::ZERO, Duration::ZERO);
+    let (mut loss, mut marks) = (0.0f32, Vec::with_capacity(accum));
     for i in 0..accum {
         before(i);
         let (x, y) = if accum == 1 { (inputs.clone(), targets.clone()) } else { (inputs.rows(i * micro, micro)?, targets.rows(i * micro, micro)?) };
-        let t0 = Instant::now();
+        let t0 = timing::mark(device)?;
         loss += model.forward(&x, Some(&y))?.expect("targets given") / accum as f32;
-        let t1 = Instant::now();
+        let t1 = timing::mark(device)?;
         model.backward(1.0 / accum as f32)?;
-        forward += t1 - t0;
-        backward += t1.elapsed();
+        marks.push([t0, t1, timing::mark(device)?]);
     }
-    Ok((loss, forward, backward))
+    Ok((loss, marks))
 }
 
 /// The peak bf16 rate for MFU and where it came from: `logs.peak_tflops`, the table by the
@@ -285,12 +287,6 @@ pub fn peak_rate(config: &Config, device: Device) -> Result<(Option<f64>, String
         Some(p) => (Some(p), format!("table: {name}")),
         None => (None, format!("unknown: {name} (set logs.peak_tflops for MFU)")),
     })
-}
-
-/// Appends one JSON line to `path`.
-fn append_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
-    let mut file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path))?;
-    writeln!(file, "{}", serde_json::to_string(value).expect("serializable")).map_err(io(path))
 }
 
 fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
@@ -350,45 +346,29 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
     let plan_path = run_dir.join("plan.json");
     fs::write(&plan_path, serde_json::to_string_pretty(&plan).expect("serializable") + "\n").map_err(io(&plan_path))?;
-    let events_path = run_dir.join("events.jsonl");
-    let log_path = run_dir.join("metrics.log");
-    let mut log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
-    if start_step == 0 {
-        writeln!(log, "# step loss val_loss lr grad_norm tokens_per_s ms data_wait_ms").map_err(io(&log_path))?;
-    }
-    let jsonl_path = run_dir.join("metrics.jsonl");
-    let mut jsonl = fs::OpenOptions::new().create(true).append(true).open(&jsonl_path).map_err(io(&jsonl_path))?;
     let peak = peak_rate(config, device)?;
     let flops_per_token = model.flops_per_token(t.seq_len);
-    let mut records: Vec<StepRecord> = Vec::new();
-    let mut alerter = Alerter::new(AlertThresholds {
-        data_stall: config.logs.alert_data_stall,
-        memory: config.logs.alert_memory,
-        loss_spike: config.logs.alert_loss_spike,
-        warmup_steps: config.logs.warmup_steps,
-    });
-    let mut alerts: Vec<Alert> = Vec::new();
-    // An alert goes to events.jsonl and to the terminal (stderr, unless --quiet).
-    let raise = |alert: &Alert| -> Result<()> {
-        append_json(&events_path, &serde_json::json!({"event": "alert", "alert": alert}))?;
-        if !options.quiet {
-            eprintln!("alert: step {}: {}", alert.step, alert.message);
-        }
-        Ok(())
-    };
+    let mut monitor = Monitor::start(MonitorSetup {
+        config,
+        run_dir: &run_dir,
+        gpu_pci_bus_id: match device {
+            Device::Cuda(ordinal) => Some(kernels::cuda::device(ordinal)?.pci_bus_id().to_string()),
+            Device::Cpu => None,
+        },
+        start_step,
+        max_steps: t.max_steps,
+        peak: peak.clone(),
+        quiet: options.quiet,
+        started: run_started,
+    })?;
 
     let tokens_per_step = (global * t.seq_len) as u64;
-    let say = |line: String| {
-        if !options.quiet {
-            eprintln!("{line}");
-        }
-    };
-    say(device_note);
-    say(memory_note);
+    monitor.say(device_note);
+    monitor.say(memory_note);
     if plan.source == "planner" {
-        say(plan.table());
+        monitor.say(plan.table());
     }
-    say(format!(
+    monitor.say(format!(
         "model: GPT-2 {} layers, {} heads, {} wide, {} parameters; data {}: {} train / {} val tokens; {} tokens per step \
          (micro-batch {} x {} accumulation, recompute {})",
         config.model.n_layer,
@@ -403,13 +383,6 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         plan.grad_accum,
         plan.policy
     ));
-    let bar = (!options.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(t.max_steps);
-        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").expect("template"));
-        bar.set_position(start_step);
-        bar
-    });
-
     let windows = sampler.windows();
     // The loader hands out whole steps: the trainer cuts them into micro-batches, so a
     // change of micro-batch never changes which samples a step sees.
@@ -462,7 +435,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         // being copied) by the copy stream, which the compute stream waits for.
         let staged = loader.next_batch()?;
         let data_wait = staged.waited;
-        let (loss, forward_time, backward_time) = loop {
+        let (loss, marks) = loop {
             let before = |micro: usize| {
                 if let Some(hook) = &options.before_micro_batch {
                     (hook.0)(step, micro);
@@ -501,11 +474,8 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
                         plan.micro_batch,
                         plan.policy
                     );
-                    match &bar {
-                        Some(bar) => bar.println(line),
-                        None => say(line),
-                    }
-                    append_json(&events_path, &serde_json::json!({"event": "plan_change", "change": &change}))?;
+                    monitor.say(line);
+                    monitor.event("plan_change", "change", &change)?;
                     model.set_recompute(next.policy);
                     summary.plan_changes.push(change);
                     plan = next;
@@ -515,13 +485,17 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         };
         drop(staged);
         if !loss.is_finite() {
-            let alert = logs::nonfinite_loss_alert(step + 1, loss);
-            raise(&alert)?;
+            monitor.alert(logs::nonfinite_loss_alert(step + 1, loss))?;
+            monitor.finish()?;
             return Err(Error::Diverged { step, loss });
         }
-        let optimizer_started = Instant::now();
+        let optimizer_started = timing::mark(device)?;
         let grad_norm = opt.step(&mut model, lr)?;
-        let optimizer_time = optimizer_started.elapsed();
+        let optimizer_done = timing::mark(device)?;
+        // The grad norm was read back: every mark of the step has completed.
+        let forward_ms = timing::total_ms(marks.iter().map(|[a, b, _]| (a, b)))?;
+        let backward_ms = timing::total_ms(marks.iter().map(|[_, b, c]| (b, c)))?;
+        let optimizer_ms = optimizer_started.elapsed_ms(&optimizer_done)?;
         let elapsed = started.elapsed();
         train_time += elapsed;
         let done = step + 1;
@@ -546,7 +520,6 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             last_val = Some(v);
         }
         let pool = memory::stats(device);
-        let host_ms = |d: Duration| matches!(device, Device::Cpu).then(|| d.as_secs_f64() * 1e3);
         let record = StepRecord {
             step: done,
             time_s: run_started.elapsed().as_secs_f64(),
@@ -559,38 +532,15 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             mfu: logs::mfu(flops_per_token, tok_s, peak.0),
             step_ms: elapsed.as_secs_f64() * 1e3,
             data_wait_ms: wait_ms,
-            forward_ms: host_ms(forward_time),
-            backward_ms: host_ms(backward_time),
-            optimizer_ms: host_ms(optimizer_time),
+            forward_ms: Some(forward_ms),
+            backward_ms: Some(backward_ms),
+            optimizer_ms: Some(optimizer_ms),
             memory: MemoryRecord { in_use: pool.in_use, peak: pool.peak, reserved: pool.reserved, budget: pool.budget },
             micro_batch: plan.micro_batch,
             grad_accum: plan.grad_accum,
             recompute: plan.policy.to_string(),
         };
-        writeln!(jsonl, "{}", serde_json::to_string(&record).expect("serializable")).map_err(io(&jsonl_path))?;
-        for alert in alerter.check(&record) {
-            raise(&alert)?;
-            alerts.push(alert);
-        }
-        records.push(record);
-        let val_text = val.map_or("-".to_string(), |v| format!("{v:.4}"));
-        writeln!(log, "{done} {loss:.6} {val_text} {lr:.6e} {grad_norm:.4} {tok_s:.0} {:.1} {:.3}", elapsed.as_secs_f64() * 1e3, wait_ms)
-            .map_err(io(&log_path))?;
-        let line = format!("step {done}/{} | loss {loss:.4} | val {val_text} | lr {lr:.2e} | {tok_s:.0} tok/s", t.max_steps);
-        match &bar {
-            Some(bar) => {
-                bar.set_position(done);
-                bar.set_message(line.clone());
-                if val.is_some() {
-                    bar.println(line);
-                }
-            }
-            None => {
-                if val.is_some() || done % t.log_interval.max(1) == 0 || done == start_step + 1 {
-                    say(line);
-                }
-            }
-        }
+        monitor.step(record)?;
         if last || (t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0) {
             // Every batch of this step has been consumed: this is where the next step reads.
             let sampled = loader.state();
@@ -604,22 +554,15 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
                 sampler: Some(SamplerCheckpoint { epoch: sampled.epoch, position: sampled.position, windows, rank: 0, world_size: 1 }),
             };
             summary.checkpoint = checkpoint::save(&run_dir, &model, &opt, &state)?;
+            monitor.checkpoint(done, &summary.checkpoint)?;
         }
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let perf = logs::summarize(&records, config.logs.warmup_steps, run_started.elapsed().as_secs_f64(), peak, alerts);
-    let summary_path = run_dir.join("summary.json");
-    fs::write(&summary_path, serde_json::to_string_pretty(&perf).expect("serializable") + "\n").map_err(io(&summary_path))?;
-    jsonl.flush().map_err(io(&jsonl_path))?;
-    summary.perf = Some(perf);
+    summary.perf = monitor.finish()?;
     let trained = summary.losses.len() as u64;
     summary.memory = memory::stats(device);
     summary.final_plan = plan;
     summary.train_seconds = train_time.as_secs_f64();
     summary.tokens_per_sec = (trained * tokens_per_step) as f64 / summary.train_seconds.max(1e-9);
-    log.flush().map_err(io(&log_path))?;
     if let Some((mut file, path)) = copy_log {
         file.flush().map_err(io(&path))?;
     }

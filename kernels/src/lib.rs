@@ -20,6 +20,7 @@ pub mod host_pool;
 pub mod memory;
 pub mod ops;
 pub mod tensor;
+pub mod timing;
 
 pub use device::Device;
 pub use error::{Error, Result};

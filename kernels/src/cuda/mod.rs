@@ -131,6 +131,7 @@ pub struct CudaDevice {
     name: String,
     sm_count: u32,
     driver_version: i32,
+    pci_bus_id: String,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(String, String), CudaFunction>>,
     /// The copy stream for host-to-device batch copies, made on first use (staging.rs).
@@ -169,6 +170,14 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     let sm_count = ctx
         .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         .map_err(driver("reading the SM count"))?;
+    let pci = |attrib| ctx.attribute(attrib).map_err(driver("reading the PCI address"));
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let pci_bus_id = format!(
+        "{:08x}:{:02x}:{:02x}.0",
+        pci(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?,
+        pci(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?,
+        pci(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?
+    );
     let dev = Arc::new(CudaDevice {
         ordinal,
         ctx,
@@ -177,6 +186,7 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
         name,
         sm_count: sm_count.max(1) as u32,
         driver_version,
+        pci_bus_id,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
         copy_stream: Mutex::new(None),
@@ -211,6 +221,13 @@ impl CudaDevice {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The PCI address, `domain:bus:device.function` in hex as NVML writes it
+    /// (`00000000:65:00.0`): how telemetry finds this GPU in NVML, whose device order
+    /// need not be CUDA's.
+    pub fn pci_bus_id(&self) -> &str {
+        &self.pci_bus_id
     }
 
     pub fn sm_count(&self) -> u32 {

@@ -1,0 +1,250 @@
+//! What a run tells its user while it trains: the run directory's logs (metrics.log,
+//! metrics.jsonl, events.jsonl, telemetry.jsonl, summary.json, report.html), the alerts,
+//! and the terminal (a progress bar on a TTY, plain lines otherwise, nothing but errors
+//! with --quiet). The trainer hands it each step's record; formats are in crate::logs and
+//! crate::telemetry, fields in docs/CONFIG.md.
+
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::Config;
+use crate::error::io;
+use crate::logs::{self, Alert, AlertThresholds, Alerter, StepRecord, Summary};
+use crate::telemetry::{Telemetry, TelemetryOptions, TelemetryThresholds};
+use crate::Result;
+
+/// What the monitor needs to know of the run.
+pub struct MonitorSetup<'a> {
+    pub config: &'a Config,
+    pub run_dir: &'a Path,
+    /// The GPU's PCI address for telemetry; `None` on the CPU.
+    pub gpu_pci_bus_id: Option<String>,
+    /// Steps completed before this invocation (a resumed run), and the run's last step.
+    pub start_step: u64,
+    pub max_steps: u64,
+    /// The device's peak rate for MFU and where it came from (crate::train::peak_rate).
+    pub peak: (Option<f64>, String),
+    pub quiet: bool,
+    /// When this invocation started (time_s counts from it).
+    pub started: Instant,
+}
+
+pub struct Monitor {
+    run_dir: PathBuf,
+    /// Off (`logs.enabled = false`): only metrics.log and events.jsonl's plan changes and
+    /// checkpoints are written.
+    enabled: bool,
+    quiet: bool,
+    started: Instant,
+    start_step: u64,
+    max_steps: u64,
+    warmup_steps: u64,
+    log_interval: u64,
+    peak: (Option<f64>, String),
+    events_path: PathBuf,
+    log: (fs::File, PathBuf),
+    jsonl: Option<(fs::File, PathBuf)>,
+    records: Vec<StepRecord>,
+    alerter: Alerter,
+    alerts: Vec<Alert>,
+    telemetry: Option<Telemetry>,
+    bar: Option<ProgressBar>,
+}
+
+/// Opens `path` for appending.
+fn append(path: &Path) -> Result<(fs::File, PathBuf)> {
+    let file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path))?;
+    Ok((file, path.to_path_buf()))
+}
+
+/// Appends one JSON line to `path`.
+pub fn append_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let (mut file, _) = append(path)?;
+    writeln!(file, "{}", serde_json::to_string(value).expect("serializable")).map_err(io(path))
+}
+
+/// "1h02m", "3m05s", "42s".
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
+}
+
+impl Monitor {
+    /// Opens the run's logs (appending on a resume) and starts telemetry and the progress
+    /// bar. The run directory must exist.
+    pub fn start(setup: MonitorSetup<'_>) -> Result<Monitor> {
+        let l = &setup.config.logs;
+        let log = append(&setup.run_dir.join("metrics.log"))?;
+        if setup.start_step == 0 {
+            let (mut file, path) = (&log.0, &log.1);
+            writeln!(file, "# step loss val_loss lr grad_norm tokens_per_s ms data_wait_ms").map_err(io(path))?;
+        }
+        let jsonl = if l.enabled { Some(append(&setup.run_dir.join("metrics.jsonl"))?) } else { None };
+        let bar = (!setup.quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(setup.max_steps);
+            bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} | eta {eta}").expect("template"));
+            bar.set_position(setup.start_step);
+            bar
+        });
+        let mut monitor = Monitor {
+            run_dir: setup.run_dir.to_path_buf(),
+            enabled: l.enabled,
+            quiet: setup.quiet,
+            started: setup.started,
+            start_step: setup.start_step,
+            max_steps: setup.max_steps,
+            warmup_steps: l.warmup_steps,
+            log_interval: setup.config.train.log_interval.max(1),
+            peak: setup.peak,
+            events_path: setup.run_dir.join("events.jsonl"),
+            log,
+            jsonl,
+            records: Vec::new(),
+            alerter: Alerter::new(AlertThresholds {
+                data_stall: l.alert_data_stall,
+                memory: l.alert_memory,
+                loss_spike: l.alert_loss_spike,
+                warmup_steps: l.warmup_steps,
+            }),
+            alerts: Vec::new(),
+            telemetry: None,
+            bar,
+        };
+        if l.enabled && l.telemetry_interval_ms > 0 {
+            let telemetry = Telemetry::start(TelemetryOptions {
+                run_dir: setup.run_dir.to_path_buf(),
+                interval: Duration::from_millis(l.telemetry_interval_ms),
+                gpu_pci_bus_id: setup.gpu_pci_bus_id,
+                nvml_library: None,
+                thresholds: TelemetryThresholds {
+                    throttle_samples: l.alert_throttle_samples,
+                    gpu_util: l.alert_gpu_util,
+                    warmup_steps: setup.start_step + l.warmup_steps,
+                },
+                started: setup.started,
+                start_step: setup.start_step,
+            })?;
+            if let Some(note) = &telemetry.note {
+                monitor.say(note.clone());
+            }
+            monitor.telemetry = Some(telemetry);
+        }
+        Ok(monitor)
+    }
+
+    /// A line for the user (stderr; above the progress bar on a TTY; nothing with --quiet).
+    pub fn say(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if !self.quiet => eprintln!("{line}"),
+            None => {}
+        }
+    }
+
+    /// An alert: to events.jsonl, the terminal and summary.json.
+    pub fn alert(&mut self, alert: Alert) -> Result<()> {
+        self.event("alert", "alert", &alert)?;
+        self.say(format!("alert: step {}: {}", alert.step, alert.message));
+        self.alerts.push(alert);
+        Ok(())
+    }
+
+    /// An event (`{"event": kind, key: value}`) to events.jsonl.
+    pub fn event(&self, kind: &str, key: &str, value: &impl serde::Serialize) -> Result<()> {
+        let mut line = serde_json::Map::new();
+        line.insert("event".into(), kind.into());
+        line.insert(key.into(), serde_json::to_value(value).expect("serializable"));
+        append_json(&self.events_path, &line)
+    }
+
+    /// A step done: its lines in metrics.log and metrics.jsonl, its alerts and telemetry's,
+    /// the terminal.
+    pub fn step(&mut self, record: StepRecord) -> Result<()> {
+        let r = &record;
+        let val_text = r.val_loss.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let (file, path) = (&mut self.log.0, &self.log.1);
+        writeln!(file, "{} {:.6} {val_text} {:.6e} {:.4} {:.0} {:.1} {:.3}", r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s, r.step_ms, r.data_wait_ms)
+            .map_err(io(path))?;
+        if let Some((file, path)) = &mut self.jsonl {
+            writeln!(file, "{}", serde_json::to_string(r).expect("serializable")).map_err(io(&*path))?;
+        }
+        if self.enabled {
+            let mut raised = self.alerter.check(r);
+            if let Some(t) = &self.telemetry {
+                t.set_step(r.step);
+                raised.extend(t.take_alerts());
+            }
+            for alert in raised {
+                self.alert(alert)?;
+            }
+        }
+        let mfu = r.mfu.map_or("MFU -".to_string(), |m| format!("MFU {:.1}%", 100.0 * m));
+        let text = format!("loss {:.4} | val {val_text} | lr {:.2e} | {:.0} tok/s | {mfu}", r.loss, r.lr, r.tokens_per_s);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(r.step);
+                bar.set_message(text.clone());
+                if r.val_loss.is_some() {
+                    bar.println(format!("step {}/{} | {text}", r.step, self.max_steps));
+                }
+            }
+            None => {
+                if r.val_loss.is_some() || r.step % self.log_interval == 0 || r.step == self.start_step + 1 {
+                    let done = (r.step - self.start_step) as f64;
+                    let left = (self.max_steps - r.step) as f64 * self.started.elapsed().as_secs_f64() / done.max(1.0);
+                    self.say(format!("step {}/{} | {text} | eta {}", r.step, self.max_steps, fmt_duration(Duration::from_secs_f64(left))));
+                }
+            }
+        }
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// A checkpoint written after `step`: a line in events.jsonl.
+    pub fn checkpoint(&self, step: u64, path: &Path) -> Result<()> {
+        self.event("checkpoint", "checkpoint", &serde_json::json!({"step": step, "path": path}))
+    }
+
+    /// The run ended: stops telemetry (raising what it saw last), flushes the logs, writes
+    /// summary.json and report.html; returns the summary (`None` with logs off).
+    pub fn finish(mut self) -> Result<Option<Summary>> {
+        if let Some(t) = self.telemetry.take() {
+            let last = t.take_alerts();
+            t.stop()?;
+            for alert in last {
+                self.alert(alert)?;
+            }
+        }
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.log.0.flush().map_err(io(&self.log.1))?;
+        let Some((mut file, path)) = self.jsonl.take() else { return Ok(None) };
+        file.flush().map_err(io(&path))?;
+        let wall = self.started.elapsed().as_secs_f64();
+        let summary = logs::summarize(&self.records, self.warmup_steps, wall, self.peak.clone(), std::mem::take(&mut self.alerts));
+        let summary_path = self.run_dir.join("summary.json");
+        fs::write(&summary_path, serde_json::to_string_pretty(&summary).expect("serializable") + "\n").map_err(io(&summary_path))?;
+        Ok(Some(summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(fmt_duration(Duration::from_secs(42)), "42s");
+        assert_eq!(fmt_duration(Duration::from_secs(185)), "3m05s");
+        assert_eq!(fmt_duration(Duration::from_secs(3720)), "1h02m");
+    }
+}
