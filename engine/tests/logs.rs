@@ -42,41 +42,31 @@ eval_batches = 1
     train(&config, &TrainOptions { quiet: true, ..Default::default() }).unwrap()
 }
 
-/// Every field of a metrics.jsonl line and the JSON type it must have (`?` = or null).
-const FIELDS: [(&str, &str); 18] = [
-    ("step", "u64"),
-    ("time_s", "f64"),
-    ("loss", "f64"),
-    ("val_loss", "f64?"),
-    ("lr", "f64"),
-    ("grad_norm", "f64"),
-    ("tokens", "u64"),
-    ("tokens_per_s", "f64"),
-    ("mfu", "f64?"),
-    ("step_ms", "f64"),
-    ("data_wait_ms", "f64"),
-    ("forward_ms", "f64?"),
-    ("backward_ms", "f64?"),
-    ("optimizer_ms", "f64?"),
-    ("memory", "object"),
-    ("micro_batch", "u64"),
-    ("grad_accum", "u64"),
-    ("recompute", "string"),
-];
+/// The documented schema `docs/schemas/<name>.schema.json`.
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas").join(format!("{name}.schema.json"));
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    jsonschema::validator_for(&value).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
 
 #[track_caller]
-fn check_type(line: &Value, key: &str, kind: &str) {
-    let v = line.get(key).unwrap_or_else(|| panic!("no `{key}` in {line}"));
-    let ok = match kind {
-        "u64" => v.is_u64(),
-        "f64" => v.is_number(),
-        "f64?" => v.is_number() || v.is_null(),
-        "u64?" => v.is_u64() || v.is_null(),
-        "object" => v.is_object(),
-        "string" => v.is_string(),
-        _ => unreachable!(),
-    };
-    assert!(ok, "`{key}` should be {kind}: {line}");
+fn validate(validator: &jsonschema::Validator, what: &str, value: &Value) {
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{what} does not match its documented schema: {errors:?}\n{value}");
+}
+
+/// Each line of the run directory's `file` as JSON, checked against `schema`.
+fn lines_of(run_dir: &std::path::Path, file: &str, schema_name: &str) -> Vec<Value> {
+    let validator = schema(schema_name);
+    let text = std::fs::read_to_string(run_dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{file} line {}: {e}", i + 1));
+            validate(&validator, &format!("{file} line {}", i + 1), &v);
+            v
+        })
+        .collect()
 }
 
 #[test]
@@ -84,17 +74,19 @@ fn a_short_run_writes_metrics_jsonl_and_summary_json() {
     let _turn = turn();
     let dir = TempDir::new().unwrap();
     let s = run(&dir, &[]);
-    let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 5, "{text}");
+    // Every file of the run directory is there, every JSON line matches its schema.
+    for file in ["config.toml", "plan.json", "metrics.log", "metrics.jsonl", "events.jsonl", "telemetry.jsonl", "summary.json"] {
+        assert!(s.run_dir.join(file).is_file(), "no {file} in {}", s.run_dir.display());
+    }
+    let lines = lines_of(&s.run_dir, "metrics.jsonl", "metrics");
+    assert_eq!(lines.len(), 5);
+    let events = lines_of(&s.run_dir, "events.jsonl", "events");
+    let checkpoints: Vec<u64> = events.iter().filter(|e| e["event"] == "checkpoint").map(|e| e["checkpoint"]["step"].as_u64().unwrap()).collect();
+    assert_eq!(checkpoints, [5], "{events:?}");
+    let telemetry = lines_of(&s.run_dir, "telemetry.jsonl", "telemetry");
+    assert!(!telemetry.is_empty(), "telemetry samples at the start of the run");
+    assert!(telemetry.iter().all(|t| t["gpu"].is_null() && t["host"]["rss"].as_u64() > Some(1 << 20)), "{telemetry:?}");
     for (i, line) in lines.iter().enumerate() {
-        assert_eq!(line.as_object().unwrap().len(), FIELDS.len(), "no undocumented field: {line}");
-        for (key, kind) in FIELDS {
-            check_type(line, key, kind);
-        }
-        for (key, kind) in [("in_use", "u64"), ("peak", "u64"), ("reserved", "u64"), ("budget", "u64?")] {
-            check_type(&line["memory"], key, kind);
-        }
         assert_eq!(line["step"].as_u64(), Some(i as u64 + 1));
         assert_eq!(line["tokens"].as_u64(), Some(4 * 2 * 32));
         assert_eq!((line["micro_batch"].as_u64(), line["grad_accum"].as_u64(), line["recompute"].as_str()), (Some(4), Some(2), Some("none")));
@@ -108,6 +100,7 @@ fn a_short_run_writes_metrics_jsonl_and_summary_json() {
     }
 
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(s.run_dir.join("summary.json")).unwrap()).unwrap();
+    validate(&schema("summary"), "summary.json", &summary);
     assert_eq!((summary["steps"].as_u64(), summary["warmup_steps_excluded"].as_u64(), summary["tokens"].as_u64()), (Some(5), Some(2), Some(5 * 256)));
     assert_eq!(summary["final_val_loss"].as_f64().map(|v| v as f32), s.val_losses.last().map(|v| v.1));
     assert!(summary["peak_tflops"].is_null() && summary["peak_tflops_source"].as_str().unwrap().starts_with("unknown: cpu"), "{summary}");
@@ -163,7 +156,7 @@ fn bad_log_settings_name_the_key() {
 }
 
 fn events(s: &engine::train::TrainSummary) -> Vec<Value> {
-    std::fs::read_to_string(s.run_dir.join("events.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    lines_of(&s.run_dir, "events.jsonl", "events")
 }
 
 #[test]
@@ -179,6 +172,12 @@ fn memory_near_the_budget_raises_one_alert_in_events_and_summary() {
     let perf = s.perf.unwrap();
     assert_eq!(perf.alerts.len(), 1);
     assert_eq!(perf.alerts[0].kind, "memory_near_budget");
+    // summary.json's alerts are events.jsonl's, each matching the alert schema.
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(s.run_dir.join("summary.json")).unwrap()).unwrap();
+    for alert in summary["alerts"].as_array().unwrap() {
+        validate(&schema("events"), "summary.json alert", &serde_json::json!({"event": "alert", "alert": alert}));
+    }
+    assert_eq!(summary["alerts"][0], alerts[0]);
 }
 
 #[test]
@@ -194,7 +193,38 @@ fn a_nonfinite_loss_is_an_alert_then_an_error() {
     let err = train(&config, &TrainOptions { quiet: true, ..Default::default() }).unwrap_err().to_string();
     assert!(err.contains("training diverged at step"), "{err}");
     let text = std::fs::read_to_string(dir.path().join("nan").join("events.jsonl")).unwrap();
-    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let last = lines_of(&dir.path().join("nan"), "events.jsonl", "events").pop().unwrap();
     assert_eq!(last["alert"]["kind"], "nonfinite_loss", "{text}");
     assert!(last["alert"]["message"].as_str().unwrap().contains("training diverged"), "{text}");
+}
+
+#[test]
+fn logs_off_write_only_metrics_log() {
+    let _turn = turn();
+    let dir = TempDir::new().unwrap();
+    let s = run(&dir, &["logs.enabled=false", "train.max_steps=3"]);
+    for file in ["metrics.jsonl", "telemetry.jsonl", "summary.json"] {
+        assert!(!s.run_dir.join(file).exists(), "{file} written with logs.enabled = false");
+    }
+    let log = std::fs::read_to_string(s.run_dir.join("metrics.log")).unwrap();
+    assert_eq!(log.lines().count(), 1 + 3, "{log}");
+    assert!(s.perf.is_none());
+    // Checkpoints are still recorded.
+    assert_eq!(events(&s).len(), 1);
+}
+
+#[test]
+fn telemetry_off_and_bad_telemetry_settings() {
+    let _turn = turn();
+    let dir = TempDir::new().unwrap();
+    let s = run(&dir, &["logs.telemetry_interval_ms=0", "train.max_steps=2"]);
+    assert!(!s.run_dir.join("telemetry.jsonl").exists() && s.run_dir.join("metrics.jsonl").exists());
+    for (bad, key, expected) in [
+        ("logs.telemetry_interval_ms=10", "logs.telemetry_interval_ms", "expected 0 (off) or at least 50 (milliseconds), got 10"),
+        ("logs.alert_gpu_util=1.5", "logs.alert_gpu_util", "expected 0 (off) or a fraction in (0, 1), got 1.5"),
+        ("logs.alert_throttle_samples=-1", "logs.alert_throttle_samples", "invalid value"),
+    ] {
+        let err = Config::parse("", "l.toml", &[bad.to_string()]).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(expected), "{bad}: {err}");
+    }
 }
