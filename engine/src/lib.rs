@@ -10,6 +10,7 @@ pub mod logs;
 pub mod optim;
 pub mod plan;
 pub mod prepare;
+pub mod report;
 pub mod sample;
 pub mod schedule;
 pub mod staging;
