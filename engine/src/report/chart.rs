@@ -64,7 +64,7 @@ pub fn stride(n: usize) -> usize {
 pub fn downsample<T: Copy>(items: &[T]) -> Vec<T> {
     let k = stride(items.len());
     let mut kept: Vec<T> = items.iter().copied().step_by(k).collect();
-    if k > 1 && (items.len() - 1) % k != 0 {
+    if !(items.len() - 1).is_multiple_of(k) {
         kept.push(items[items.len() - 1]);
     }
     kept

@@ -282,6 +282,9 @@ fn charts(page: &mut String, run: &Run) {
     page.push_str("</div>\n");
 }
 
+/// A band of the step-time chart: label, colour, its milliseconds in a step.
+type Part = (&'static str, chart::Rgb, fn(&Step) -> f64);
+
 /// Stacked areas of the step's parts when the split was measured, else step and data wait.
 fn step_time(page: &mut String, steps: &[&Step]) {
     let ms = |v: f64| format!("{v:.0}");
@@ -290,7 +293,7 @@ fn step_time(page: &mut String, steps: &[&Step]) {
     let mut series = Vec::new();
     let title = if split {
         // Cumulative sums drawn from the top down, so each part shows as its own band.
-        let parts: [(&str, chart::Rgb, fn(&Step) -> f64); 4] = [
+        let parts: [Part; 4] = [
             ("optimizer", chart::PURPLE, |s| s.optimizer_ms.unwrap_or(0.0)),
             ("backward", chart::ORANGE, |s| s.backward_ms.unwrap_or(0.0)),
             ("forward", chart::BLUE, |s| s.forward_ms.unwrap_or(0.0)),
@@ -456,7 +459,7 @@ mod tests {
             step: n,
             time_s: n as f64 * 0.15,
             loss: Some(5.0 - n as f64 * 0.001),
-            val_loss: (n % 10 == 0).then_some(4.0),
+            val_loss: n.is_multiple_of(10).then_some(4.0),
             lr: Some(1e-3),
             grad_norm: Some(1.0),
             tokens: 4096,
