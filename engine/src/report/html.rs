@@ -219,7 +219,7 @@ fn charts(page: &mut String, run: &Run) {
     if steps.len() < run.steps.len() {
         let _ = writeln!(
             page,
-            "<p class=\"note\">{} steps: the charts show every {}th step (a plain stride, plus the last step), so short spikes between them may not appear; the statistics cover every step.</p>",
+            "<p class=\"note\">{} steps: the charts show one step in every {} (a plain stride, plus the last step), so short spikes between them may not appear; the statistics cover every step.</p>",
             run.steps.len(),
             chart::stride(run.steps.len())
         );
@@ -545,7 +545,7 @@ mod tests {
         // 5000 steps are strided by 3 (and keep the last): 1667 + 1 points.
         let page = render(&run(5000));
         assert_eq!(polyline_points(svgs(&page)[0]), 1668);
-        assert!(page.contains("every 3th step"), "the page says it strides");
+        assert!(page.contains("one step in every 3 (a plain stride"), "the page says it strides");
         // One step: a chart all the same, with one point.
         assert_eq!(polyline_points(svgs(&render(&run(1)))[0]), 1);
     }
