@@ -19,6 +19,10 @@ pub enum Error {
     Diverged { step: u64, loss: f32 },
     #[error("{0}")]
     Usage(String),
+    /// A file of a run directory that does not read as documented (`line`: 1-based, in a
+    /// JSON-lines file).
+    #[error("{}{}: {msg}", path.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    RunFile { path: PathBuf, line: Option<usize>, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod optim;
 pub mod plan;
 pub mod prepare;
+pub mod report;
 pub mod sample;
 pub mod schedule;
 pub mod staging;

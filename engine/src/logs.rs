@@ -86,6 +86,9 @@ fn percentile(v: &[f64], q: f64) -> f64 {
 /// `summary.json`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
+    /// The device the run trained on (`cpu`, or `cuda:N <GPU name>`) and its precision.
+    pub device: String,
+    pub precision: String,
     /// Steps this invocation trained, and the first ones left out of `metrics` (warm-up:
     /// compilation, first allocations).
     pub steps: u64,
@@ -245,7 +248,15 @@ impl Alerter {
 
 /// The summary of `records` (this invocation's steps, in order), leaving out the first
 /// `warmup` of them from the statistics (all of them are counted when there are no more).
-pub fn summarize(records: &[StepRecord], warmup: u64, wall_seconds: f64, peak: (Option<f64>, String), alerts: Vec<Alert>) -> Summary {
+/// `device` names the (device, precision) the run trained on.
+pub fn summarize(
+    records: &[StepRecord],
+    warmup: u64,
+    wall_seconds: f64,
+    peak: (Option<f64>, String),
+    alerts: Vec<Alert>,
+    (device, precision): (String, String),
+) -> Summary {
     let skip = if (records.len() as u64) > warmup { warmup as usize } else { 0 };
     let kept = &records[skip..];
     let mut metrics = BTreeMap::new();
@@ -267,6 +278,8 @@ pub fn summarize(records: &[StepRecord], warmup: u64, wall_seconds: f64, peak: (
     add("memory_in_use", &|r| Some(r.memory.in_use as f64));
     add("memory_peak", &|r| Some(r.memory.peak as f64));
     Summary {
+        device,
+        precision,
         steps: records.len() as u64,
         warmup_steps_excluded: skip as u64,
         first_step: records.first().map_or(0, |r| r.step),
@@ -355,7 +368,8 @@ mod tests {
     #[test]
     fn summary_leaves_out_the_warm_up() {
         let records: Vec<StepRecord> = [500.0, 10.0, 20.0, 30.0].iter().enumerate().map(|(i, &ms)| record(i as u64 + 1, ms)).collect();
-        let s = summarize(&records, 1, 2.0, (None, "unknown".into()), Vec::new());
+        let s = summarize(&records, 1, 2.0, (None, "unknown".into()), Vec::new(), ("cpu".into(), "fp32".into()));
+        assert_eq!((s.device.as_str(), s.precision.as_str()), ("cpu", "fp32"));
         assert_eq!((s.steps, s.warmup_steps_excluded, s.first_step, s.last_step, s.tokens), (4, 1, 1, 4, 400));
         assert_eq!(s.metrics["step_ms"].mean, 20.0, "the 500 ms first step is left out");
         assert_eq!(s.metrics["loss"].min, 6.0);
@@ -363,7 +377,7 @@ mod tests {
         assert_eq!((s.final_loss, s.final_val_loss), (Some(6.0), Some(7.5)));
         assert!(!s.metrics.contains_key("mfu"), "no MFU without a peak rate");
         // Fewer steps than the warm-up: all are counted.
-        assert_eq!(summarize(&records[..1], 5, 1.0, (None, String::new()), Vec::new()).metrics["step_ms"].mean, 500.0);
+        assert_eq!(summarize(&records[..1], 5, 1.0, (None, String::new()), Vec::new(), Default::default()).metrics["step_ms"].mean, 500.0);
     }
 
     fn thresholds() -> AlertThresholds {

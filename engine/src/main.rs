@@ -47,6 +47,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write RUN_DIR/report.html again from the run's logs (train writes it at the end of
+    /// every run): charts of loss, throughput, MFU, memory, the step-time split and
+    /// telemetry, the summary table and the alerts; one self-contained file.
+    Report {
+        /// A run directory (`<run.out_dir>/<run.name>`).
+        run_dir: PathBuf,
+    },
     /// Tokenize text files into a data set directory (llm.c shards + dataset.json) for `data.path`.
     Prepare {
         /// Text files (UTF-8 for gpt2), concatenated in order.
@@ -131,6 +138,10 @@ fn run(cli: Cli) -> Result<()> {
                 100.0 * m.hit_rate(),
                 s.checkpoint.display()
             );
+            Ok(())
+        }
+        Command::Report { run_dir } => {
+            println!("{}", engine::report::write_report(&run_dir)?.display());
             Ok(())
         }
         Command::Plan { config, overrides, json } => {

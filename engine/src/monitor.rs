@@ -29,6 +29,9 @@ pub struct MonitorSetup<'a> {
     /// The device's peak rate for MFU and where it came from (crate::train::peak_rate).
     pub peak: (Option<f64>, String),
     pub quiet: bool,
+    /// The device trained on (`cpu`, `cuda:0 NVIDIA H100 ...`) and the precision, for
+    /// summary.json.
+    pub device: (String, String),
     /// When this invocation started (time_s counts from it).
     pub started: Instant,
 }
@@ -45,6 +48,7 @@ pub struct Monitor {
     warmup_steps: u64,
     log_interval: u64,
     peak: (Option<f64>, String),
+    device: (String, String),
     events_path: PathBuf,
     log: (fs::File, PathBuf),
     jsonl: Option<(fs::File, PathBuf)>,
@@ -104,6 +108,7 @@ impl Monitor {
             warmup_steps: l.warmup_steps,
             log_interval: setup.config.train.log_interval.max(1),
             peak: setup.peak,
+            device: setup.device,
             events_path: setup.run_dir.join("events.jsonl"),
             log,
             jsonl,
@@ -230,9 +235,13 @@ impl Monitor {
         let Some((mut file, path)) = self.jsonl.take() else { return Ok(None) };
         file.flush().map_err(io(&path))?;
         let wall = self.started.elapsed().as_secs_f64();
-        let summary = logs::summarize(&self.records, self.warmup_steps, wall, self.peak.clone(), std::mem::take(&mut self.alerts));
+        let summary = logs::summarize(&self.records, self.warmup_steps, wall, self.peak.clone(), std::mem::take(&mut self.alerts), self.device.clone());
         let summary_path = self.run_dir.join("summary.json");
         fs::write(&summary_path, serde_json::to_string_pretty(&summary).expect("serializable") + "\n").map_err(io(&summary_path))?;
+        // The run's results are safe by now: a report that cannot be written is a warning.
+        if let Err(e) = crate::report::write_report(&self.run_dir) {
+            self.say(format!("warning: report.html not written: {e} (engine report {} tries again)", self.run_dir.display()));
+        }
         Ok(Some(summary))
     }
 }

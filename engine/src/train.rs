@@ -359,6 +359,13 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         max_steps: t.max_steps,
         peak: peak.clone(),
         quiet: options.quiet,
+        device: (
+            match device {
+                Device::Cuda(ordinal) => format!("cuda:{ordinal} {}", kernels::cuda::device(ordinal)?.name()),
+                Device::Cpu => "cpu".into(),
+            },
+            precision.name().to_string(),
+        ),
         started: run_started,
     })?;
 

@@ -1,0 +1,381 @@
+//! A performance report of a run directory: one self-contained `report.html` (inline CSS
+//! and SVG charts, no script, no external resource) from `metrics.jsonl`, `summary.json`,
+//! `events.jsonl`, `telemetry.jsonl` and `config.toml` (docs/CONFIG.md, "Run directory").
+//!
+//! [`load`] reads the files (every malformed line is an error naming the file and line),
+//! [`render`] turns what was read into HTML without touching the disk, and [`write_report`]
+//! does both and writes the page atomically.
+
+mod chart;
+mod html;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+pub use html::render;
+
+use crate::error::{io, Error};
+use crate::Result;
+
+/// One line of `metrics.jsonl`. Numbers that were not finite are written as `null` by
+/// serde_json, hence the `Option`s on values that may diverge.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Step {
+    pub step: u64,
+    pub time_s: f64,
+    pub loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub lr: Option<f64>,
+    pub grad_norm: Option<f64>,
+    pub tokens: u64,
+    pub tokens_per_s: Option<f64>,
+    pub mfu: Option<f64>,
+    pub step_ms: f64,
+    pub data_wait_ms: f64,
+    pub forward_ms: Option<f64>,
+    pub backward_ms: Option<f64>,
+    pub optimizer_ms: Option<f64>,
+    pub memory: Memory,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    pub recompute: String,
+}
+
+/// The device pool after a step, bytes.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct Memory {
+    pub in_use: u64,
+    pub peak: u64,
+    pub reserved: u64,
+    pub budget: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Alert {
+    pub step: u64,
+    pub kind: String,
+    pub message: String,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PlanChange {
+    pub step: u64,
+    pub error: String,
+    pub from_policy: String,
+    pub from_micro_batch: usize,
+    pub to_policy: String,
+    pub to_micro_batch: usize,
+    pub to_grad_accum: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Checkpoint {
+    pub step: u64,
+    pub path: String,
+}
+
+/// One line of `events.jsonl`; kinds this report does not know are kept as their JSON.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Alert(Alert),
+    PlanChange(PlanChange),
+    Checkpoint(Checkpoint),
+    Other { kind: String, json: String },
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct Stats {
+    pub count: usize,
+    pub mean: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub std: Option<f64>,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub warmup_steps_excluded: u64,
+    pub first_step: u64,
+    pub last_step: u64,
+    pub tokens: u64,
+    pub wall_seconds: f64,
+    pub train_seconds: f64,
+    pub final_loss: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub metrics: BTreeMap<String, Stats>,
+    pub peak_tflops: Option<f64>,
+    pub peak_tflops_source: String,
+    #[serde(default)]
+    pub alerts: Vec<Alert>,
+    /// The device and precision the run trained on (absent in older summaries).
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub precision: Option<String>,
+}
+
+/// One line of `telemetry.jsonl`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Sample {
+    pub time_s: f64,
+    pub step: u64,
+    pub gpu: Option<Gpu>,
+    pub host: Option<Host>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: String,
+    pub utilization_pct: Option<f64>,
+    pub memory_used: Option<u64>,
+    pub memory_total: Option<u64>,
+    pub power_w: Option<f64>,
+    pub temperature_c: Option<f64>,
+    pub sm_clock_mhz: Option<f64>,
+    #[serde(default)]
+    pub throttle_reasons: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Host {
+    pub cpu_pct: f64,
+    pub rss: u64,
+    pub disk_free: Option<u64>,
+}
+
+/// Everything the report is drawn from.
+#[derive(Clone, Debug, Default)]
+pub struct Run {
+    pub dir: PathBuf,
+    /// `config.toml`, when present.
+    pub config: Option<toml::Table>,
+    /// The steps of the last training in the directory (see `restarts`).
+    pub steps: Vec<Step>,
+    /// Lines of `metrics.jsonl` where the step went back (training again into the directory
+    /// without `--resume` starts again at step 1); the report shows what follows the last.
+    pub restarts: Vec<usize>,
+    /// `None`: no `events.jsonl`.
+    pub events: Option<Vec<Event>>,
+    pub summary: Option<Summary>,
+    /// `None`: no `telemetry.jsonl`.
+    pub telemetry: Option<Vec<Sample>>,
+    /// Directory names under `checkpoints/` and the one `latest` names.
+    pub checkpoints_on_disk: Vec<String>,
+    pub latest_checkpoint: Option<String>,
+}
+
+/// Reads `run_dir/report.html`'s sources; see [`Run`] for what is optional.
+pub fn load(run_dir: &Path) -> Result<Run> {
+    if !run_dir.is_dir() {
+        return Err(Error::Usage(format!("{} is not a run directory (expected <run.out_dir>/<run.name>, holding metrics.jsonl)", run_dir.display())));
+    }
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let metrics = std::fs::read_to_string(&metrics_path).map_err(io(&metrics_path))?;
+    let (steps, restarts) = last_training(parse_lines::<Step>(&metrics_path, &metrics)?);
+    let config = match read_optional(&run_dir.join("config.toml"))? {
+        Some(text) => Some(toml::from_str::<toml::Table>(&text).map_err(|e| Error::RunFile {
+            path: run_dir.join("config.toml"),
+            line: None,
+            msg: e.message().to_string(),
+        })?),
+        None => None,
+    };
+    let events_path = run_dir.join("events.jsonl");
+    let events = read_optional(&events_path)?.map(|text| parse_events(&events_path, &text)).transpose()?;
+    let summary_path = run_dir.join("summary.json");
+    let summary = read_optional(&summary_path)?
+        .map(|text| {
+            serde_json::from_str::<Summary>(&text).map_err(|e| Error::RunFile { path: summary_path.clone(), line: Some(e.line()), msg: json_msg(&e) })
+        })
+        .transpose()?;
+    let telemetry_path = run_dir.join("telemetry.jsonl");
+    let telemetry = read_optional(&telemetry_path)?
+        .map(|text| parse_lines::<Sample>(&telemetry_path, &text).map(|v| v.into_iter().map(|(_, s)| s).collect()))
+        .transpose()?;
+    let (checkpoints_on_disk, latest_checkpoint) = checkpoints(&run_dir.join("checkpoints"));
+    Ok(Run { dir: run_dir.to_path_buf(), config, steps, restarts, events, summary, telemetry, checkpoints_on_disk, latest_checkpoint })
+}
+
+/// Writes `run_dir/report.html` (via a temporary file in the same directory, renamed into
+/// place, so a reader never sees half a page) and returns its path.
+pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
+    let run = load(run_dir)?;
+    let page = render(&run);
+    let path = run_dir.join("report.html");
+    let tmp = run_dir.join(".report.html.tmp");
+    std::fs::write(&tmp, page).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(path)
+}
+
+/// The file's text; `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// serde_json's message without its " at line 1 column N", which would name the line within
+/// the line.
+fn json_msg(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = text.rfind(" at line ").map_or(text.as_str(), |i| &text[..i]);
+    format!("{text} (column {})", e.column())
+}
+
+/// Each non-blank line of a JSON-lines file with its 1-based line number.
+fn parse_lines<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Vec<(usize, T)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value = serde_json::from_str(line).map_err(|e| Error::RunFile { path: path.to_path_buf(), line: Some(i + 1), msg: json_msg(&e) })?;
+        out.push((i + 1, value));
+    }
+    Ok(out)
+}
+
+/// The steps after the last place where the step number went back, and those places.
+fn last_training(lines: Vec<(usize, Step)>) -> (Vec<Step>, Vec<usize>) {
+    let mut restarts = Vec::new();
+    let mut start = 0;
+    for i in 1..lines.len() {
+        if lines[i].1.step <= lines[i - 1].1.step {
+            restarts.push(lines[i].0);
+            start = i;
+        }
+    }
+    (lines.into_iter().skip(start).map(|(_, s)| s).collect(), restarts)
+}
+
+fn parse_events(path: &Path, text: &str) -> Result<Vec<Event>> {
+    let mut events = Vec::new();
+    for (line, value) in parse_lines::<serde_json::Value>(path, text)? {
+        let kind = value.get("event").and_then(|k| k.as_str()).unwrap_or("(no kind)").to_string();
+        let body = |key: &str| value.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        let bad = |e: serde_json::Error| Error::RunFile { path: path.to_path_buf(), line: Some(line), msg: format!("{kind}: {e}") };
+        events.push(match kind.as_str() {
+            "alert" => Event::Alert(serde_json::from_value(body("alert")).map_err(bad)?),
+            "plan_change" => Event::PlanChange(serde_json::from_value(body("change")).map_err(bad)?),
+            "checkpoint" => Event::Checkpoint(serde_json::from_value(body("checkpoint")).map_err(bad)?),
+            _ => Event::Other { json: value.to_string(), kind },
+        });
+    }
+    Ok(events)
+}
+
+/// The `step-XXXXXX` directories under `dir`, sorted, and the name `latest` holds.
+fn checkpoints(dir: &Path) -> (Vec<String>, Option<String>) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("step-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let latest = std::fs::read_to_string(dir.join("latest")).ok().map(|s| s.trim().to_string());
+    (names, latest)
+}
+
+/// `text` with the characters HTML gives meaning to escaped.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn step_line(step: u64, loss: &str) -> String {
+        format!(
+            r#"{{"step":{step},"time_s":{t},"loss":{loss},"val_loss":null,"lr":0.001,"grad_norm":1.5,"tokens":4096,"tokens_per_s":28000.5,"mfu":null,"step_ms":140.25,"data_wait_ms":0.002,"forward_ms":50.0,"backward_ms":88.0,"optimizer_ms":2.0,"memory":{{"in_use":13479936,"peak":196227072,"reserved":208826368,"budget":null}},"micro_batch":32,"grad_accum":1,"recompute":"none"}}"#,
+            t = step as f64 * 0.14
+        )
+    }
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_malformed_line_names_the_file_and_the_line() {
+        let good = step_line(1, "5.5");
+        let metrics = format!("{good}\n{}\n{{\"step\": 3, \"time_s\": 0.4}}\n", step_line(2, "5.4"));
+        let dir = dir_with(&[("metrics.jsonl", &metrics)]);
+        let err = load(dir.path()).unwrap_err().to_string();
+        // `loss` may be null, so the first required field missing is `tokens`.
+        let want = format!("{} line 3: missing field `tokens` (column 26)", dir.path().join("metrics.jsonl").display());
+        assert_eq!(err, want);
+
+        let dir = dir_with(&[("metrics.jsonl", &format!("{good}\n\n{good}\nnot json\n"))]);
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl line 4: expected"), "{err}");
+
+        let events = "{\"event\":\"alert\",\"alert\":{\"step\":1,\"kind\":\"x\",\"message\":\"m\",\"value\":1,\"threshold\":0}}\n{\"event\":\"alert\",\"alert\":{\"step\":\"two\"}}\n";
+        let dir = dir_with(&[("metrics.jsonl", &good), ("events.jsonl", events)]);
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("events.jsonl line 2: alert: invalid type: string \"two\""), "{err}");
+
+        let dir = dir_with(&[("metrics.jsonl", &good), ("telemetry.jsonl", "{\"time_s\": 1.0}\n")]);
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("telemetry.jsonl line 1: missing field `step`"), "{err}");
+
+        let dir = dir_with(&[]);
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl") && err.contains("No such file"), "{err}");
+    }
+
+    #[test]
+    fn events_of_unknown_kinds_are_kept_and_restarts_show_the_last_training() {
+        let metrics = [1, 2, 3, 1, 2].iter().map(|&s| step_line(s, "5.0")).collect::<Vec<_>>().join("\n");
+        let events = "{\"event\":\"checkpoint\",\"checkpoint\":{\"step\":2,\"path\":\"checkpoints/step-000002\"}}\n{\"event\":\"thermal\",\"gpu\":0}\n";
+        let dir = dir_with(&[("metrics.jsonl", &metrics), ("events.jsonl", events)]);
+        let run = load(dir.path()).unwrap();
+        assert_eq!(run.steps.iter().map(|s| s.step).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(run.restarts, vec![4]);
+        let events = run.events.unwrap();
+        assert!(matches!(&events[0], Event::Checkpoint(c) if c.step == 2));
+        assert!(matches!(&events[1], Event::Other { kind, json } if kind == "thermal" && json.contains("\"gpu\":0")));
+        assert!(run.summary.is_none() && run.telemetry.is_none() && run.config.is_none());
+    }
+
+    #[test]
+    fn write_report_replaces_the_page_atomically() {
+        let dir = dir_with(&[("metrics.jsonl", &step_line(1, "5.5"))]);
+        std::fs::write(dir.path().join("report.html"), "old").unwrap();
+        let path = write_report(dir.path()).unwrap();
+        assert_eq!(path, dir.path().join("report.html"));
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+        assert!(!dir.path().join(".report.html.tmp").exists());
+    }
+}
