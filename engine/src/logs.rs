@@ -109,6 +109,23 @@ pub struct Summary {
     pub peak_tflops_source: String,
     /// Every alert raised during the run, in order.
     pub alerts: Vec<Alert>,
+    /// What the logs themselves cost (crate::monitor fills it in).
+    pub logging: LoggingCost,
+}
+
+/// The time the performance logs took during the run, host wall time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LoggingCost {
+    /// In the trainer's thread, after each step: metrics.log and metrics.jsonl lines,
+    /// alerts, the terminal. Milliseconds, all steps together.
+    pub step_logging_ms: f64,
+    /// In the telemetry thread: samples taken, and milliseconds taking and writing them.
+    pub telemetry_samples: u64,
+    pub telemetry_ms: f64,
+    /// (step_logging_ms + telemetry_ms) / the steps' time (`train_seconds`): an upper bound
+    /// of the share of step time the logs took (the telemetry thread runs beside training
+    /// and only slows it where it competes for a core).
+    pub share_of_step_time: f64,
 }
 
 /// Thresholds of the alerts (`[logs]`).
@@ -293,6 +310,7 @@ pub fn summarize(
         peak_tflops: peak.0,
         peak_tflops_source: peak.1,
         alerts,
+        logging: LoggingCost::default(),
     }
 }
 

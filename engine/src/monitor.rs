@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
 use crate::error::io;
-use crate::logs::{self, Alert, AlertThresholds, Alerter, StepRecord, Summary};
-use crate::telemetry::{Telemetry, TelemetryOptions, TelemetryThresholds};
+use crate::logs::{self, Alert, AlertThresholds, Alerter, LoggingCost, StepRecord, Summary};
+use crate::telemetry::{Telemetry, TelemetryCost, TelemetryOptions, TelemetryThresholds};
 use crate::Result;
 
 /// What the monitor needs to know of the run.
@@ -57,6 +57,8 @@ pub struct Monitor {
     alerts: Vec<Alert>,
     telemetry: Option<Telemetry>,
     bar: Option<ProgressBar>,
+    /// Time spent in [`Monitor::step`], milliseconds.
+    step_logging_ms: f64,
 }
 
 /// Opens `path` for appending.
@@ -122,6 +124,7 @@ impl Monitor {
             alerts: Vec::new(),
             telemetry: None,
             bar,
+            step_logging_ms: 0.0,
         };
         if l.enabled && l.telemetry_interval_ms > 0 {
             let telemetry = Telemetry::start(TelemetryOptions {
@@ -173,6 +176,13 @@ impl Monitor {
     /// A step done: its lines in metrics.log and metrics.jsonl, its alerts and telemetry's,
     /// the terminal.
     pub fn step(&mut self, record: StepRecord) -> Result<()> {
+        let began = Instant::now();
+        self.step_record(record)?;
+        self.step_logging_ms += began.elapsed().as_secs_f64() * 1e3;
+        Ok(())
+    }
+
+    fn step_record(&mut self, record: StepRecord) -> Result<()> {
         let r = &record;
         let val_text = r.val_loss.map_or("-".to_string(), |v| format!("{v:.4}"));
         let (file, path) = (&mut self.log.0, &self.log.1);
@@ -221,9 +231,10 @@ impl Monitor {
     /// The run ended: stops telemetry (raising what it saw last), flushes the logs, writes
     /// summary.json and report.html; returns the summary (`None` with logs off).
     pub fn finish(mut self) -> Result<Option<Summary>> {
+        let mut telemetry_cost = Default::default();
         if let Some(t) = self.telemetry.take() {
             let last = t.take_alerts();
-            t.stop()?;
+            telemetry_cost = t.stop()?;
             for alert in last {
                 self.alert(alert)?;
             }
@@ -235,7 +246,14 @@ impl Monitor {
         let Some((mut file, path)) = self.jsonl.take() else { return Ok(None) };
         file.flush().map_err(io(&path))?;
         let wall = self.started.elapsed().as_secs_f64();
-        let summary = logs::summarize(&self.records, self.warmup_steps, wall, self.peak.clone(), std::mem::take(&mut self.alerts), self.device.clone());
+        let mut summary = logs::summarize(&self.records, self.warmup_steps, wall, self.peak.clone(), std::mem::take(&mut self.alerts), self.device.clone());
+        let TelemetryCost { samples, ms } = telemetry_cost;
+        summary.logging = LoggingCost {
+            step_logging_ms: self.step_logging_ms,
+            telemetry_samples: samples,
+            telemetry_ms: ms,
+            share_of_step_time: (self.step_logging_ms + ms) / (summary.train_seconds * 1e3).max(1e-9),
+        };
         let summary_path = self.run_dir.join("summary.json");
         fs::write(&summary_path, serde_json::to_string_pretty(&summary).expect("serializable") + "\n").map_err(io(&summary_path))?;
         // The run's results are safe by now: a report that cannot be written is a warning.

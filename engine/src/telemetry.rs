@@ -176,12 +176,19 @@ pub struct TelemetryOptions {
     pub start_step: u64,
 }
 
+/// What sampling cost: samples taken and the wall time spent taking and writing them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct TelemetryCost {
+    pub samples: u64,
+    pub ms: f64,
+}
+
 /// The running telemetry thread. Dropping it without [`Telemetry::stop`] stops it too.
 pub struct Telemetry {
     stop: Arc<(Mutex<bool>, Condvar)>,
     step: Arc<AtomicU64>,
     alerts: Receiver<Alert>,
-    thread: Option<JoinHandle<Result<()>>>,
+    thread: Option<JoinHandle<Result<TelemetryCost>>>,
     /// Why there is no GPU telemetry in a GPU run (NVML missing, the device not found).
     pub note: Option<String>,
 }
@@ -317,7 +324,9 @@ impl Telemetry {
                     let mut alerter = TelemetryAlerter::new(options.thresholds);
                     let (lock, wake) = &*stop;
                     let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut cost = TelemetryCost::default();
                     loop {
+                        let began = Instant::now();
                         let sample = Sample {
                             time_s: options.started.elapsed().as_secs_f64(),
                             step: step.load(Ordering::Relaxed),
@@ -329,6 +338,8 @@ impl Telemetry {
                             // The trainer has gone: nobody to tell.
                             let _ = send.send(alert);
                         }
+                        cost.samples += 1;
+                        cost.ms += began.elapsed().as_secs_f64() * 1e3;
                         let next = Instant::now() + options.interval;
                         while !*stopped {
                             let left = next.saturating_duration_since(Instant::now());
@@ -338,7 +349,7 @@ impl Telemetry {
                             stopped = wake.wait_timeout(stopped, left).unwrap_or_else(|p| p.into_inner()).0;
                         }
                         if *stopped {
-                            return file.flush().map_err(io(&path));
+                            return file.flush().map(|()| cost).map_err(io(&path));
                         }
                     }
                 })
@@ -357,19 +368,20 @@ impl Telemetry {
         self.alerts.try_iter().collect()
     }
 
-    /// Stops the thread and returns its error (a write to telemetry.jsonl failing), if any.
-    pub fn stop(mut self) -> Result<()> {
+    /// Stops the thread; returns what sampling cost, or its error (a write to
+    /// telemetry.jsonl failing).
+    pub fn stop(mut self) -> Result<TelemetryCost> {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> Result<()> {
+    fn shutdown(&mut self) -> Result<TelemetryCost> {
         let (lock, wake) = &*self.stop;
         *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
         wake.notify_all();
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(crate::Error::Usage("the telemetry thread panicked".into())),
-            None => Ok(()),
+            None => Ok(TelemetryCost::default()),
         }
     }
 }
@@ -469,10 +481,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(150));
         t.set_step(9);
         std::thread::sleep(Duration::from_millis(60));
-        t.stop().unwrap();
+        let cost = t.stop().unwrap();
         let text = fs::read_to_string(dir.path().join("telemetry.jsonl")).unwrap();
         let samples: Vec<Sample> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert!(samples.len() >= 4, "{} samples", samples.len());
+        assert_eq!(cost.samples, samples.len() as u64);
+        assert!(cost.ms > 0.0 && cost.ms < 200.0, "{cost:?}");
         assert!(samples.iter().all(|s| s.gpu.is_none() && s.host.rss > 1 << 20), "{samples:?}");
         assert!(samples.windows(2).all(|w| w[1].time_s > w[0].time_s));
         assert_eq!((samples[0].step, samples.last().unwrap().step), (7, 9));

@@ -101,6 +101,12 @@ fn a_short_run_writes_metrics_jsonl_and_summary_json() {
 
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(s.run_dir.join("summary.json")).unwrap()).unwrap();
     validate(&schema("summary"), "summary.json", &summary);
+    let cost = &summary["logging"];
+    assert_eq!(cost["telemetry_samples"].as_u64(), Some(telemetry.len() as u64), "{cost}");
+    assert!(cost["step_logging_ms"].as_f64() > Some(0.0) && cost["telemetry_ms"].as_f64() > Some(0.0), "{cost}");
+    let train_ms = summary["train_seconds"].as_f64().unwrap() * 1e3;
+    let share = (cost["step_logging_ms"].as_f64().unwrap() + cost["telemetry_ms"].as_f64().unwrap()) / train_ms;
+    assert!((cost["share_of_step_time"].as_f64().unwrap() - share).abs() < 1e-12, "{cost}");
     assert_eq!((summary["steps"].as_u64(), summary["warmup_steps_excluded"].as_u64(), summary["tokens"].as_u64()), (Some(5), Some(2), Some(5 * 256)));
     assert_eq!(summary["final_val_loss"].as_f64().map(|v| v as f32), s.val_losses.last().map(|v| v.1));
     assert!(summary["peak_tflops"].is_null() && summary["peak_tflops_source"].as_str().unwrap().starts_with("unknown: cpu"), "{summary}");

@@ -34,6 +34,9 @@ fn report_of_a_short_run() {
     let page = std::fs::read_to_string(&path).unwrap();
     assert_eq!(page, written);
     assert!(page.contains("<td>cpu, precision fp32 (run.device = cpu)</td>"), "the device trained on, from summary.json");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(s.run_dir.join("summary.json")).unwrap()).unwrap();
+    let share = format!("<td>{:.3} % of step time (", 100.0 * summary["logging"]["share_of_step_time"].as_f64().unwrap());
+    assert!(page.contains(&share), "{share} not in the header");
     for bad in ["http://", "https://", "<script"] {
         assert!(!page.contains(bad), "{bad} in the report");
     }

@@ -90,6 +90,18 @@ fn header(page: &mut String, run: &Run) {
     rows.push(("tokens", thousands(run.steps.iter().map(|s| s.tokens).sum::<u64>() as f64)));
     if let Some(s) = &run.summary {
         rows.push(("wall time", format!("{} (of which steps {})", duration(s.wall_seconds), duration(s.train_seconds))));
+        if let Some(l) = &s.logging {
+            rows.push((
+                "logging cost",
+                format!(
+                    "{:.3} % of step time ({:.1} ms writing step lines, {:.1} ms in {} telemetry samples)",
+                    100.0 * l.share_of_step_time,
+                    l.step_logging_ms,
+                    l.telemetry_ms,
+                    l.telemetry_samples
+                ),
+            ));
+        }
         let val = s.final_val_loss.map_or("–".into(), |v| format!("{v:.4}"));
         rows.push(("final loss", format!("train {}, validation {val}", s.final_loss.map_or("–".into(), |v| format!("{v:.4}")))));
     } else if let Some(last) = run.steps.last() {

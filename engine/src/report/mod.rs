@@ -121,6 +121,18 @@ pub struct Summary {
     pub device: Option<String>,
     #[serde(default)]
     pub precision: Option<String>,
+    /// What the logs cost (absent in older summaries).
+    #[serde(default)]
+    pub logging: Option<Logging>,
+}
+
+/// summary.json's `logging`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct Logging {
+    pub step_logging_ms: f64,
+    pub telemetry_samples: u64,
+    pub telemetry_ms: f64,
+    pub share_of_step_time: f64,
 }
 
 /// One line of `telemetry.jsonl`.
