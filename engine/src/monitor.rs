@@ -212,7 +212,7 @@ impl Monitor {
                 }
             }
             None => {
-                if r.val_loss.is_some() || r.step % self.log_interval == 0 || r.step == self.start_step + 1 {
+                if r.val_loss.is_some() || r.step.is_multiple_of(self.log_interval) || r.step == self.start_step + 1 {
                     let done = (r.step - self.start_step) as f64;
                     let left = (self.max_steps - r.step) as f64 * self.started.elapsed().as_secs_f64() / done.max(1.0);
                     self.say(format!("step {}/{} | {text} | eta {}", r.step, self.max_steps, fmt_duration(Duration::from_secs_f64(left))));

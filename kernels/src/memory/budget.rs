@@ -114,7 +114,9 @@ mod tests {
     fn percent_of_host_memory() {
         let all = Budget::Percent(100.0).resolve(Device::Cpu).unwrap();
         let half = Budget::Percent(50.0).resolve(Device::Cpu).unwrap();
-        assert!(all > 0 && half <= all / 2 + 1 && half * 3 > all, "{half} of {all}");
+        // Two reads of MemAvailable: other processes (and parallel tests) move it a little
+        // in between, so half is half of the first read within 2%.
+        assert!(all > 0 && (half as f64 - all as f64 / 2.0).abs() < 0.02 * all as f64, "{half} of {all}");
         assert_eq!(Budget::Bytes(123).resolve(Device::Cpu).unwrap(), 123);
     }
 }
