@@ -4,6 +4,7 @@
 //! Library users get the whole stack from here.
 
 pub mod checkpoint;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod logs;

@@ -47,6 +47,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark: `engine bench kernels|loader|train|all [--out results.json]`, or
+    /// `engine bench compare A.json B.json` (the ratio of every entry both contain).
+    Bench {
+        /// kernels, loader, train, all, or compare.
+        suite: String,
+        /// For compare: the two results files (A, then B).
+        #[arg(value_name = "RESULTS")]
+        files: Vec<PathBuf>,
+        /// A config for the train suite (repeatable; default: the embedded default config).
+        #[arg(long = "config", value_name = "CONFIG")]
+        configs: Vec<PathBuf>,
+        /// Override a config value of the train suite's configs (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Where to write the results (default: bench-<suite>.json in the current directory).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// "auto", "cpu", "cuda" or "cuda:N".
+        #[arg(long, default_value = "auto", value_name = "DEVICE")]
+        device: String,
+        /// Few, short repeats: checks that the suite runs; not a measurement.
+        #[arg(long)]
+        quick: bool,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Write RUN_DIR/report.html again from the run's logs (train writes it at the end of
     /// every run): charts of loss, throughput, MFU, memory, the step-time split and
     /// telemetry, the summary table and the alerts; one self-contained file.
@@ -140,6 +167,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Bench { suite, files, configs, overrides, out, device, quick, quiet } => bench(suite, files, configs, overrides, out, device, quick, quiet),
         Command::Report { run_dir } => {
             println!("{}", engine::report::write_report(&run_dir)?.display());
             Ok(())
@@ -245,4 +273,28 @@ fn dump_windows(path: &Path, rows: &[u32], windows: usize, seq_len: usize) -> Re
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![windows, seq_len + 1], &bytes).expect("sizes match");
     safetensors::serialize_to_file([("tokens", view)], None::<HashMap<String, String>>, path)
         .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench(suite: String, files: Vec<PathBuf>, configs: Vec<PathBuf>, overrides: Vec<String>, out: Option<PathBuf>, device: String, quick: bool, quiet: bool) -> Result<()> {
+    use engine::bench::{self, compare, BenchOptions, Results, Suite};
+    if suite == "compare" {
+        let [a, b] = files.as_slice() else {
+            return Err(Error::Usage(format!("engine bench compare takes two results files (A.json B.json), got {}", files.len())));
+        };
+        let (ra, rb) = (Results::read(a)?, Results::read(b)?);
+        let comparison = compare::compare(&ra, &rb, a, b)?;
+        print!("{}", comparison.table(&ra, &rb));
+        return Ok(());
+    }
+    let parsed = Suite::parse(&suite).map_err(|e| Error::Usage(format!("{e}, or compare")))?;
+    if !files.is_empty() {
+        return Err(Error::Usage(format!("engine bench {suite} takes no file arguments (got {}); write the results with --out FILE", files[0].display())));
+    }
+    let results = bench::run(parsed, &BenchOptions { configs, overrides, device, quick, quiet })?;
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("bench-{suite}.json")));
+    results.write(&path)?;
+    print!("{}", results.table());
+    println!("results: {}", path.display());
+    Ok(())
 }

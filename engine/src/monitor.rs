@@ -205,8 +205,8 @@ impl Monitor {
         let text = format!("loss {:.4} | val {val_text} | lr {:.2e} | {:.0} tok/s | {mfu}", r.loss, r.lr, r.tokens_per_s);
         match &self.bar {
             Some(bar) => {
-                bar.set_position(r.step);
                 bar.set_message(text.clone());
+                bar.set_position(r.step);
                 if r.val_loss.is_some() {
                     bar.println(format!("step {}/{} | {text}", r.step, self.max_steps));
                 }

@@ -241,6 +241,39 @@ impl GpuProbe {
     }
 }
 
+/// The GPU's static facts and clocks as NVML reports them (for benchmark results).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NvmlInfo {
+    /// The driver's version, e.g. "580.65.06".
+    pub driver_version: String,
+    pub name: String,
+    pub sm_clock_mhz: Option<u32>,
+    pub max_sm_clock_mhz: Option<u32>,
+    pub memory_clock_mhz: Option<u32>,
+    pub max_memory_clock_mhz: Option<u32>,
+    /// The enforced power limit, watts.
+    pub power_limit_w: Option<f64>,
+    pub temperature_c: Option<u32>,
+    pub throttle_reasons: Vec<String>,
+}
+
+/// NVML's view of the GPU at `pci_bus_id`, or why there is none.
+pub fn nvml_info(pci_bus_id: &str) -> std::result::Result<NvmlInfo, String> {
+    let probe = GpuProbe::open(pci_bus_id, None)?;
+    let d = probe.nvml.device_by_index(probe.index).map_err(|e| e.to_string())?;
+    Ok(NvmlInfo {
+        driver_version: probe.nvml.sys_driver_version().map_err(|e| e.to_string())?,
+        name: probe.name.clone(),
+        sm_clock_mhz: d.clock_info(Clock::SM).ok(),
+        max_sm_clock_mhz: d.max_clock_info(Clock::SM).ok(),
+        memory_clock_mhz: d.clock_info(Clock::Memory).ok(),
+        max_memory_clock_mhz: d.max_clock_info(Clock::Memory).ok(),
+        power_limit_w: d.enforced_power_limit().ok().map(|mw| mw as f64 / 1e3),
+        temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
+        throttle_reasons: d.current_throttle_reasons().map(throttle_names).unwrap_or_default(),
+    })
+}
+
 /// NVML's throttle reasons as snake-case names.
 fn throttle_names(r: ThrottleReasons) -> Vec<String> {
     let names = [

@@ -1,0 +1,123 @@
+//! The `train` suite: whole training runs of preset configs, one per recomputation policy,
+//! through the same trainer `engine train` uses (logs on, as a user runs it). Per run, from
+//! its summary (steps after the warm-up): tokens/s, MFU (when the device's peak is known),
+//! step time and its split (data wait, forward, backward, optimizer), the pool's peak
+//! memory.
+
+use std::path::Path;
+
+use super::{BenchOptions, Better, Entry, Results, Workload};
+use crate::config::Config;
+use crate::train::{train, TrainOptions};
+use crate::{Error, Result};
+
+/// The default config (the one the README trains), embedded so `engine bench` runs from
+/// anywhere.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/shakespeare-char.toml");
+
+/// Steps per run and the warm-up left out of the statistics: (steps, warm-up).
+fn steps(quick: bool) -> (u64, u64) {
+    if quick {
+        (6, 2)
+    } else {
+        (40, 5)
+    }
+}
+
+/// The configs to run: `--config` files, or the embedded default.
+fn configs(options: &BenchOptions, sets: &[String]) -> Result<Vec<(String, Config)>> {
+    if options.configs.is_empty() {
+        return Ok(vec![("shakespeare-char".into(), Config::parse(DEFAULT_CONFIG, "configs/shakespeare-char.toml (embedded)", sets)?)]);
+    }
+    options
+        .configs
+        .iter()
+        .map(|path| {
+            let stem = path.file_stem().map_or("config".into(), |s| s.to_string_lossy().into_owned());
+            Ok((stem, Config::load(path, sets)?))
+        })
+        .collect()
+}
+
+/// The settings that define a training workload (the same keys benches/reference writes).
+pub fn workload_settings(config: &Config, vocab_size: usize, micro_batch: usize, grad_accum: usize, recompute: &str, precision: &str, steps: u64, warmup: u64) -> serde_json::Value {
+    let (m, t) = (&config.model, &config.train);
+    serde_json::json!({
+        "suite": "train",
+        "model": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "context_length": m.context_length, "vocab_size": vocab_size},
+        "seq_len": t.seq_len,
+        "micro_batch": micro_batch,
+        "grad_accum": grad_accum,
+        "recompute": recompute,
+        "precision": precision,
+        "data": {"path": config.data.path.as_ref().map(|p| p.display().to_string()), "tokenizer": config.data.tokenizer},
+        "optimizer": {"lr": t.lr, "min_lr": t.min_lr, "warmup_steps": t.warmup_steps, "beta1": t.beta1, "beta2": t.beta2, "eps": t.eps, "weight_decay": t.weight_decay, "grad_clip": t.grad_clip},
+        "seed": config.run.seed,
+        "steps": steps,
+        "warmup": warmup,
+    })
+}
+
+pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
+    let (steps, warmup) = steps(options.quick);
+    let policies: &[&str] = if options.quick { &["none"] } else { &["none", "selective", "full"] };
+    let scratch = tempdir()?;
+    for (stem, _) in configs(options, &options.overrides)? {
+        for policy in policies {
+            let mut sets = options.overrides.clone();
+            sets.extend([
+                format!("run.out_dir={}", scratch.display()),
+                format!("run.name={stem}-{policy}"),
+                format!("run.device={}", options.device),
+                format!("train.max_steps={steps}"),
+                "train.eval_interval=0".into(),
+                "train.checkpoint_interval=0".into(),
+                format!("train.recompute={policy}"),
+                format!("logs.warmup_steps={warmup}"),
+            ]);
+            let config = configs(options, &sets)?.into_iter().find(|(s, _)| *s == stem).map(|(_, c)| c).expect("same configs");
+            if !options.quiet {
+                eprintln!("bench train: {stem}, recompute {policy}, {steps} steps");
+            }
+            let s = train(&config, &TrainOptions { quiet: true, ..Default::default() })?;
+            let perf = s.perf.as_ref().ok_or_else(|| Error::Usage("the train suite needs logs.enabled = true".into()))?;
+            let vocab = crate::checkpoint::read_state(&s.checkpoint).map(|(state, _)| state.vocab_size).unwrap_or(0);
+            let settings = workload_settings(&config, vocab, s.final_plan.micro_batch, s.final_plan.grad_accum, policy, &perf.precision, steps, warmup);
+            let hash = results.workload(Workload::new(settings));
+            let name = |metric: &str| format!("train/{stem}/{policy}/{metric}");
+            for (metric, unit, better) in [
+                ("tokens_per_s", "tokens/s", Better::Higher),
+                ("mfu", "fraction", Better::Higher),
+                ("step_ms", "ms", Better::Lower),
+                ("data_wait_ms", "ms", Better::Lower),
+                ("forward_ms", "ms", Better::Lower),
+                ("backward_ms", "ms", Better::Lower),
+                ("optimizer_ms", "ms", Better::Lower),
+            ] {
+                if let Some(st) = perf.metrics.get(metric) {
+                    results.entries.push(Entry {
+                        name: name(metric),
+                        unit: unit.into(),
+                        better,
+                        median: st.p50,
+                        min: st.min,
+                        max: st.max,
+                        samples: st.count,
+                        workload: hash.clone(),
+                    });
+                }
+            }
+            let peak = s.memory.peak as f64;
+            results.push(Entry::from_values(name("peak_memory"), "bytes", Better::Lower, &hash, &[peak]));
+        }
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+    Ok(())
+}
+
+/// A fresh scratch directory under the system's temp dir.
+pub(super) fn tempdir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("engine-bench-{}-{}", std::process::id(), super::env::now_rfc3339().replace(':', "")));
+    std::fs::create_dir_all(&dir).map_err(crate::error::io(Path::new(&dir)))?;
+    Ok(dir)
+}
