@@ -9,14 +9,17 @@
 //! timed runs of `--batches` batches, each from a different epoch; the median is reported.
 //!
 //! cargo run --release -p benches --bin loader -- [--tokens 200000000] [--workers 1,2] [--json]
+//!
+//! The measurement itself is `engine bench loader`'s (engine::bench::loader), with every
+//! size adjustable here.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use engine::datasets::shard::write_shard;
-use engine::datasets::{EpochSampler, Loader, LoaderConfig, Order, PageableAllocator, SamplerState, Shard, Split, TokenWidth};
+use engine::bench::loader::{measure, write_synthetic, LoaderBench};
+use engine::datasets::{Shard, Split};
 
 #[derive(Parser)]
 struct Args {
@@ -61,17 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
 
     let started = Instant::now();
-    let mut rng = fastrand_like(2026);
-    let mut paths = Vec::new();
-    let mut left = args.tokens;
-    while left > 0 {
-        let n = left.min(args.shard_tokens);
-        let tokens: Vec<u32> = (0..n).map(|_| (rng() % 50257) as u32).collect();
-        let path = dir.join(format!("train_{:06}.bin", paths.len()));
-        write_shard(&path, &tokens, TokenWidth::U16)?;
-        paths.push(path);
-        left -= n;
-    }
+    let paths = write_synthetic(&dir, args.tokens, args.shard_tokens, 2026)?;
     let write_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let shards = paths.iter().map(|p| Shard::open(p, Some(50257))).collect::<Result<Vec<_>, _>>()?;
@@ -95,29 +88,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let config = |workers| LoaderConfig { batch_size: args.batch_size, seq_len: args.seq_len, num_workers: workers, prefetch: args.prefetch };
+    let bench = LoaderBench {
+        tokens: args.tokens,
+        shard_tokens: args.shard_tokens,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        prefetch: args.prefetch,
+        batches: args.batches,
+        repeats: args.repeats,
+        seed: 1337,
+    };
     for &workers in &args.workers {
-        let mut rates = Vec::new();
-        let mut waits = Vec::new();
-        for run in 0..=args.repeats {
-            let mut sampler = EpochSampler::new(1337, windows, 0, 1, Order::Shuffled)?;
-            sampler.restore(SamplerState { epoch: run as u64, position: 0 })?;
-            let t0 = Instant::now();
-            let mut loader = Loader::new(split.clone(), index.clone(), sampler, config(workers), PageableAllocator)?;
-            let mut checksum = 0u64;
-            let mut wait = 0.0;
-            for _ in 0..args.batches {
-                let batch = loader.next_batch()?;
-                wait += batch.waited().as_secs_f64();
-                checksum = checksum.wrapping_add(batch.windows()[0] as u64);
-            }
-            let secs = t0.elapsed().as_secs_f64();
-            std::hint::black_box(checksum);
-            if run > 0 {
-                rates.push((args.batches * args.batch_size * args.seq_len) as f64 / secs);
-                waits.push(wait / secs);
-            }
-        }
+        let (rates, waits) = measure(&split, &bench, workers)?;
         let median = benches::median(&rates);
         let (lo, hi) = rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         if args.json {
@@ -144,15 +126,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::remove_dir_all(&dir)?;
     }
     Ok(())
-}
-
-/// xorshift64*: fast enough to make 200M synthetic ids in a second or two.
-fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed | 1;
-    move || {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32
-    }
 }
