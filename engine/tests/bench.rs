@@ -74,6 +74,7 @@ fn quick_train_and_loader_runs_write_valid_results_with_the_environment() {
     let workload = &results["workloads"][tps["workload"].as_str().unwrap()];
     assert_eq!(workload["hash"].as_str().map(String::from), Some(hash_settings(&workload["settings"])));
     let s = &workload["settings"];
+    assert!(workload["config_hash"].as_str().is_some_and(|h| h.len() == 16), "{workload}");
     assert_eq!((s["model"]["n_layer"].as_u64(), s["seq_len"].as_u64(), s["precision"].as_str(), s["steps"].as_u64()), (Some(4), Some(128), Some("fp32"), Some(6)));
 
     let out = dir.path().join("loader.json");

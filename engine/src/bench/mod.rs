@@ -112,11 +112,16 @@ pub struct Workload {
     /// SHA-256 of `settings` as canonical JSON (keys sorted, no spaces), first 16 hex digits.
     pub hash: String,
     pub settings: serde_json::Value,
+    /// For a training workload: SHA-256 of the whole resolved config (`config.toml` of the
+    /// run), first 16 hex digits. Recorded, not compared: `settings` decide comparability
+    /// (a reference implementation has no engine config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 impl Workload {
     pub fn new(settings: serde_json::Value) -> Workload {
-        Workload { hash: hash_settings(&settings), settings }
+        Workload { hash: hash_settings(&settings), settings, config_hash: None }
     }
 }
 
@@ -125,8 +130,12 @@ impl Workload {
 /// `json.dumps(settings, sort_keys=True, separators=(",", ":"))` for the same values.
 pub fn hash_settings(settings: &serde_json::Value) -> String {
     let text = serde_json::to_string(settings).expect("serializable");
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    short_sha256(text.as_bytes())
+}
+
+/// SHA-256 of `bytes`, first 16 hex digits.
+pub fn short_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A results file.

@@ -83,7 +83,7 @@ pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
             let perf = s.perf.as_ref().ok_or_else(|| Error::Usage("the train suite needs logs.enabled = true".into()))?;
             let vocab = crate::checkpoint::read_state(&s.checkpoint).map(|(state, _)| state.vocab_size).unwrap_or(0);
             let settings = workload_settings(&config, vocab, s.final_plan.micro_batch, s.final_plan.grad_accum, policy, &perf.precision, steps, warmup);
-            let hash = results.workload(Workload::new(settings));
+            let hash = results.workload(Workload { config_hash: Some(super::short_sha256(config.to_toml().as_bytes())), ..Workload::new(settings) });
             let name = |metric: &str| format!("train/{stem}/{policy}/{metric}");
             for (metric, unit, better) in [
                 ("tokens_per_s", "tokens/s", Better::Higher),
