@@ -126,8 +126,11 @@ impl Workload {
 }
 
 /// The hash of `settings`: SHA-256 over its canonical JSON (serde_json's maps keep keys
-/// sorted; no whitespace), first 16 hex digits. Python gets the same from
-/// `json.dumps(settings, sort_keys=True, separators=(",", ":"))` for the same values.
+/// sorted; no whitespace), first 16 hex digits. Python's `json.dumps(sort_keys=True,
+/// separators=(",", ":"))` gives the same text except for floats: serde_json writes the
+/// shortest round-trip form without an exponent down to 1e-5 and with `e-8`, not `e-08`
+/// (1e-5 is `0.00001`, 1e-8 is `1e-8`), so benches/reference formats floats as serde_json
+/// does (`canonical_json` there).
 pub fn hash_settings(settings: &serde_json::Value) -> String {
     let text = serde_json::to_string(settings).expect("serializable");
     short_sha256(text.as_bytes())
