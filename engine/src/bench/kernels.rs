@@ -479,7 +479,7 @@ mod tests {
             let mut dst = vec![-1.0f32; 1000 - start];
             stream_copy(&mut dst[..], &src[start..]);
             assert_eq!(dst[..], src[start..]);
-            let mut odd = vec![-1.0f32; 7];
+            let mut odd = [-1.0f32; 7];
             stream_copy(&mut odd[start..], &src[..7 - start]);
             assert_eq!(odd[start..], src[..7 - start]);
         }

@@ -317,10 +317,11 @@ fn adamw(bench: &mut Bench) -> Result<()> {
         Ok((b.random(DType::F32, &[p], -0.1, 0.1)?, b.random(DType::F32, &[p], -0.01, 0.01)?, b.random(DType::F32, &[p], -0.01, 0.01)?, b.random(DType::F32, &[p], 0.0, 1e-4)?, copy))
     };
     let update = move |(param, grad, m, v, copy): &mut (Tensor, Tensor, Tensor, Tensor, Option<Tensor>)| {
-        Ok(match copy {
+        match copy {
             Some(copy) => adamw_update_with_copy(param, copy, grad, m, v, &hp)?,
             None => adamw_update(param, grad, m, v, &hp)?,
-        })
+        }
+        Ok(())
     };
     let passes: Vec<Pass<_>> = vec![("update", Work::Bytes(per_param * p as f64), Box::new(update))];
     let extra = serde_json::json!({"params": p, "working_copy": gpu});
