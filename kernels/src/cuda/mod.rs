@@ -71,6 +71,11 @@ pub use cudarc::driver::{
     DeviceRepr, DeviceSlice, DriverError, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 pub use half::bf16;
+/// cuBLASLt, only as a reference to beat (`engine bench kernels` times it on our GEMM
+/// shapes); no op uses it.
+pub use cudarc::cublaslt;
+/// Device attributes for `CudaContext::attribute` (e.g. the L2 cache size).
+pub use cudarc::driver::sys::CUdevice_attribute;
 
 use crate::{DType, Device, Error, Result};
 
