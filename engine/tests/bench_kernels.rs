@@ -47,9 +47,10 @@ fn quick_cpu_run_measures_every_op_against_the_ceilings() {
         // Against a GEMM of our own matmul a GEMM may beat the ceiling only by noise. The
         // copy ceiling streams 512 MiB through DRAM, while a memory-bound op at T=256 rotates
         // ~35 MiB of buffers, more than the 32 MiB assumed but inside the last-level cache of
-        // many hosts (480 MiB here): residual_backward measured 1.5-1.95x the copy ceiling.
-        // Past 3x, a byte count or a unit is wrong.
-        let bound = if e.name.starts_with("kernels/matmul") || e.name.starts_with("kernels/attention") { 2.0 } else { 3.0 };
+        // many hosts (480 MiB here): residual_backward measured 1.5-1.95x the copy ceiling,
+        // and 2.5x with the machine loaded (which slows the DRAM-bound ceiling run more).
+        // Past 5x, a byte count or a unit is wrong.
+        let bound = if e.name.starts_with("kernels/matmul") || e.name.starts_with("kernels/attention") { 2.0 } else { 5.0 };
         assert!(e.median > 0.0 && e.median < bound, "{} = {} outside (0, {bound})", e.name, e.median);
     }
 
