@@ -68,7 +68,7 @@ pub fn measure(split: &Arc<Split>, b: &LoaderBench, workers: usize) -> Result<(V
         let mut sampler = EpochSampler::new(b.seed, index.count(), 0, 1, Order::Shuffled)?;
         sampler.restore(SamplerState { epoch: run as u64, position: 0 })?;
         let t0 = Instant::now();
-        let mut loader = Loader::new(split.clone(), index.clone(), sampler, config.clone(), PageableAllocator)?;
+        let mut loader = Loader::new(split.clone(), index.clone(), sampler, config, PageableAllocator)?;
         let (mut checksum, mut wait) = (0u64, 0.0);
         for _ in 0..b.batches {
             let batch = loader.next_batch()?;

@@ -243,8 +243,8 @@ pub fn fmt_value(v: f64) -> String {
 /// What `engine bench SUITE` was asked for.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Configs for the train suite (default: the embedded default config on the CPU,
-    /// configs/gpt2-124m.toml's settings on a GPU).
+    /// Configs for the train suite (default: the embedded default config,
+    /// configs/shakespeare-char.toml).
     pub configs: Vec<PathBuf>,
     /// `--set` overrides for those configs.
     pub overrides: Vec<String>,

@@ -39,9 +39,22 @@ fn configs(options: &BenchOptions, sets: &[String]) -> Result<Vec<(String, Confi
         .collect()
 }
 
+/// What a training run was, beyond its config.
+pub struct RunShape<'a> {
+    pub vocab_size: usize,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    pub recompute: &'a str,
+    pub precision: &'a str,
+    /// Steps run, and the first ones left out of the statistics.
+    pub steps: u64,
+    pub warmup: u64,
+}
+
 /// The settings that define a training workload (the same keys benches/reference writes).
-pub fn workload_settings(config: &Config, vocab_size: usize, micro_batch: usize, grad_accum: usize, recompute: &str, precision: &str, steps: u64, warmup: u64) -> serde_json::Value {
+pub fn workload_settings(config: &Config, run: &RunShape<'_>) -> serde_json::Value {
     let (m, t) = (&config.model, &config.train);
+    let RunShape { vocab_size, micro_batch, grad_accum, recompute, precision, steps, warmup } = *run;
     serde_json::json!({
         "suite": "train",
         "model": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "context_length": m.context_length, "vocab_size": vocab_size},
@@ -82,7 +95,18 @@ pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
             let s = train(&config, &TrainOptions { quiet: true, ..Default::default() })?;
             let perf = s.perf.as_ref().ok_or_else(|| Error::Usage("the train suite needs logs.enabled = true".into()))?;
             let vocab = crate::checkpoint::read_state(&s.checkpoint).map(|(state, _)| state.vocab_size).unwrap_or(0);
-            let settings = workload_settings(&config, vocab, s.final_plan.micro_batch, s.final_plan.grad_accum, policy, &perf.precision, steps, warmup);
+            let settings = workload_settings(
+                &config,
+                &RunShape {
+                    vocab_size: vocab,
+                    micro_batch: s.final_plan.micro_batch,
+                    grad_accum: s.final_plan.grad_accum,
+                    recompute: policy,
+                    precision: &perf.precision,
+                    steps,
+                    warmup,
+                },
+            );
             let hash = results.workload(Workload { config_hash: Some(super::short_sha256(config.to_toml().as_bytes())), ..Workload::new(settings) });
             let name = |metric: &str| format!("train/{stem}/{policy}/{metric}");
             for (metric, unit, better) in [
