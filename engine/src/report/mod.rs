@@ -212,10 +212,24 @@ pub fn load(run_dir: &Path) -> Result<Run> {
         .transpose()?;
     let telemetry_path = run_dir.join("telemetry.jsonl");
     let telemetry = read_optional(&telemetry_path)?
-        .map(|text| parse_lines::<Sample>(&telemetry_path, &text).map(|v| v.into_iter().map(|(_, s)| s).collect()))
+        .map(|text| parse_lines::<Sample>(&telemetry_path, &text).map(|v| continuous_time(v.into_iter().map(|(_, s)| s).collect())))
         .transpose()?;
     let (checkpoints_on_disk, latest_checkpoint) = checkpoints(&run_dir.join("checkpoints"));
     Ok(Run { dir: run_dir.to_path_buf(), config, steps, restarts, events, summary, telemetry, checkpoints_on_disk, latest_checkpoint })
+}
+
+/// Telemetry's `time_s` starts again at each invocation (a resumed run appends): each
+/// restart is shifted to follow the sample before it, so time on the charts runs forward.
+fn continuous_time(mut samples: Vec<Sample>) -> Vec<Sample> {
+    let (mut offset, mut last) = (0.0, f64::NEG_INFINITY);
+    for s in &mut samples {
+        if s.time_s + offset < last {
+            offset = last - s.time_s;
+        }
+        s.time_s += offset;
+        last = s.time_s;
+    }
+    samples
 }
 
 /// Writes `run_dir/report.html` (via a temporary file in the same directory, renamed into
@@ -389,5 +403,13 @@ mod tests {
         let page = std::fs::read_to_string(&path).unwrap();
         assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
         assert!(!dir.path().join(".report.html.tmp").exists());
+    }
+
+    #[test]
+    fn telemetry_of_a_resumed_run_keeps_time_running_forward() {
+        let sample = |t: f64| Sample { time_s: t, step: 0, gpu: None, host: None };
+        let times: Vec<f64> = continuous_time([0.1, 1.1, 2.1, 0.05, 1.05, 0.2].map(sample).to_vec()).iter().map(|s| s.time_s).collect();
+        let expected = [0.1, 1.1, 2.1, 2.1, 3.1, 3.1];
+        assert!(times.iter().zip(expected).all(|(t, e)| (t - e).abs() < 1e-12), "{times:?}");
     }
 }
