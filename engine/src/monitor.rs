@@ -173,6 +173,14 @@ impl Monitor {
         append_json(&self.events_path, &line)
     }
 
+    /// Step `step` has trained (its evaluation and checkpoint may follow): telemetry samples
+    /// from now on count it.
+    pub fn trained(&self, step: u64) {
+        if let Some(t) = &self.telemetry {
+            t.set_step(step);
+        }
+    }
+
     /// A step done: its lines in metrics.log and metrics.jsonl, its alerts and telemetry's,
     /// the terminal.
     pub fn step(&mut self, record: StepRecord) -> Result<()> {

@@ -506,6 +506,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let elapsed = started.elapsed();
         train_time += elapsed;
         let done = step + 1;
+        monitor.trained(done);
         let tok_s = tokens_per_step as f64 / elapsed.as_secs_f64();
         summary.losses.push((done, loss));
         summary.steps = done;
