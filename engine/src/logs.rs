@@ -143,6 +143,10 @@ pub struct AlertThresholds {
 }
 
 pub const SPIKE_WINDOW: usize = 20;
+
+/// A data wait shorter than this is no stall, whatever its share: a model whose step takes
+/// 0.1 ms waits a few microseconds on any loader (timer noise, a thread wake-up).
+pub const MIN_STALL_MS: f64 = 1.0;
 pub const SPIKE_MIN_STEPS: usize = 5;
 
 /// Something a user should look at, raised at one step (events.jsonl, the terminal,
@@ -200,7 +204,7 @@ impl Alerter {
         let stall = r.data_wait_ms / r.step_ms.max(1e-9);
         found.push((
             "data_stall",
-            self.seen > th.warmup_steps && stall > th.data_stall,
+            self.seen > th.warmup_steps && stall > th.data_stall && r.data_wait_ms >= MIN_STALL_MS,
             stall,
             th.data_stall,
             format!(
@@ -419,6 +423,14 @@ mod tests {
         assert!(a.check(&r).is_empty());
         r.data_wait_ms = 6.0;
         assert_eq!(a.check(&r).len(), 1, "a new stall");
+        // A tiny model's step: 0.05 of 0.1 ms is half the step, but no stall.
+        let mut tiny = Alerter::new(thresholds());
+        let mut r = record(1, 0.1);
+        r.data_wait_ms = 0.05;
+        assert!((1..10).all(|step| {
+            r.step = step;
+            tiny.check(&r).is_empty()
+        }));
     }
 
     #[test]

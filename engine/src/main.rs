@@ -29,7 +29,7 @@ enum Command {
         /// Override a config value, e.g. --set train.max_steps=100 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
-        /// Print only the final summary.
+        /// Print only alerts and the final summary (no progress).
         #[arg(long)]
         quiet: bool,
         /// Continue from the run directory's newest checkpoint.

@@ -157,10 +157,15 @@ impl Monitor {
         }
     }
 
-    /// An alert: to events.jsonl, the terminal and summary.json.
+    /// An alert: to events.jsonl, the terminal (even with --quiet: it is a warning, not
+    /// progress) and summary.json.
     pub fn alert(&mut self, alert: Alert) -> Result<()> {
         self.event("alert", "alert", &alert)?;
-        self.say(format!("alert: step {}: {}", alert.step, alert.message));
+        let line = format!("alert: step {}: {}", alert.step, alert.message);
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
         self.alerts.push(alert);
         Ok(())
     }

@@ -28,7 +28,7 @@ use crate::{Error, Result};
 
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
-    /// Only the final summary on stdout.
+    /// No progress on the terminal: only alerts (stderr) and, from the CLI, the final summary.
     pub quiet: bool,
     /// Continue from the run directory's newest checkpoint.
     pub resume: bool,
