@@ -367,7 +367,10 @@ fn train_writes_the_run_directory() {
     assert_succeeds(&out);
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("trained 3 steps"), "{stdout}");
-    assert!(text(&out.stderr).is_empty(), "--quiet must keep stderr empty: {}", text(&out.stderr));
+    // --quiet: no progress; alerts (warnings) may still come, e.g. a data stall on a loaded
+    // machine.
+    let stderr = text(&out.stderr);
+    assert!(stderr.lines().all(|l| l.starts_with("alert: step ")), "--quiet must print no progress: {stderr}");
     let run = dir.path().join("tiny");
     let config = fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("n_embd = 16") && config.contains("max_steps = 3"), "{config}");
