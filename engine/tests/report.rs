@@ -69,7 +69,7 @@ fn report_of_a_short_run() {
     // Fake telemetry: a GPU, then samples without one; the report gains 3 GPU and 2 host charts.
     let gpu = r#"{"index":0,"name":"NVIDIA H100 80GB HBM3","utilization_pct":95,"memory_used":1000,"memory_total":2000,"power_w":600.5,"temperature_c":70,"sm_clock_mhz":1980,"throttle_reasons":[]}"#;
     let lines: Vec<String> = (0..8)
-        .map(|i| format!(r#"{{"time_s":{},"step":{},"gpu":{},"host":{{"cpu_pct":150.0,"rss":{},"disk_free":null}}}}"#, i as f64 * 0.5, i, if i < 6 { gpu } else { "null" }, 300 << 20))
+        .map(|i| format!(r#"{{"time_s":{},"step":{},"gpu":{},"host":{{"cpu_pct":50.0,"process_cpu_pct":100.0,"rss":{},"disk_free":null}}}}"#, i as f64 * 0.5, i, if i < 6 { gpu } else { "null" }, 300 << 20))
         .collect();
     std::fs::write(s.run_dir.join("telemetry.jsonl"), lines.join("\n") + "\n").unwrap();
     let page = std::fs::read_to_string(engine::report::write_report(&s.run_dir).unwrap()).unwrap();

@@ -363,15 +363,15 @@ fn telemetry(page: &mut String, samples: Option<&[Sample]>) {
         };
         let whole = |v: f64| format!("{v:.0}");
         for (title, unit, f) in [
-            ("GPU utilization", "%", (|g| g.utilization_pct) as fn(&super::Gpu) -> Option<f64>),
+            ("GPU utilization", "%", (|g| g.utilization_pct.map(f64::from)) as fn(&super::Gpu) -> Option<f64>),
             ("GPU power", "W", |g| g.power_w),
-            ("GPU temperature", "°C", |g| g.temperature_c),
+            ("GPU temperature", "°C", |g| g.temperature_c.map(f64::from)),
         ] {
             let chart = Chart { title, x_desc: "time (s)", y_desc: unit, series: per_gpu(f), hlines: vec![], y_fmt: &whole };
             figure(page, &chart, &format!("no GPU telemetry (the samples have no {})", title.to_lowercase()));
         }
     }
-    let host: Vec<(f64, &super::Host)> = samples.iter().filter_map(|s| Some((s.time_s, s.host.as_ref()?))).collect();
+    let host: Vec<(f64, &super::Host)> = samples.iter().map(|s| (s.time_s, &s.host)).collect();
     let cpu_fmt = |v: f64| format!("{v:.0}");
     let cpu = Chart {
         title: "Host CPU",
@@ -508,15 +508,15 @@ mod tests {
             gpu: gpu.then(|| Gpu {
                 index: 0,
                 name: "NVIDIA H100 80GB HBM3".into(),
-                utilization_pct: Some(97.0),
+                utilization_pct: Some(97),
                 memory_used: Some(70 << 30),
                 memory_total: Some(80 << 30),
                 power_w: Some(650.5),
-                temperature_c: Some(71.0),
-                sm_clock_mhz: Some(1980.0),
+                temperature_c: Some(71),
+                sm_clock_mhz: Some(1980),
                 throttle_reasons: if t > 2.0 { vec!["sw_thermal".into()] } else { vec![] },
             }),
-            host: Some(Host { cpu_pct: 180.0, rss: 3 << 30, disk_free: None }),
+            host: Host { cpu_pct: 180.0, process_cpu_pct: 150.0, rss: 3 << 30, disk_free: None },
         }
     }
 

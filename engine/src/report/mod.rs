@@ -135,35 +135,8 @@ pub struct Logging {
     pub share_of_step_time: f64,
 }
 
-/// One line of `telemetry.jsonl`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Sample {
-    pub time_s: f64,
-    pub step: u64,
-    pub gpu: Option<Gpu>,
-    pub host: Option<Host>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Gpu {
-    pub index: u32,
-    pub name: String,
-    pub utilization_pct: Option<f64>,
-    pub memory_used: Option<u64>,
-    pub memory_total: Option<u64>,
-    pub power_w: Option<f64>,
-    pub temperature_c: Option<f64>,
-    pub sm_clock_mhz: Option<f64>,
-    #[serde(default)]
-    pub throttle_reasons: Vec<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Host {
-    pub cpu_pct: f64,
-    pub rss: u64,
-    pub disk_free: Option<u64>,
-}
+/// One line of `telemetry.jsonl`: the writer's own types (crate::telemetry).
+pub use crate::telemetry::{GpuSample as Gpu, HostSample as Host, Sample};
 
 /// Everything the report is drawn from.
 #[derive(Clone, Debug, Default)]
@@ -407,7 +380,8 @@ mod tests {
 
     #[test]
     fn telemetry_of_a_resumed_run_keeps_time_running_forward() {
-        let sample = |t: f64| Sample { time_s: t, step: 0, gpu: None, host: None };
+        let host = Host { cpu_pct: 1.0, process_cpu_pct: 1.0, rss: 1, disk_free: None };
+        let sample = |t: f64| Sample { time_s: t, step: 0, gpu: None, host: host.clone() };
         let times: Vec<f64> = continuous_time([0.1, 1.1, 2.1, 0.05, 1.05, 0.2].map(sample).to_vec()).iter().map(|s| s.time_s).collect();
         let expected = [0.1, 1.1, 2.1, 2.1, 3.1, 3.1];
         assert!(times.iter().zip(expected).all(|(t, e)| (t - e).abs() < 1e-12), "{times:?}");
