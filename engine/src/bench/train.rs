@@ -24,19 +24,20 @@ fn steps(quick: bool) -> (u64, u64) {
     }
 }
 
-/// The configs to run: `--config` files, or the embedded default.
-fn configs(options: &BenchOptions, sets: &[String]) -> Result<Vec<(String, Config)>> {
+/// The configs to run, by name: `--config` files (`None`: the embedded default).
+fn configs(options: &BenchOptions) -> Vec<(String, Option<&Path>)> {
     if options.configs.is_empty() {
-        return Ok(vec![("shakespeare-char".into(), Config::parse(DEFAULT_CONFIG, "configs/shakespeare-char.toml (embedded)", sets)?)]);
+        return vec![("shakespeare-char".into(), None)];
     }
-    options
-        .configs
-        .iter()
-        .map(|path| {
-            let stem = path.file_stem().map_or("config".into(), |s| s.to_string_lossy().into_owned());
-            Ok((stem, Config::load(path, sets)?))
-        })
-        .collect()
+    options.configs.iter().map(|path| (path.file_stem().map_or("config".into(), |s| s.to_string_lossy().into_owned()), Some(path.as_path()))).collect()
+}
+
+/// The config at `path` (`None`: the embedded default) with `sets` applied.
+fn load(path: Option<&Path>, sets: &[String]) -> Result<Config> {
+    match path {
+        Some(path) => Config::load(path, sets),
+        None => Config::parse(DEFAULT_CONFIG, "configs/shakespeare-char.toml (embedded)", sets),
+    }
 }
 
 /// What a training run was, beyond its config.
@@ -75,7 +76,11 @@ pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
     let (steps, warmup) = steps(options.quick);
     let policies: &[&str] = if options.quick { &["none"] } else { &["none", "selective", "full"] };
     let scratch = tempdir()?;
-    for (stem, _) in configs(options, &options.overrides)? {
+    // A bad config or --set fails here, before anything trains.
+    for (_, path) in configs(options) {
+        load(path, &options.overrides)?;
+    }
+    for (stem, path) in configs(options) {
         for policy in policies {
             let mut sets = options.overrides.clone();
             sets.extend([
@@ -88,7 +93,7 @@ pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
                 format!("train.recompute={policy}"),
                 format!("logs.warmup_steps={warmup}"),
             ]);
-            let config = configs(options, &sets)?.into_iter().find(|(s, _)| *s == stem).map(|(_, c)| c).expect("same configs");
+            let config = load(path, &sets)?;
             if !options.quiet {
                 eprintln!("bench train: {stem}, recompute {policy}, {steps} steps");
             }
