@@ -82,3 +82,18 @@ fn report_of_a_short_run() {
     assert!(err.contains("telemetry.jsonl line 2: invalid value: integer `-1`"), "{err}");
     assert!(std::fs::read_to_string(s.run_dir.join("report.html")).unwrap().contains("GPU 0: NVIDIA H100"));
 }
+
+#[test]
+fn engine_report_of_a_missing_directory_is_one_clear_error() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let missing = dir.path().join("no-such-run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engine")).args(["report", missing.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("no-such-run is not a run directory") && stderr.contains("metrics.jsonl"), "{stderr}");
+    // A directory without metrics.jsonl names the file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engine")).args(["report", dir.path().to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && stderr.contains("metrics.jsonl"), "{stderr}");
+}
