@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use kernels::timing::Mark;
 
 use crate::config::Config;
 use crate::error::io;
@@ -59,6 +60,8 @@ pub struct Monitor {
     bar: Option<ProgressBar>,
     /// Time spent in [`Monitor::step`], milliseconds.
     step_logging_ms: f64,
+    /// The last step, until its optimizer marks have completed (see [`Monitor::step`]).
+    pending: Option<(StepRecord, (Mark, Mark))>,
 }
 
 /// Opens `path` for appending.
@@ -125,6 +128,7 @@ impl Monitor {
             telemetry: None,
             bar,
             step_logging_ms: 0.0,
+            pending: None,
         };
         if l.enabled && l.telemetry_interval_ms > 0 {
             let telemetry = Telemetry::start(TelemetryOptions {
@@ -186,12 +190,30 @@ impl Monitor {
         }
     }
 
-    /// A step done: its lines in metrics.log and metrics.jsonl, its alerts and telemetry's,
-    /// the terminal.
-    pub fn step(&mut self, record: StepRecord) -> Result<()> {
+    /// A step done, with the marks around its optimizer step: its lines in metrics.log and
+    /// metrics.jsonl, its alerts and telemetry's, the terminal. On a GPU the optimizer's
+    /// update is usually still running: waiting for it would stall the host (which would
+    /// otherwise be queueing the next step), so the step is written once its marks have
+    /// completed: at the next step, or at the end of the run.
+    pub fn step(&mut self, mut record: StepRecord, optimizer: (Mark, Mark)) -> Result<()> {
         let began = Instant::now();
-        self.step_record(record)?;
+        self.flush()?;
+        if optimizer.1.is_complete()? {
+            record.optimizer_ms = Some(optimizer.0.elapsed_ms(&optimizer.1)?);
+            self.step_record(record)?;
+        } else {
+            self.pending = Some((record, optimizer));
+        }
         self.step_logging_ms += began.elapsed().as_secs_f64() * 1e3;
+        Ok(())
+    }
+
+    /// Writes the step waiting for its optimizer's time (waiting for it if need be).
+    fn flush(&mut self) -> Result<()> {
+        if let Some((mut record, (start, end))) = self.pending.take() {
+            record.optimizer_ms = Some(start.elapsed_ms(&end)?);
+            self.step_record(record)?;
+        }
         Ok(())
     }
 
@@ -244,6 +266,7 @@ impl Monitor {
     /// The run ended: stops telemetry (raising what it saw last), flushes the logs, writes
     /// summary.json and report.html; returns the summary (`None` with logs off).
     pub fn finish(mut self) -> Result<Option<Summary>> {
+        self.flush()?;
         let mut telemetry_cost = Default::default();
         if let Some(t) = self.telemetry.take() {
             let last = t.take_alerts();
@@ -274,6 +297,13 @@ impl Monitor {
             self.say(format!("warning: report.html not written: {e} (engine report {} tries again)", self.run_dir.display()));
         }
         Ok(Some(summary))
+    }
+}
+
+/// A run that ends in an error still logs its last step.
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 

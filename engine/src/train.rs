@@ -499,10 +499,11 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let optimizer_started = timing::mark(device)?;
         let grad_norm = opt.step(&mut model, lr)?;
         let optimizer_done = timing::mark(device)?;
-        // The grad norm was read back: every mark of the step has completed.
+        // The grad norm was read back: forward and backward have completed (their marks are
+        // read without waiting). The AdamW update may still be running on a GPU: the monitor
+        // reads its marks once they have completed, not now (crate::monitor).
         let forward_ms = timing::total_ms(marks.iter().map(|[a, b, _]| (a, b)))?;
         let backward_ms = timing::total_ms(marks.iter().map(|[_, b, c]| (b, c)))?;
-        let optimizer_ms = optimizer_started.elapsed_ms(&optimizer_done)?;
         let elapsed = started.elapsed();
         train_time += elapsed;
         let done = step + 1;
@@ -542,13 +543,13 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             data_wait_ms: wait_ms,
             forward_ms: Some(forward_ms),
             backward_ms: Some(backward_ms),
-            optimizer_ms: Some(optimizer_ms),
+            optimizer_ms: None,
             memory: MemoryRecord { in_use: pool.in_use, peak: pool.peak, reserved: pool.reserved, budget: pool.budget },
             micro_batch: plan.micro_batch,
             grad_accum: plan.grad_accum,
             recompute: plan.policy.to_string(),
         };
-        monitor.step(record)?;
+        monitor.step(record, (optimizer_started, optimizer_done))?;
         if last || (t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0) {
             // Every batch of this step has been consumed: this is where the next step reads.
             let sampled = loader.state();

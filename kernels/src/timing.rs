@@ -39,6 +39,14 @@ pub fn mark(device: Device) -> Result<Mark> {
 }
 
 impl Mark {
+    /// Whether the work before this mark has completed (without waiting); always on the CPU.
+    pub fn is_complete(&self) -> Result<bool> {
+        match &self.0 {
+            Inner::Host(_) => Ok(true),
+            Inner::Cuda(e) => e.is_complete(),
+        }
+    }
+
     /// Milliseconds of the device's work from `self` to `later`; on a GPU this waits until
     /// `later` has completed. Marks of different devices are an error.
     pub fn elapsed_ms(&self, later: &Mark) -> Result<f64> {
