@@ -4,6 +4,8 @@
 //!   `skipped: no usable CUDA device (<reason>)`. With `ENGINE_REQUIRE_GPU=1` (set by
 //!   `scripts/gpu-check run`) a missing GPU is a failure instead, so a GPU machine can
 //!   never pass by skipping.
+//! - [`skip_full_size`]: on the CUDA simulator (`scripts/cuda-sim`), skips a GPT-2
+//!   124M-shape case with a printed reason; real GPUs run it.
 //! - [`random`]: a CPU tensor of uniform values in [-scale, scale), never zeros.
 //! - [`poison`]: fills a tensor with NaN before a launch, so unwritten elements fail.
 //! - [`assert_close`]: `|gpu - ref| <= atol + rtol * |ref|` elementwise, reporting the worst
@@ -30,6 +32,23 @@ pub fn gpu_or_skip() -> Option<Arc<CudaDevice>> {
             None
         }
     }
+}
+
+/// Whether `dev` is the CUDA simulator (`scripts/cuda-sim`), which runs kernels on the CPU,
+/// thousands of times slower than a GPU.
+pub fn on_simulator(dev: &CudaDevice) -> bool {
+    dev.name().contains("cuda-sim")
+}
+
+/// True, after printing why, when `case` (a GPT-2 124M-shape case) should not run here: on
+/// the simulator such a case takes many minutes of CPU time, and its small and odd-sized
+/// siblings already cover the same code paths; real GPUs run it (`scripts/gpu-check`).
+pub fn skip_full_size(dev: &CudaDevice, case: &str) -> bool {
+    let skip = on_simulator(dev);
+    if skip {
+        eprintln!("skipped on the CUDA simulator: {case} (a GPT-2 124M shape, for real GPUs: scripts/gpu-check)");
+    }
+    skip
 }
 
 /// Every device a test body should run on: the CPU, then the GPU when there is one.

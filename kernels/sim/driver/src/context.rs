@@ -186,6 +186,29 @@ pub(crate) fn current() -> Res<&'static Context> {
     Ok(ctx)
 }
 
+/// What calls on an explicit stream or event handle need: the driver initialised and no
+/// earlier kernel fault. The handle names its context, so none need be current (the driver
+/// accepts these from any thread; a data worker polling an event does exactly that).
+pub(crate) fn live() -> Res<&'static Context> {
+    initialized()?;
+    let ctx = context();
+    if !ctx.is_active() {
+        return Err(code(CUresult::CUDA_ERROR_INVALID_CONTEXT));
+    }
+    ctx.health()?;
+    Ok(ctx)
+}
+
+/// The context check for a call on `stream`: the default stream belongs to the current
+/// context, an explicit stream to its own.
+pub(crate) fn for_stream(stream: usize) -> Res<&'static Context> {
+    if stream == 0 || stream == crate::stream::STREAM_LEGACY || stream == crate::stream::STREAM_PER_THREAD {
+        current()
+    } else {
+        live()
+    }
+}
+
 /// A `CUresult` from its number, if it is one.
 pub(crate) fn result_from_raw(raw: u32) -> Option<CUresult> {
     use CUresult::*;

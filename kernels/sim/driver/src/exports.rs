@@ -383,7 +383,7 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Ptr) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetFlags(stream: Ptr, flags: *mut c_uint) -> CUresult {
     entry("cuStreamGetFlags", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         let s = stream_of(stream)?;
         out(flags, s.non_blocking as c_uint)
     })
@@ -392,7 +392,7 @@ pub unsafe extern "C" fn cuStreamGetFlags(stream: Ptr, flags: *mut c_uint) -> CU
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetPriority(stream: Ptr, priority: *mut c_int) -> CUresult {
     entry("cuStreamGetPriority", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         let s = stream_of(stream)?;
         out(priority, s.priority)
     })
@@ -401,7 +401,7 @@ pub unsafe extern "C" fn cuStreamGetPriority(stream: Ptr, priority: *mut c_int) 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetCtx(stream: Ptr, ctx: *mut Ptr) -> CUresult {
     entry("cuStreamGetCtx", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         stream_of(stream)?;
         out(ctx, CONTEXT_HANDLE as Ptr)
     })
@@ -410,7 +410,7 @@ pub unsafe extern "C" fn cuStreamGetCtx(stream: Ptr, ctx: *mut Ptr) -> CUresult 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamSynchronize(stream: Ptr) -> CUresult {
     entry("cuStreamSynchronize", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         stream_of(stream)?.drain();
         context::context().health()
     })
@@ -419,7 +419,7 @@ pub unsafe extern "C" fn cuStreamSynchronize(stream: Ptr) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamQuery(stream: Ptr) -> CUresult {
     entry("cuStreamQuery", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         let s = stream_of(stream)?;
         if s.is_done(s.submitted()) {
             Ok(())
@@ -432,7 +432,7 @@ pub unsafe extern "C" fn cuStreamQuery(stream: Ptr) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamWaitEvent(stream: Ptr, event: Ptr, flags: c_uint) -> CUresult {
     entry("cuStreamWaitEvent", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         if flags & !1 != 0 {
             return Err(code(CUresult::CUDA_ERROR_INVALID_VALUE));
         }
@@ -451,7 +451,7 @@ unsafe impl Send for SendPtr {}
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchHostFunc(stream: Ptr, func: Option<unsafe extern "C" fn(Ptr)>, data: Ptr) -> CUresult {
     entry("cuLaunchHostFunc", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         let s = stream_of(stream)?;
         let func = func.ok_or_else(|| code(CUresult::CUDA_ERROR_INVALID_VALUE))?;
         let data = SendPtr(data);
@@ -481,7 +481,7 @@ pub unsafe extern "C" fn cuEventCreate(event: *mut Ptr, flags: c_uint) -> CUresu
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(event: Ptr, stream: Ptr) -> CUresult {
     entry("cuEventRecord", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         let e = stream::event(event as usize)?;
         let s = stream_of(stream)?;
         e.record(&s);
@@ -501,7 +501,7 @@ pub unsafe extern "C" fn cuEventRecordWithFlags(event: Ptr, stream: Ptr, flags: 
 #[no_mangle]
 pub unsafe extern "C" fn cuEventQuery(event: Ptr) -> CUresult {
     entry("cuEventQuery", || {
-        current()?;
+        context::live()?;
         let e = stream::event(event as usize)?;
         if e.is_complete() {
             Ok(())
@@ -514,7 +514,7 @@ pub unsafe extern "C" fn cuEventQuery(event: Ptr) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuEventSynchronize(event: Ptr) -> CUresult {
     entry("cuEventSynchronize", || {
-        current()?;
+        context::live()?;
         stream::event(event as usize)?.synchronize();
         context::context().health()
     })
@@ -523,7 +523,7 @@ pub unsafe extern "C" fn cuEventSynchronize(event: Ptr) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, start: Ptr, end: Ptr) -> CUresult {
     entry("cuEventElapsedTime", || {
-        current()?;
+        context::live()?;
         if ms.is_null() {
             return Err(code(CUresult::CUDA_ERROR_INVALID_VALUE));
         }
