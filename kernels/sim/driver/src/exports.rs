@@ -933,7 +933,7 @@ pub unsafe extern "C" fn cuModuleUnload(module: Ptr) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleGetFunction(func: *mut Ptr, module: Ptr, name: *const c_char) -> CUresult {
     entry("cuModuleGetFunction", || {
-        current()?;
+        context::live()?;
         if func.is_null() || name.is_null() {
             return Err(code(CUresult::CUDA_ERROR_INVALID_VALUE));
         }
@@ -947,7 +947,7 @@ pub unsafe extern "C" fn cuModuleGetFunction(func: *mut Ptr, module: Ptr, name: 
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleGetGlobal_v2(_dptr: *mut DevPtr, _bytes: *mut usize, module: Ptr, name: *const c_char) -> CUresult {
     entry("cuModuleGetGlobal", || {
-        current()?;
+        context::live()?;
         if name.is_null() {
             return Err(code(CUresult::CUDA_ERROR_INVALID_VALUE));
         }
@@ -960,7 +960,7 @@ pub unsafe extern "C" fn cuModuleGetGlobal_v2(_dptr: *mut DevPtr, _bytes: *mut u
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncGetAttribute(value: *mut c_int, attrib: c_uint, func: Ptr) -> CUresult {
     entry("cuFuncGetAttribute", || {
-        current()?;
+        context::live()?;
         let f = module::get_function(func as usize)?;
         let v = match attrib {
             a if a == F::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK as u32 => f.max_threads as c_int,
@@ -978,7 +978,7 @@ pub unsafe extern "C" fn cuFuncGetAttribute(value: *mut c_int, attrib: c_uint, f
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncSetAttribute(func: Ptr, attrib: c_uint, value: c_int) -> CUresult {
     entry("cuFuncSetAttribute", || {
-        current()?;
+        context::live()?;
         let f = module::get_function(func as usize)?;
         match attrib {
             a if a == F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as u32 => {
@@ -1007,7 +1007,7 @@ pub unsafe extern "C" fn cuFuncSetAttribute(func: Ptr, attrib: c_uint, value: c_
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncSetCacheConfig(func: Ptr, _config: c_uint) -> CUresult {
     entry("cuFuncSetCacheConfig", || {
-        current()?;
+        context::live()?;
         module::get_function(func as usize).map(|_| ())
     })
 }
@@ -1028,7 +1028,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
     extra: *mut Ptr,
 ) -> CUresult {
     entry("cuLaunchKernel", || {
-        current()?;
+        context::for_stream(stream as usize)?;
         let f = module::get_function(func as usize)?;
         let s = stream_of(stream)?;
         if !extra.is_null() {
