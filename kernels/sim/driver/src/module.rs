@@ -136,7 +136,11 @@ pub(crate) unsafe fn load(image: *const u8) -> Res<usize> {
     // SAFETY: the object was built by the simulated NVRTC from kernel sources; loading it
     // runs only its static initialisers.
     let lib = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL) };
-    let _ = std::fs::remove_file(&path);
+    // In check mode the file stays (in the temp directory) so that AddressSanitizer can
+    // name the functions of a report's stack frames from it.
+    if !asan_image {
+        let _ = std::fs::remove_file(&path);
+    }
     let lib: libloading::Library =
         lib.map_err(|e| fail(CUresult::CUDA_ERROR_INVALID_IMAGE, format!("cuModuleLoadData: the module does not load: {e}")))?.into();
     // SAFETY: the symbols have the types abi.h declares.
