@@ -261,3 +261,69 @@ fn bf16_short_run_loss_falls() {
 fn short_run_cpu_fp32() {
     short_run("cpu", "fp32");
 }
+
+/// A 5-step run with `precision` on `device` in `dir`: the per-step training losses.
+fn five_steps(dir: &std::path::Path, device: &str, precision: &str) -> Vec<f32> {
+    let toml = format!(
+        r#"
+[run]
+name = "five"
+out_dir = '{}'
+device = "{device}"
+seed = 1337
+[model]
+n_layer = 2
+n_head = 2
+n_embd = 64
+context_length = 64
+[train]
+precision = "{precision}"
+batch_size = 4
+seq_len = 64
+max_steps = 5
+lr = 3e-3
+warmup_steps = 2
+eval_interval = 5
+eval_batches = 2
+log_interval = 1
+"#,
+        dir.display()
+    );
+    let config = Config::parse(&toml, "five-steps.toml", &[]).unwrap();
+    let summary = engine::train::train(&config, &engine::train::TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    summary.losses.iter().map(|&(_, l)| l).collect()
+}
+
+/// The acceptance run of the GPU path (issue 13): 5 bf16 steps of a tiny GPT on the GPU
+/// track the CPU's fp32 run within 2% at every step, and the GPU run's directory is
+/// complete. On the CUDA simulator there is no NVML: telemetry must say so (`gpu: null` on
+/// every line) while the host readings go on.
+#[test]
+fn bf16_run_tracks_the_cpu_fp32_run() {
+    let Some(device) = gpu_or_skip() else { return };
+    let (gpu_dir, cpu_dir) = (tempfile::TempDir::new().unwrap(), tempfile::TempDir::new().unwrap());
+    let gpu = five_steps(gpu_dir.path(), "cuda", "bf16");
+    let cpu = five_steps(cpu_dir.path(), "cpu", "fp32");
+    eprintln!("bf16 on the GPU {gpu:?}\nfp32 on the CPU {cpu:?}");
+    assert_eq!(gpu.len(), 5);
+    for (step, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        assert!(((g - c) / c).abs() <= 0.02, "step {}: bf16 GPU loss {g} vs fp32 CPU loss {c}: more than 2% apart", step + 1);
+    }
+    let run = gpu_dir.path().join("five");
+    for file in ["config.toml", "plan.json", "metrics.log", "metrics.jsonl", "events.jsonl", "telemetry.jsonl", "summary.json", "report.html", "copy.log"] {
+        let len = std::fs::metadata(run.join(file)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{file} is missing or empty in the GPU run's directory");
+    }
+    assert!(run.join("checkpoints/step-000005").is_dir(), "no checkpoint of step 5");
+    let dev = kernels::cuda::device(match device {
+        Device::Cuda(ordinal) => ordinal,
+        Device::Cpu => unreachable!("gpu_or_skip returns a GPU"),
+    })
+    .unwrap();
+    if dev.name().contains("cuda-sim") {
+        let telemetry = std::fs::read_to_string(run.join("telemetry.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = telemetry.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(!lines.is_empty(), "no telemetry samples");
+        assert!(lines.iter().all(|l| l["gpu"].is_null() && l["host"]["rss"].as_u64().unwrap_or(0) > 0), "{telemetry}");
+    }
+}
