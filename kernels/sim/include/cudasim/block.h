@@ -391,6 +391,7 @@ inline void run_block() {
         if (f->dirty) __asan_unpoison_memory_region(f->ctx.stack, f->ctx.stack_size);
 #endif
         f->dirty = false;
+        f->ctx.fake_stack = nullptr;  // a fresh context has none; the last one is gone or abandoned
         make_context(f->ctx, fiber_entry, t);
         rq_push(f);
     }
@@ -423,21 +424,6 @@ inline bool prepare_fibers(unsigned n) {
         f->tid = uint3{t % bx, (t / bx) % by, t / (bx * by)};
     }
     return true;
-}
-
-// dlclose of the module: hand back the fiber stacks (nothing runs in the module any more).
-__attribute__((destructor)) static void release_fibers() {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    for (unsigned i = 0; i < g.nfibers; i++) {
-        Fiber* f = g.fibers[i];
-        munmap(f->ctx.stack - page, f->ctx.stack_size + page);
-        free(f->cp);
-        delete f;
-    }
-    g.nfibers = 0;
-#ifdef __SANITIZE_ADDRESS__
-    __sanitizer_set_death_callback(nullptr);
-#endif
 }
 
 #ifdef __SANITIZE_ADDRESS__

@@ -28,6 +28,27 @@ template <class... A, void (*f)(A...) noexcept> struct Thunk<void (*)(A...) noex
     static void call(void** p) { Plain::call(p); }
 };
 
+// dlclose of the module: hand back the fiber stacks and the rest (nothing runs in the module
+// any more).
+__attribute__((destructor)) static void release_module() {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (unsigned i = 0; i < g.nfibers; i++) {
+        Fiber* f = g.fibers[i];
+        munmap(f->ctx.stack - page, f->ctx.stack_size + page);
+        free(f->cp);
+        delete f;
+    }
+    g.nfibers = 0;
+    while (Coll* c = g.free_colls) {
+        g.free_colls = c->next;
+        delete c;
+    }
+    release_ptx_cache();
+#ifdef __SANITIZE_ADDRESS__
+    __sanitizer_set_death_callback(nullptr);
+#endif
+}
+
 }  // namespace cudasim
 
 extern "C" __attribute__((visibility("default"))) unsigned cudasim_abi_version(void) { return CUDASIM_ABI_VERSION; }

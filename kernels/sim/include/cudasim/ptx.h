@@ -6,7 +6,8 @@
 //   cp.async.commit_group / cp.async.wait_group N / cp.async.wait_all
 //   ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}{.shared{::cta}}.b16
 //   mma.sync.aligned.{m16n8k16,m16n8k8}.row.col.f32.{bf16,f16}.{bf16,f16}.f32
-//   mov.{u32,b32,s32,u64,b64} d, %laneid|%warpid|%nwarpid|%smid|%nsmid|%clock|%clock64|%globaltimer|%lanemask_*
+//   mov.{b,u,s}{16,32,64}/.f32/.f64 d, a (a register, an immediate, or %laneid, %warpid,
+//     %nwarpid, %smid, %nsmid, %clock, %clock64, %globaltimer, %lanemask_{eq,lt,le,gt,ge})
 //   membar.* and fence.* (no-ops: memory is sequentially consistent here)
 //   bar.sync 0 / barrier.sync{.aligned} 0 (= __syncthreads), bar.warp.sync mask (= __syncwarp)
 // Anything else stops the launch with CUDA_ERROR_ILLEGAL_INSTRUCTION naming the instruction.
@@ -69,7 +70,7 @@ struct Program {
     Insn insn[1];
 };
 
-static const char* const kSpecials[] = {"laneid",      "warpid",      "nwarpid",     "smid",        "nsmid",
+inline constexpr const char* kSpecials[] = {"laneid",      "warpid",      "nwarpid",     "smid",        "nsmid",
                                         "clock",       "clock64",     "globaltimer", "lanemask_eq", "lanemask_lt",
                                         "lanemask_le", "lanemask_gt", "lanemask_ge"};
 
@@ -241,9 +242,11 @@ inline void decode_insn(Insn& I, const char* s, const char* e) {
         I.op = kOpMma;
         return;
     }
-    if (is(0, "mov") && m == 2 && I.nargs == 2 && I.arg[0].kind == kArgReg && I.arg[1].kind == kArgSpecial) {
-        if (is(1, "u32") || is(1, "b32") || is(1, "s32")) I.movsize = 4;
-        else if (is(1, "u64") || is(1, "b64") || is(1, "s64")) I.movsize = 8;
+    if (is(0, "mov") && m == 2 && I.nargs == 2 && I.arg[0].kind == kArgReg &&
+        (I.arg[1].kind == kArgSpecial || I.arg[1].kind == kArgReg || I.arg[1].kind == kArgImm)) {
+        if (is(1, "u16") || is(1, "b16") || is(1, "s16")) I.movsize = 2;
+        else if (is(1, "u32") || is(1, "b32") || is(1, "s32") || is(1, "f32")) I.movsize = 4;
+        else if (is(1, "u64") || is(1, "b64") || is(1, "s64") || is(1, "f64")) I.movsize = 8;
         if (I.movsize) I.op = kOpMov;
         return;
     }
@@ -281,7 +284,9 @@ inline Program* parse_program(const char* t) {
         if (!n) continue;
         buf[n] = 0;
         Insn& I = prog->insn[prog->n++];
-        snprintf(I.text, sizeof I.text, "%s", buf);
+        size_t keep = n < sizeof I.text - 1 ? n : sizeof I.text - 1;
+        memcpy(I.text, buf, keep);
+        I.text[keep] = 0;
         decode_insn(I, buf, buf + n);
     }
     return prog;
@@ -319,6 +324,13 @@ inline Program* ptx_program(const char* tmpl) {
             return e.prog;
         }
     }
+}
+
+inline void release_ptx_cache() {
+    for (size_t i = 0; i < g_ptx_cache_cap; i++) free(g_ptx_cache[i].prog);
+    free(g_ptx_cache);
+    g_ptx_cache = nullptr;
+    g_ptx_cache_cap = g_ptx_cache_used = 0;
 }
 
 // ---- operands -----------------------------------------------------------------------------
@@ -530,7 +542,8 @@ inline void exec_mov(const Insn& I, const Operand* ops, unsigned n) {
     Fiber* me = g.cur;
     uint64_t v = 0, lane = me->lane;
     struct timespec ts;
-    switch (I.arg[1].imm) {
+    if (I.arg[1].kind != kArgSpecial) v = arg_value(I, ops, n, I.arg[1]);
+    else switch (I.arg[1].imm) {
         case 0: v = lane; break;
         case 1: v = me->warp; break;
         case 2: v = 64; break;
@@ -553,6 +566,16 @@ inline void inline_ptx(const char* tmpl, std::initializer_list<Operand> list) {
     Program* prog = ptx_program(tmpl);
     const Operand* ops = list.begin();
     unsigned n = (unsigned)list.size();
+    // A matching constraint ("0") makes the input the initial value of that output register.
+    for (unsigned i = 0; i < n; i++) {
+        const char* c = ops[i].constraint;
+        if (ops[i].dir == 0 && c && c[0] >= '0' && c[0] <= '9') {
+            unsigned k = (unsigned)atoi(c);
+            if (k >= n || ops[k].dir == 0)
+                fail(kErrIllegalInstruction, "inline PTX `%s`: constraint \"%s\" names no output", tmpl, c);
+            memcpy(ops[k].ptr, &ops[i].val, ops[k].size);
+        }
+    }
     for (unsigned i = 0; i < prog->n; i++) {
         const Insn& I = prog->insn[i];
         switch (I.op) {

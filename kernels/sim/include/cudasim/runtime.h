@@ -8,6 +8,15 @@
 // PTX, exit). __shared__ variables are the module's statics, so nothing in a module may run two
 // grids at once (the driver serialises every launch in the process).
 //
+// Not modelled: preemption between synchronisation points (a race on shared or global memory
+// shows only where poisoning exposes it: 0xFF-filled shared memory and cp.async destinations),
+// spin-waits on other threads of the block (except through __nanosleep, which yields), the
+// GPU's float rounding inside mma and its fast-math approximations (exact libm is used),
+// named barriers and bar.sync thread counts, cooperative groups and grid-wide sync, clusters,
+// TMA/wgmma, textures and surfaces, host access to __constant__/__device__ symbols, dynamic
+// parallelism, and static __shared__ variables of inline/template functions are not
+// poisoned (their storage is shared COMDAT data the section trick below cannot reach).
+//
 // Parts: vector_types.h (float4 & co, dim3), fiber.h (context switch), block.h (launch, block
 // scheduler, barrier, errors, shared memory), warp.h (shuffles, votes, matches),
 // device_math.h (math and integer intrinsics, min/max), atomics.h, ptx.h (inline PTX:

@@ -84,13 +84,16 @@ inline void report_deadlock() {
                 g.bar_arrived, g.live, r1, r2);
     }
     for (unsigned w = 0; w < g.nwarps; w++) {
+        bool overlap = false;
         for (Coll* c = g.warps[w].pending; c; c = c->next) {
             char r1[128], r2[128];
             format_lanes(r1, sizeof r1, c->arrived);
             format_lanes(r2, sizeof r2, c->mask & ~c->arrived);
             appendf(buf, sizeof buf, &len, "; warp %u (threads %u-%u): %s(mask 0x%08x) reached by lanes %s, not by lanes %s",
                     w, w * 32, w * 32 + 31, coll_name(c->kind, c->variant), c->mask, r1, r2);
+            for (Coll* d = c->next; d; d = d->next) overlap = overlap || (c->mask & d->mask);
         }
+        if (overlap) appendf(buf, sizeof buf, &len, " (overlapping masks: the lanes of warp %u disagree on the mask)", w);
     }
     fail(kErrLaunchFailed, "%s", buf);
 }
