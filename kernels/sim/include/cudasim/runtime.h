@@ -56,10 +56,11 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-// CUDA compiles a*b+c as two roundings unless the source asks for fmaf, and the references
-// kernels are checked against do the same; GCC would fuse them for C++ wherever the target
-// has FMA (never on baseline x86_64, always on aarch64), so contraction is switched off for
-// everything below when it could happen.
+// a*b+c is kept as two roundings (the CPU references round so too), although nvcc and NVRTC
+// contract it into an fma by default (--fmad=true): results that differ from a GPU's in the
+// last bits are one of the things the simulator does not show (docs/SIMULATOR.md). GCC would
+// fuse them wherever the target has FMA (never on baseline x86_64, always on aarch64), so
+// contraction is switched off for everything below when it could happen.
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(__FP_FAST_FMAF)
 #pragma GCC optimize("fp-contract=off")
 #endif

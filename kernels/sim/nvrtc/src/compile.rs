@@ -143,6 +143,10 @@ fn build(input: &Input, t: &translate::Translation, dir: &Path) -> Result<Output
     cmd.arg("-fvisibility=hidden");
     if asan {
         cmd.args(["-fsanitize=address", "-fno-omit-frame-pointer", "-g1"]);
+        // A vector access (int4, float4, bf16 pairs) at an address its type's alignment does
+        // not allow faults on a GPU (CUDA_ERROR_MISALIGNED_ADDRESS) but works on x86: UBSan
+        // reports it, naming the .cu file and line, and stops.
+        cmd.args(["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]);
     }
     // The simulator's headers first, so its cuda_bf16.h wins over a real CUDA install on
     // the user's include path; then the program's own headers; then the user's paths.
