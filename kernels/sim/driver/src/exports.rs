@@ -715,7 +715,7 @@ fn memset(what: &'static str, s: &Arc<Stream>, dst: usize, pattern: Vec<u8>, cou
     if bytes == 0 {
         return Ok(());
     }
-    if dst % pattern.len() != 0 {
+    if !dst.is_multiple_of(pattern.len()) {
         return Err(code(CUresult::CUDA_ERROR_INVALID_VALUE));
     }
     check_device(dst, bytes, what, false)?;
