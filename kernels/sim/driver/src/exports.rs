@@ -15,7 +15,7 @@ use crate::context::{self, current, describe, props, result_from_raw, CONTEXT_HA
 use crate::memory::{self, check_device, host_region, Kind, Region};
 use crate::module::{self, Launch, MAX_DYNAMIC_SMEM};
 use crate::stream::{self, Stream};
-use crate::{code, entry, fail, out, Res};
+use crate::{code, entry, fail, host_blocks, out, Res};
 
 type Ptr = *mut c_void;
 type DevPtr = u64;
@@ -287,6 +287,7 @@ pub unsafe extern "C" fn cuCtxGetApiVersion(ctx: Ptr, version: *mut c_uint) -> C
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     entry("cuCtxSynchronize", || {
         current()?;
+        host_blocks();
         for s in stream::all() {
             s.drain();
         }
@@ -411,7 +412,9 @@ pub unsafe extern "C" fn cuStreamGetCtx(stream: Ptr, ctx: *mut Ptr) -> CUresult 
 pub unsafe extern "C" fn cuStreamSynchronize(stream: Ptr) -> CUresult {
     entry("cuStreamSynchronize", || {
         context::for_stream(stream as usize)?;
-        stream_of(stream)?.drain();
+        let s = stream_of(stream)?;
+        host_blocks();
+        s.drain();
         context::context().health()
     })
 }
@@ -515,7 +518,9 @@ pub unsafe extern "C" fn cuEventQuery(event: Ptr) -> CUresult {
 pub unsafe extern "C" fn cuEventSynchronize(event: Ptr) -> CUresult {
     entry("cuEventSynchronize", || {
         context::live()?;
-        stream::event(event as usize)?.synchronize();
+        let e = stream::event(event as usize)?;
+        host_blocks();
+        e.synchronize();
         context::context().health()
     })
 }
@@ -578,6 +583,7 @@ pub unsafe extern "C" fn cuMemFree_v2(dptr: DevPtr) -> CUresult {
         current()?;
         memory::begin_free(dptr as usize, Kind::Device)?;
         // cuMemFree synchronizes: nothing queued may still use the memory.
+        host_blocks();
         for s in stream::all() {
             s.drain();
         }
@@ -622,6 +628,7 @@ pub unsafe extern "C" fn cuMemFreeHost(p: Ptr) -> CUresult {
     entry("cuMemFreeHost", || {
         current()?;
         memory::begin_free(p as usize, Kind::PinnedHost)?;
+        host_blocks();
         for s in stream::all() {
             s.drain();
         }
@@ -704,6 +711,7 @@ fn copy(what: &'static str, s: &Arc<Stream>, dst: (usize, bool), src: (usize, bo
         Ok(())
     }));
     if wait {
+        host_blocks();
         s.wait_for(seq);
         context::context().health()?;
     }
@@ -735,6 +743,7 @@ fn memset(what: &'static str, s: &Arc<Stream>, dst: usize, pattern: Vec<u8>, cou
 fn sync_on_default(f: impl FnOnce(&Arc<Stream>) -> Res) -> Res {
     let s = stream::get(0)?;
     f(&s)?;
+    host_blocks();
     s.drain();
     context::context().health()
 }
@@ -1039,4 +1048,23 @@ pub unsafe extern "C" fn cuLaunchKernel(
         // SAFETY: kernelParams holds the kernel's arguments by the API contract.
         unsafe { module::enqueue(f, l, &s, params) }
     })
+}
+
+// ---- simulator-only test hooks (no such symbol in NVIDIA's libcuda) -------------------------
+
+/// How many driver calls have blocked a host thread of this process until device work
+/// completed: cuCtxSynchronize, cuStreamSynchronize, cuEventSynchronize, cuMemFree,
+/// cuMemFreeHost, the synchronous copies and memsets, and asynchronous copies into pageable
+/// host memory (which return only after the copy). A test finds it with `dlsym`; its absence
+/// means the process is not on the simulator.
+#[no_mangle]
+pub extern "C" fn cudasim_host_syncs() -> u64 {
+    crate::host_syncs()
+}
+
+/// The same count for the calling thread only (a loader thread waiting for its own pinned
+/// buffer's copy does not block the thread that queues the training step).
+#[no_mangle]
+pub extern "C" fn cudasim_thread_host_syncs() -> u64 {
+    crate::thread_host_syncs()
 }

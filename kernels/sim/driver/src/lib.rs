@@ -36,6 +36,9 @@ mod memory;
 mod module;
 mod stream;
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use cudarc::driver::sys::CUresult;
 
 /// A driver error: the code the API returns, and (for the ones worth explaining) a message
@@ -63,10 +66,40 @@ pub(crate) fn report(msg: &str) {
     eprintln!("cuda-sim: {msg}");
 }
 
+/// Entry points that blocked the calling host thread until device work completed, in the
+/// whole process and on each thread (read by the test hooks `cudasim_host_syncs` and
+/// `cudasim_thread_host_syncs`, exports.rs). A call counts once however many waits it made.
+static HOST_SYNCS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static THREAD_HOST_SYNCS: Cell<u64> = const { Cell::new(0) };
+    /// Set by [`host_blocks`] during the current entry point.
+    static BLOCKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current entry point as one that waits for the device (a stream drained, an
+/// event waited for, a copy into pageable memory completed before returning).
+pub(crate) fn host_blocks() {
+    BLOCKED.with(|b| b.set(true));
+}
+
+pub(crate) fn host_syncs() -> u64 {
+    HOST_SYNCS.load(Ordering::Relaxed)
+}
+
+pub(crate) fn thread_host_syncs() -> u64 {
+    THREAD_HOST_SYNCS.with(Cell::get)
+}
+
 /// Runs an entry point's body: its result as a `CUresult`, a panic as
 /// `CUDA_ERROR_UNKNOWN` (never unwinding into the caller's C frames).
 pub(crate) fn entry(name: &str, body: impl FnOnce() -> Res) -> CUresult {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+    BLOCKED.with(|b| b.set(false));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    if BLOCKED.with(|b| b.replace(false)) {
+        HOST_SYNCS.fetch_add(1, Ordering::Relaxed);
+        THREAD_HOST_SYNCS.with(|c| c.set(c.get() + 1));
+    }
+    match result {
         Ok(Ok(())) => CUresult::CUDA_SUCCESS,
         Ok(Err(Fail { code, msg })) => {
             if let Some(msg) = msg {

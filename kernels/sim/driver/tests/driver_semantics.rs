@@ -315,3 +315,68 @@ fn chaos_mode_delays_stream_work() {
     assert_eq!(COUNT.load(Ordering::SeqCst), 50);
     assert!(t.elapsed() >= Duration::from_millis(20), "50 pieces of work in {:?}: chaos mode is not delaying", t.elapsed());
 }
+
+/// The simulator's test hook `cudasim_thread_host_syncs` (docs/SIMULATOR.md): calls that
+/// return only after device work completed count once each, on the calling thread; queueing
+/// work, querying and waiting on the device's side do not.
+#[test]
+fn host_sync_counter_counts_the_calls_that_block() {
+    if !simulator() {
+        return;
+    }
+    // SAFETY: the simulator is loaded (checked above): this finds the same library again.
+    let lib = unsafe { libloading::os::unix::Library::open(Some("libcuda.so.1"), libloading::os::unix::RTLD_NOW) }.expect("the loaded libcuda.so.1");
+    // SAFETY: the hooks' signature is `extern "C" fn() -> u64` (exports.rs).
+    let (thread, process) = unsafe {
+        (
+            *lib.get::<unsafe extern "C" fn() -> u64>(b"cudasim_thread_host_syncs").unwrap(),
+            *lib.get::<unsafe extern "C" fn() -> u64>(b"cudasim_host_syncs").unwrap(),
+        )
+    };
+    let (s, e) = (stream(), event(NO_TIMING));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let n = 256usize;
+    let (mut d, mut pinned): (sys::CUdeviceptr, *mut c_void) = (0, std::ptr::null_mut());
+    let mut back = vec![0f32; n];
+    let back_ptr = back.as_mut_ptr() as *mut c_void;
+    let src = vec![1f32; n];
+    // SAFETY (whole block): live handles, valid out-pointers; `d`, `pinned`, `back` and `src` hold n f32.
+    unsafe {
+        let before = thread();
+        assert_eq!(sys::cuMemAllocAsync(&mut d, n * 4, s), CUresult::CUDA_SUCCESS);
+        assert_eq!(sys::cuMemAllocHost_v2(&mut pinned, n * 4), CUresult::CUDA_SUCCESS);
+        host_step(s, 20, &log, "stall");
+        assert_eq!(sys::cuMemsetD32Async(d, 0, n, s), CUresult::CUDA_SUCCESS);
+        assert_eq!(sys::cuMemcpyDtoHAsync_v2(pinned, d, n * 4, s), CUresult::CUDA_SUCCESS);
+        assert_eq!(sys::cuMemcpyHtoDAsync_v2(d, src.as_ptr() as *const c_void, n * 4, s), CUresult::CUDA_SUCCESS);
+        assert_eq!(sys::cuEventRecord(e, s), CUresult::CUDA_SUCCESS);
+        let _ = sys::cuEventQuery(e);
+        let _ = sys::cuStreamQuery(s);
+        assert_eq!(sys::cuStreamWaitEvent(s, e, 0), CUresult::CUDA_SUCCESS);
+        assert_eq!(thread(), before, "queued work, queries and stream waits do not block the host");
+
+        let blocking: [(&str, &dyn Fn() -> CUresult); 8] = [
+            ("cuStreamSynchronize", &|| sys::cuStreamSynchronize(s)),
+            ("cuEventSynchronize", &|| sys::cuEventSynchronize(e)),
+            ("cuCtxSynchronize", &|| sys::cuCtxSynchronize()),
+            ("cuMemcpyDtoHAsync into pageable memory", &|| sys::cuMemcpyDtoHAsync_v2(back_ptr, d, n * 4, s)),
+            ("cuMemcpyHtoD", &|| sys::cuMemcpyHtoD_v2(d, src.as_ptr() as *const c_void, n * 4)),
+            ("cuMemsetD32", &|| sys::cuMemsetD32_v2(d, 7, n)),
+            ("cuMemFreeHost", &|| sys::cuMemFreeHost(pinned)),
+            ("cuMemFree", &|| sys::cuMemFree_v2(d)),
+        ];
+        for (name, call) in blocking {
+            let (at, all) = (thread(), process());
+            assert_eq!(call(), CUresult::CUDA_SUCCESS, "{name}");
+            assert_eq!(thread(), at + 1, "{name} blocks the host: one count on this thread");
+            assert!(process() > all, "{name}: the process-wide count moves too");
+        }
+        // Another thread's count is its own.
+        let at = thread();
+        let other = std::thread::spawn(move || thread()).join().unwrap();
+        assert_eq!((thread(), other), (at, 0));
+        assert_eq!(sys::cuEventDestroy_v2(e), CUresult::CUDA_SUCCESS);
+        assert_eq!(sys::cuStreamDestroy_v2(s), CUresult::CUDA_SUCCESS);
+    }
+    assert_eq!(back, vec![1f32; n]);
+}
