@@ -212,14 +212,19 @@ pub mod cuda {
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
 
         // dwte: stable counting sort of positions by token, then one in-order owner per token.
-        let mut offsets = dev.alloc_zeros::<u32>(v + 1)?; // zeroed: step 1 counts into it
-        let mut sorted = dev.alloc_zeros::<u32>(n)?;
+        // Scratch from the pool, so the budget sees it and steps reuse it. offsets is cleared
+        // (a memset on the stream: step 1 counts into it); sorted is not, as step 4 reads
+        // only sorted[0 .. offsets[V]), which step 3 writes.
+        let mut offsets_t = Tensor::try_zeros(dev.device(), DType::U32, &[v + 1])?;
+        let mut sorted_t = Tensor::try_empty(dev.device(), DType::U32, &[n])?;
+        let offsets = offsets_t.cuda_slice_mut::<u32>()?;
+        let sorted = sorted_t.cuda_slice_mut::<u32>()?;
         let toks = tokens.cuda_slice::<u32>()?;
 
         let f = dev.function("embedding", "embedding_bwd_count")?;
         let cfg = dev.grid_stride(n, BLOCK)?;
         let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(&mut offsets).arg(toks).arg(&n).arg(&vu);
+        launch.arg(&mut *offsets).arg(toks).arg(&n).arg(&vu);
         // SAFETY: matches embedding.cu `embedding_bwd_count(unsigned* offsets, const unsigned* tokens, u64 N,
         // unsigned V)`; offsets holds V+1 zeroed counters, tokens N ids.
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error("embedding_bwd_count"))?;
@@ -227,7 +232,7 @@ pub mod cuda {
         let f = dev.function("embedding", "embedding_bwd_scan")?;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
         let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(&mut offsets).arg(&vu);
+        launch.arg(&mut *offsets).arg(&vu);
         // SAFETY: matches embedding.cu `embedding_bwd_scan(unsigned* offsets, unsigned V)`; offsets holds V+1;
         // one block of 1024 threads.
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error("embedding_bwd_scan"))?;
@@ -239,7 +244,7 @@ pub mod cuda {
             shared_mem_bytes: 0,
         };
         let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(&mut sorted).arg(&offsets).arg(toks).arg(&n).arg(&vu);
+        launch.arg(&mut *sorted).arg(&*offsets).arg(toks).arg(&n).arg(&vu);
         // SAFETY: matches embedding.cu `embedding_bwd_place(unsigned* sorted, const unsigned* offsets,
         // const unsigned* tokens, u64 N, unsigned V)`; sorted holds N, offsets V+1; 128 threads = 4 warps per
         // block and ceil(V / 1024) blocks, as the kernel's slices assume.
@@ -258,8 +263,8 @@ pub mod cuda {
         launch
             .arg(dwte.cuda_slice_mut::<T>()?)
             .arg(dout.cuda_slice::<T>()?)
-            .arg(&sorted)
-            .arg(&offsets)
+            .arg(&*sorted)
+            .arg(&*offsets)
             .arg(toks)
             .arg(&ci)
             .arg(&vu);

@@ -393,8 +393,10 @@ pub mod cuda {
         if blocks > i32::MAX as usize {
             return Err(Error::Invalid { op: "layernorm_backward", msg: format!("{n} rows is too many") });
         }
-        // Per-block [dweight | dbias] partial sums, fully overwritten by the first kernel.
-        let mut partials = dev.alloc_zeros::<f32>(blocks * 2 * c)?;
+        // Per-block [dweight | dbias] partial sums, fully overwritten by the first kernel, so
+        // not cleared. Taken from the pool (and back when dropped, safe without a sync: the
+        // next user queues on the same stream) so the budget sees it and steps reuse it.
+        let mut partials = Tensor::try_empty(dev.device(), DType::F32, &[blocks * 2 * c])?;
 
         let kernel = format!("layernorm_bwd_{}", T::NAME);
         let f = dev.function("layernorm", &kernel)?;
@@ -403,7 +405,7 @@ pub mod cuda {
         let mut launch = dev.stream().launch_builder(&f);
         launch
             .arg(dinp.cuda_slice_mut::<T>()?)
-            .arg(&mut partials)
+            .arg(partials.cuda_slice_mut::<f32>()?)
             .arg(dout.cuda_slice::<T>()?)
             .arg(inp.cuda_slice::<T>()?)
             .arg(weight.cuda_slice::<T>()?)
@@ -417,9 +419,10 @@ pub mod cuda {
         // exactly, partials holds grid * 2C floats, R = 32 <= 64.
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
 
+        let partials = partials.cuda_slice::<f32>()?;
         match dweight.dtype() {
-            DType::F32 => reduce::<f32>(&dev, dweight, dbias, &partials, blocks, ci),
-            _ => reduce::<T>(&dev, dweight, dbias, &partials, blocks, ci),
+            DType::F32 => reduce::<f32>(&dev, dweight, dbias, partials, blocks, ci),
+            _ => reduce::<T>(&dev, dweight, dbias, partials, blocks, ci),
         }
     }
 
