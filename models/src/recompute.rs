@@ -12,7 +12,10 @@
 //!
 //! Recomputation runs the same ops on the same inputs in the same order as the forward it
 //! repeats (there is no dropout, so no random state to replay), so gradients are
-//! bit-identical to `none` (`models/tests/recompute.rs`). What a layer recomputes is decided
+//! bit-identical to `none` (`models/tests/recompute.rs`), with one exception on CUDA: under
+//! `selective` the MLP runs its matmul and GeLU as two ops (the GeLU output is rebuilt with
+//! the GeLU op, which the fused matmul epilogue does not match to the bit), so it agrees with
+//! `none` to the rounding of the compute dtype (`models/tests/gpu_recompute.rs`). What a layer recomputes is decided
 //! by what its forward kept, not by the policy at backward time, so [`crate::Gpt::set_recompute`]
 //! may switch policies between any two steps.
 

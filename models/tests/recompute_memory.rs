@@ -4,7 +4,7 @@
 //! device and process-wide, so no other test may allocate while this one measures.
 
 use kernels::{memory, Device, Tensor};
-use models::{Gpt, GptConfig, Model, Recompute};
+use models::{Gpt, GptConfig, Model};
 
 /// (activation peak, bytes still held after backward beyond the baseline).
 fn activation_peak(model: &mut Gpt, x: &Tensor, y: &Tensor) -> (usize, isize) {

@@ -6,7 +6,9 @@ use crate::param::Placement;
 use crate::recompute::BlockRecompute;
 use crate::{Param, Result};
 
-/// A pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)).
+/// A pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)). The first residual
+/// add and ln_2 run as one op, and so do the MLP's c_fc and GeLU (unless it recomputes the
+/// GeLU output, see [`Mlp`]).
 pub struct Block {
     pub ln_1: LayerNorm,
     pub attn: CausalSelfAttention,
@@ -47,10 +49,10 @@ impl Block {
         if selective {
             self.attn.c_attn.forget_input();
         }
-        let mut x1 = empty_like(x, x.shape())?;
-        residual_forward(&mut x1, x, &a)?;
+        let (x1, h) = self.ln_2.forward_residual(x, &a)?; // x1 = x + a, h = ln_2(x1), (B,T,C)
         drop(a);
-        let m = self.mlp.forward(&self.ln_2.forward(&x1)?)?;
+        let m = self.mlp.forward(&h)?;
+        drop(h);
         if selective {
             self.mlp.c_fc.forget_input();
         }

@@ -20,6 +20,14 @@ impl Gelu {
     }
 }
 
+impl Gelu {
+    /// Keeps `x` for backward when the forward ran fused into the op before it
+    /// ([`super::Linear::forward_gelu`]).
+    pub(crate) fn keep_input(&mut self, x: Tensor) {
+        self.input = Some(x);
+    }
+}
+
 impl Layer for Gelu {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let mut out = empty_like(x, x.shape())?;

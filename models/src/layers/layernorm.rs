@@ -1,4 +1,4 @@
-use kernels::ops::layernorm::{layernorm_backward, layernorm_forward};
+use kernels::ops::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
 use kernels::Tensor;
 
 use super::{empty_f32, empty_like, saved, take_saved, Layer};
@@ -34,6 +34,21 @@ impl LayerNorm {
         let (mut mean, mut rstd) = (empty_f32(x, &[n])?, empty_f32(x, &[n])?);
         layernorm_forward(&mut out, &mut mean, &mut rstd, x, self.weight.compute(), self.bias.compute())?;
         Ok(out)
+    }
+}
+
+impl LayerNorm {
+    /// residual = a + b, then this LayerNorm of it, as one op (one pass over each row instead
+    /// of a residual add and a LayerNorm reading its result back): returns (residual, output),
+    /// both (.., C), and keeps (residual, mean, rstd) exactly as `forward(&residual)` would,
+    /// so the backward and `recompute_output` are unchanged.
+    pub(crate) fn forward_residual(&mut self, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = a.numel() / self.weight.numel();
+        let (mut residual, mut out) = (empty_like(a, a.shape())?, empty_like(a, a.shape())?);
+        let (mut mean, mut rstd) = (empty_f32(a, &[n])?, empty_f32(a, &[n])?);
+        residual_layernorm_forward(&mut residual, &mut out, &mut mean, &mut rstd, a, b, self.weight.compute(), self.bias.compute())?;
+        self.cache = Some((residual.clone(), mean, rstd));
+        Ok((residual, out))
     }
 }
 

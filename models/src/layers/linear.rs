@@ -1,4 +1,4 @@
-use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
+use kernels::ops::matmul::{matmul_backward, matmul_forward, matmul_gelu_forward, WeightLayout};
 use kernels::Tensor;
 
 use super::{empty_like, take_saved, Layer};
@@ -36,6 +36,18 @@ impl Linear {
     /// Puts back a recomputed input before backward.
     pub(crate) fn restore_input(&mut self, x: Tensor) {
         self.input = Some(x);
+    }
+
+    /// The forward with a GeLU after it, as one op (on CUDA the GeLU runs in the matmul's
+    /// epilogue, so the pre-GeLU activations are written once and never read back):
+    /// returns (pre-GeLU x @ W + b, gelu of it), both (.., OC). Keeps `x` like `forward`; the
+    /// pre-GeLU tensor is what `gelu_backward` needs, so the caller keeps it for that.
+    pub(crate) fn forward_gelu(&mut self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let shape = self.out_shape(x);
+        let (mut pre, mut out) = (empty_like(x, &shape)?, empty_like(x, &shape)?);
+        matmul_gelu_forward(&mut out, Some(&mut pre), x, self.weight.compute(), self.bias.as_ref().map(|b| b.compute()), WeightLayout::InOut)?;
+        self.input = Some(x.clone());
+        Ok((pre, out))
     }
 
     fn out_shape(&self, x: &Tensor) -> Vec<usize> {
