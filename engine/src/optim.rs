@@ -4,8 +4,11 @@
 //! value and its bf16 working copy in one pass (`adamw_update_with_copy`).
 
 use kernels::ops::adamw::{adamw_update, adamw_update_with_copy, AdamWStep};
+use std::sync::Arc;
+
+use kernels::cuda::{CudaDevice, CudaSlice};
 use kernels::ops::norm::{clip_grad_norm, global_norm};
-use kernels::{DType, Tensor};
+use kernels::{DType, Device, Tensor};
 use models::Model;
 
 use crate::Result;
@@ -51,9 +54,14 @@ impl AdamW {
     }
 
     /// Clips the gradients and takes one step at learning rate `lr`. Returns the gradient
-    /// norm before clipping (computed on the model's device; reading it is the step's one
-    /// wait for the device).
+    /// norm before clipping (computed on the model's device; reading it waits for the device).
     pub fn step(&mut self, model: &mut dyn Model, lr: f32) -> Result<f32> {
+        self.step_queued(model, lr)?.read()
+    }
+
+    /// [`AdamW::step`] without reading the norm: on a GPU the clipping reads the norm on the
+    /// device and nothing here waits for it.
+    pub fn step_queued(&mut self, model: &mut dyn Model, lr: f32) -> Result<GradNorm> {
         let norm = clip_gradients(model, self.config.grad_clip)?;
         self.step += 1;
         let c = &self.config;
@@ -83,18 +91,40 @@ impl AdamW {
     }
 }
 
+/// A step's gradient norm before clipping: a value on the CPU, one f32 on the device on a GPU.
+pub enum GradNorm {
+    Host(f32),
+    Device(Arc<CudaDevice>, CudaSlice<f32>),
+}
+
+impl GradNorm {
+    /// The norm on the host (on a GPU this waits for the device to compute it).
+    pub fn read(&self) -> Result<f32> {
+        Ok(match self {
+            GradNorm::Host(norm) => *norm,
+            GradNorm::Device(dev, norm) => dev.dtoh(norm)?[0],
+        })
+    }
+}
+
 /// The global gradient norm; with `max_norm > 0`, also scales every gradient by
-/// min(1, max_norm / (norm + 1e-6)) (on a GPU without the host waiting in between).
-fn clip_gradients(model: &mut dyn Model, max_norm: f32) -> Result<f32> {
+/// min(1, max_norm / (norm + 1e-6)) (on a GPU from the norm on the device, nothing waiting).
+fn clip_gradients(model: &mut dyn Model, max_norm: f32) -> Result<GradNorm> {
     // The gradients are moved out for the call (not cloned: a clone shares storage and an
     // in-place write would copy it) and put back in the same order.
     let mut grads = Vec::new();
     model.visit_params_mut(&mut |p| grads.push(std::mem::replace(&mut p.grad, empty())));
-    let norm = if max_norm > 0.0 {
-        let mut refs: Vec<&mut Tensor> = grads.iter_mut().collect();
-        clip_grad_norm(&mut refs, max_norm)
-    } else {
-        global_norm(&grads.iter().collect::<Vec<_>>())
+    let norm = match grads.first().map(Tensor::device) {
+        Some(Device::Cuda(ordinal)) => {
+            let mut refs: Vec<&mut Tensor> = grads.iter_mut().collect();
+            kernels::ops::norm::cuda::clip_grad_norm_device(&mut refs, max_norm)
+                .and_then(|norm| Ok(GradNorm::Device(kernels::cuda::device(ordinal)?, norm)))
+        }
+        _ if max_norm > 0.0 => {
+            let mut refs: Vec<&mut Tensor> = grads.iter_mut().collect();
+            clip_grad_norm(&mut refs, max_norm).map(GradNorm::Host)
+        }
+        _ => global_norm(&grads.iter().collect::<Vec<_>>()).map(GradNorm::Host),
     };
     let mut back = grads.into_iter();
     model.visit_params_mut(&mut |p| p.grad = back.next().expect("same parameters, same order"));

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::io;
 use crate::logs::{self, MemoryRecord, StepRecord};
 use crate::monitor::{Monitor, MonitorSetup};
-use crate::optim::{zero_grad, AdamW, AdamWConfig};
+use crate::optim::{zero_grad, AdamW, AdamWConfig, GradNorm};
 use crate::plan::{self, ModelProbe, Plan, PlanRequest};
 use crate::schedule::learning_rate;
 use crate::staging::{CopyTiming, Stager};
@@ -251,26 +251,78 @@ pub fn is_out_of_memory(e: &Error) -> bool {
     matches!(e, Error::Kernel(kernels::Error::OutOfMemory { .. }) | Error::Model(models::Error::Kernel(kernels::Error::OutOfMemory { .. })))
 }
 
+/// A step's mean loss: a value on the CPU; on a GPU one f32 on the device, averaged there
+/// over the micro-batches, read back only when the step is logged.
+enum StepLoss {
+    Host(f32),
+    Device(Tensor),
+}
+
+impl StepLoss {
+    fn read(&self) -> Result<f32> {
+        Ok(match self {
+            StepLoss::Host(loss) => *loss,
+            StepLoss::Device(loss) => loss.try_to_vec()?[0],
+        })
+    }
+}
+
 /// One step's forward and backward passes over the step's batch (inputs, targets) (G, T),
 /// cut into the plan's micro-batches in order; returns the step's mean loss and the marks
 /// before each forward, between it and its backward, and after the backward (host instants on the CPU, events on a GPU).
 /// Gradients are zeroed first, so a failed attempt leaves nothing behind once the model is
 /// released.
-fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan, before: impl Fn(usize)) -> Result<(f32, Vec<[Mark; 3]>)> {
+fn accumulate(model: &mut dyn Model, inputs: &Tensor, targets: &Tensor, plan: &Plan, before: impl Fn(usize)) -> Result<(StepLoss, Vec<[Mark; 3]>)> {
     zero_grad(model)?;
     let device = model.device();
     let (micro, accum) = (plan.micro_batch, plan.grad_accum);
-    let (mut loss, mut marks) = (0.0f32, Vec::with_capacity(accum));
+    let mut marks = Vec::with_capacity(accum);
+    let (mut host_loss, mut device_loss) = (0.0f32, match device {
+        Device::Cuda(_) => Some(Tensor::try_empty(device, DType::F32, &[1])?),
+        Device::Cpu => None,
+    });
     for i in 0..accum {
         before(i);
         let (x, y) = if accum == 1 { (inputs.clone(), targets.clone()) } else { (inputs.rows(i * micro, micro)?, targets.rows(i * micro, micro)?) };
         let t0 = timing::mark(device)?;
-        loss += model.forward(&x, Some(&y))?.expect("targets given") / accum as f32;
+        match &mut device_loss {
+            Some(loss) => model.forward_loss(&x, &y, loss, 1.0 / accum as f32, i > 0)?,
+            None => host_loss += model.forward(&x, Some(&y))?.expect("targets given") / accum as f32,
+        }
         let t1 = timing::mark(device)?;
         model.backward(1.0 / accum as f32)?;
         marks.push([t0, t1, timing::mark(device)?]);
     }
-    Ok((loss, marks))
+    Ok((device_loss.map_or(StepLoss::Host(host_loss), StepLoss::Device), marks))
+}
+
+/// A trained step whose loss, gradient norm and device times have not been read yet (on a
+/// GPU, between logged steps): its record is complete but for those.
+struct Unread {
+    record: StepRecord,
+    loss: StepLoss,
+    grad_norm: GradNorm,
+    marks: Vec<[Mark; 3]>,
+    optimizer: (Mark, Mark),
+}
+
+/// Reads back the steps in `unread` (in order; the first read waits for the device, the rest
+/// have completed by then), records them in `summary` and hands them to the monitor. A
+/// non-finite loss ends the run there, as `Error::Diverged` for that step.
+fn read_back(unread: &mut Vec<Unread>, summary: &mut TrainSummary, monitor: &mut Monitor) -> Result<()> {
+    for Unread { mut record, loss, grad_norm, marks, optimizer } in unread.drain(..) {
+        record.loss = loss.read()?;
+        if !record.loss.is_finite() {
+            monitor.alert(logs::nonfinite_loss_alert(record.step, record.loss))?;
+            return Err(Error::Diverged { step: record.step - 1, loss: record.loss });
+        }
+        record.grad_norm = grad_norm.read()?;
+        record.forward_ms = Some(timing::total_ms(marks.iter().map(|[a, b, _]| (a, b)))?);
+        record.backward_ms = Some(timing::total_ms(marks.iter().map(|[_, b, c]| (b, c)))?);
+        summary.losses.push((record.step, record.loss));
+        monitor.step(record, optimizer)?;
+    }
+    Ok(())
 }
 
 /// The peak bf16 rate for MFU and where it came from: `logs.peak_tflops`, the table by the
@@ -435,6 +487,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let eval_windows = t.eval_batches * t.batch_size;
     let mut train_time = Duration::ZERO;
     let mut last_val = None;
+    let mut unread: Vec<Unread> = Vec::new();
     for step in start_step..t.max_steps {
         let started = Instant::now();
         let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;
@@ -491,25 +544,40 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             }
         };
         drop(staged);
-        if !loss.is_finite() {
-            monitor.alert(logs::nonfinite_loss_alert(step + 1, loss))?;
-            monitor.finish()?;
-            return Err(Error::Diverged { step, loss });
+        let done = step + 1;
+        let last = done == t.max_steps;
+        let evaluates = last || (t.eval_interval > 0 && done % t.eval_interval == 0);
+        let checkpoints = last || (t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0);
+        // On a GPU the loss, the gradient norm and the device times stay on the device until
+        // a step that logs them (the monitor prints the first and every log_interval-th),
+        // evaluates or checkpoints: only there does the host wait for the device, and the
+        // steps in between are recorded then, in order. The CPU reads every step.
+        let reads = device == Device::Cpu || evaluates || checkpoints || done == start_step + 1 || done % t.log_interval.max(1) == 0;
+        if reads {
+            // A diverged step ends the run before the optimizer applies its gradients.
+            let result = read_back(&mut unread, &mut summary, &mut monitor).and_then(|()| {
+                let value = loss.read()?;
+                if value.is_finite() {
+                    return Ok(());
+                }
+                monitor.alert(logs::nonfinite_loss_alert(done, value))?;
+                Err(Error::Diverged { step, loss: value })
+            });
+            if let Err(e) = result {
+                monitor.finish()?;
+                return Err(e);
+            }
         }
         let optimizer_started = timing::mark(device)?;
-        let grad_norm = opt.step(&mut model, lr)?;
+        // On a GPU the clipping reads the norm on the device; nothing waits for it here. The
+        // AdamW update may still be running when the step is recorded: the monitor reads its
+        // marks once they have completed (crate::monitor).
+        let grad_norm = opt.step_queued(&mut model, lr)?;
         let optimizer_done = timing::mark(device)?;
-        // The grad norm was read back: forward and backward have completed (their marks are
-        // read without waiting). The AdamW update may still be running on a GPU: the monitor
-        // reads its marks once they have completed, not now (crate::monitor).
-        let forward_ms = timing::total_ms(marks.iter().map(|[a, b, _]| (a, b)))?;
-        let backward_ms = timing::total_ms(marks.iter().map(|[_, b, c]| (b, c)))?;
         let elapsed = started.elapsed();
         train_time += elapsed;
-        let done = step + 1;
         monitor.trained(done);
         let tok_s = tokens_per_step as f64 / elapsed.as_secs_f64();
-        summary.losses.push((done, loss));
         summary.steps = done;
         let wait_ms = data_wait.as_secs_f64() * 1e3;
         summary.data_wait_ms.push((done, wait_ms));
@@ -520,9 +588,8 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             summary.copy_timings.push((done, copy));
         }
 
-        let last = done == t.max_steps;
         let mut val = None;
-        if last || (t.eval_interval > 0 && done % t.eval_interval == 0) {
+        if evaluates {
             let (v, _) = evaluate_windows(&mut model, &data.val, eval_windows, plan.micro_batch, t.seq_len)?;
             summary.val_losses.push((done, v));
             val = Some(v);
@@ -532,31 +599,35 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let record = StepRecord {
             step: done,
             time_s: run_started.elapsed().as_secs_f64(),
-            loss,
+            loss: f32::NAN,
             val_loss: val,
             lr,
-            grad_norm,
+            grad_norm: f32::NAN,
             tokens: tokens_per_step,
             tokens_per_s: tok_s,
             mfu: logs::mfu(flops_per_token, tok_s, peak.0),
             step_ms: elapsed.as_secs_f64() * 1e3,
             data_wait_ms: wait_ms,
-            forward_ms: Some(forward_ms),
-            backward_ms: Some(backward_ms),
+            forward_ms: None,
+            backward_ms: None,
             optimizer_ms: None,
             memory: MemoryRecord { in_use: pool.in_use, peak: pool.peak, reserved: pool.reserved, budget: pool.budget },
             micro_batch: plan.micro_batch,
             grad_accum: plan.grad_accum,
             recompute: plan.policy.to_string(),
         };
-        monitor.step(record, (optimizer_started, optimizer_done))?;
-        if last || (t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0) {
+        unread.push(Unread { record, loss, grad_norm, marks, optimizer: (optimizer_started, optimizer_done) });
+        if reads {
+            read_back(&mut unread, &mut summary, &mut monitor)?;
+        }
+        if checkpoints {
+            let loss = summary.losses.last().map(|&(_, l)| l);
             // Every batch of this step has been consumed: this is where the next step reads.
             let sampled = loader.state();
             let state = CheckpointState {
                 format: checkpoint::FORMAT,
                 step: done,
-                train_loss: Some(loss),
+                train_loss: loss,
                 val_loss: last_val,
                 vocab_size: data.vocab_size,
                 config_toml: config.to_toml(),

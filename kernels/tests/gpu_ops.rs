@@ -15,7 +15,7 @@ mod common;
 use common::{assert_close, assert_rel_norm, gpu_or_skip, poison};
 use half::bf16;
 use kernels::ops::adamw::{adamw_update, adamw_update_with_copy, AdamWStep};
-use kernels::ops::crossentropy::crossentropy_forward;
+use kernels::ops::crossentropy::{crossentropy_forward, loss_mean};
 use kernels::ops::embedding::{embedding_backward, embedding_forward};
 use kernels::ops::gelu::{gelu_backward, gelu_forward};
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
@@ -384,6 +384,31 @@ fn crossentropy_bad_target_gives_nan_loss_on_gpu() {
     assert!(l[0].is_finite() && l[1].is_nan(), "losses {l:?}: row 1's target 10 >= V = 10 must give NaN");
     let g = logits.to_vec();
     assert!(g[..16].iter().all(|x| x.is_finite()) && g[16..].iter().all(|x| x.is_nan()), "dlogits {g:?}");
+}
+
+/// The device-side mean loss over micro-batches: replaced on the first call, accumulated on
+/// the next, against the f64 CPU sum (odd row counts, some below one block, some spanning
+/// several strides of it; the output poisoned first).
+#[test]
+fn loss_mean_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dev = gpu.device();
+    for (case, &n) in [1usize, 37, 1023, 1025, 3001].iter().enumerate() {
+        let seed = 650 + case as u64;
+        let (first_g, first_c) = pair(dev, &[n], values(n, seed, 0.0, 8.0), DType::F32);
+        let (second_g, second_c) = pair(dev, &[n], values(n, seed + 1, 0.0, 8.0), DType::F32);
+        let scale = 1.0 / (2 * n) as f32;
+        let mut out_g = poisoned(dev, DType::F32, &[1]);
+        let mut out_c = Tensor::zeros(Device::Cpu, &[1]);
+        loss_mean(&mut out_g, &first_g, scale, false).unwrap();
+        loss_mean(&mut out_c, &first_c, scale, false).unwrap();
+        check_f32(&format!("loss_mean N={n} (first micro-batch)"), &out_g, &out_c);
+        loss_mean(&mut out_g, &second_g, scale, true).unwrap();
+        loss_mean(&mut out_c, &second_c, scale, true).unwrap();
+        check_f32(&format!("loss_mean N={n} (accumulated)"), &out_g, &out_c);
+        let expected = (first_c.to_vec().iter().chain(&second_c.to_vec()).map(|&l| l as f64).sum::<f64>() * scale as f64) as f32;
+        assert!((out_c.to_vec()[0] - expected).abs() <= 1e-6 * expected, "CPU reference {:?} vs {expected}", out_c.to_vec());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 //! `transformers.GPT2LMHeadModel`. The vocabulary is padded to a multiple of 128 for speed;
 //! the padding is masked out of the softmax and cut from exports.
 
-use kernels::ops::crossentropy::crossentropy_forward;
+use kernels::ops::crossentropy::{crossentropy_forward, loss_mean};
 use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
 use kernels::ops::residual::scale;
 use kernels::{DType, Device, Tensor};
@@ -107,8 +107,10 @@ impl Gpt {
     }
 }
 
-impl Model for Gpt {
-    fn forward(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<f32>> {
+impl Gpt {
+    /// The forward pass; with targets, the per-row losses (B*T) on the model's device, the
+    /// logits turned into dlogits and kept for backward.
+    fn forward_rows(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<Tensor>> {
         let (b, t) = self.check_tokens("inputs", inputs)?;
         if let Some(targets) = targets {
             if self.check_tokens("targets", targets)? != (b, t) {
@@ -138,12 +140,24 @@ impl Model for Gpt {
         let mut logits2d = logits.reshape(&[n, vp])?;
         drop(logits);
         crossentropy_forward(&mut losses, &mut logits2d, &targets, self.config.vocab_size, Some(1.0 / n as f32))?;
-        // The per-row losses (N floats, not the logits) come to the host for the mean: on a
-        // GPU this is the step's one wait for the device in forward. A device-side mean
-        // would remove it.
-        let loss = (losses.try_to_vec()?.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32;
         self.head = Some((x, logits2d.reshape(&[b, t, vp])?, true));
-        Ok(Some(loss))
+        Ok(Some(losses))
+    }
+}
+
+impl Model for Gpt {
+    fn forward(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<f32>> {
+        let Some(losses) = self.forward_rows(inputs, targets)? else { return Ok(None) };
+        // The per-row losses (N floats, not the logits) come to the host for the mean: on a
+        // GPU the host waits for the forward here (`forward_loss` keeps the mean on the device).
+        let n = losses.numel();
+        Ok(Some((losses.try_to_vec()?.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32))
+    }
+
+    fn forward_loss(&mut self, inputs: &Tensor, targets: &Tensor, loss: &mut Tensor, scale: f32, accumulate: bool) -> Result<()> {
+        let losses = self.forward_rows(inputs, Some(targets))?.expect("targets given");
+        loss_mean(loss, &losses, scale / losses.numel() as f32, accumulate)?;
+        Ok(())
     }
 
     fn backward(&mut self, loss_scale: f32) -> Result<()> {

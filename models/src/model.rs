@@ -11,6 +11,19 @@ pub trait Model {
     /// keeps the logits for [`Model::logits`] and returns `None`.
     fn forward(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<f32>>;
 
+    /// The forward with targets (B,T), its mean loss left on the model's device:
+    /// `loss` (1 element, f32, on the model's device) becomes (`accumulate` ? `loss` : 0) +
+    /// `scale` * mean loss, so a trainer averages a step's micro-batches (scale = 1/M) without
+    /// the host waiting for the device. Keeps what `backward` needs, as `forward` does. The
+    /// default goes through [`Model::forward`] (the host reads the loss); GPT-2 keeps it on the
+    /// device.
+    fn forward_loss(&mut self, inputs: &Tensor, targets: &Tensor, loss: &mut Tensor, scale: f32, accumulate: bool) -> Result<()> {
+        let value = self.forward(inputs, Some(targets))?.ok_or_else(|| Error::Input("forward with targets returned no loss".into()))?;
+        let before = if accumulate { loss.try_to_vec()?[0] } else { 0.0 };
+        *loss = Tensor::from_vec(&[1], vec![before + scale * value])?.to_device(loss.device())?;
+        Ok(())
+    }
+
     /// Backward from the last forward's loss, times `loss_scale` (e.g. 1/accumulation
     /// steps). Parameter gradients accumulate.
     fn backward(&mut self, loss_scale: f32) -> Result<()>;

@@ -36,8 +36,33 @@ pub fn crossentropy_forward(
     }
 }
 
+/// The mean loss kept on the device: `out` (1 element, f32) = (`accumulate` ? `out` : 0) +
+/// `scale` * sum(`losses` (N)), in a fixed order. A step over M micro-batches of N rows
+/// each passes scale = 1 / (N M), so its loss is averaged where it was computed and only a
+/// step that logs it needs to read it back.
+pub fn loss_mean(out: &mut Tensor, losses: &Tensor, scale: f32, accumulate: bool) -> Result<()> {
+    const OP: &str = "loss_mean";
+    out.expect_shape(OP, "out", &[1])?;
+    expect_dtype(OP, "out", out, DType::F32)?;
+    expect_dtype(OP, "losses", losses, DType::F32)?;
+    match same_device(OP, &[out, losses])? {
+        Device::Cuda(_) => cuda::loss_mean(out, losses, scale, accumulate),
+        Device::Cpu => {
+            let total = cpu::loss_mean(losses.f32()?, scale);
+            let out = out.f32_mut()?;
+            out[0] = if accumulate { out[0] + total } else { total };
+            Ok(())
+        }
+    }
+}
+
 pub mod cpu {
     use rayon::prelude::*;
+
+    /// `scale` * the sum of `losses`, summed in f64.
+    pub fn loss_mean(losses: &[f32], scale: f32) -> f32 {
+        (scale as f64 * losses.iter().map(|&l| l as f64).sum::<f64>()) as f32
+    }
 
     use crate::ops::cpu_math::{self, exp, multiversion};
     use crate::{Error, Result};
@@ -86,6 +111,27 @@ pub mod cuda {
     use crate::{DType, Device, Error, Result, Tensor};
 
     const OP: &str = "crossentropy_forward";
+
+    pub fn loss_mean(out: &mut Tensor, losses: &Tensor, scale: f32, accumulate: bool) -> Result<()> {
+        let n = losses.numel();
+        if n > i32::MAX as usize {
+            return Err(Error::Invalid { op: "loss_mean", msg: format!("{n} rows exceed the kernel's int range") });
+        }
+        let Device::Cuda(ordinal) = out.device() else {
+            return Err(Error::Invalid { op: "loss_mean", msg: format!("CUDA launcher called with a tensor on {}", out.device()) });
+        };
+        let dev = cu::device(ordinal)?;
+        let kernel = "crossentropy_mean_f32";
+        let f = dev.function("crossentropy", kernel)?;
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        let (n, accumulate) = (n as i32, accumulate as i32);
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(out.cuda_slice_mut::<f32>()?).arg(losses.cuda_slice::<f32>()?).arg(&n).arg(&scale).arg(&accumulate);
+        // SAFETY: matches crossentropy.cu `crossentropy_mean_f32(float* out, const float* losses, int N, float scale,
+        // int accumulate)`; out holds 1 float, losses N (checked by the caller); one block of 1024 threads.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(kernel))?;
+        Ok(())
+    }
 
     pub fn crossentropy_forward(
         losses: &mut Tensor,

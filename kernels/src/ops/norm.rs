@@ -144,6 +144,25 @@ pub mod cuda {
         Ok(())
     }
 
+    /// Scales every tensor by min(1, max_norm / (norm + 1e-6)) with the norm computed and
+    /// read on the device, and returns the norm there (1 f32): nothing waits for the device.
+    /// `max_norm = 0` only measures.
+    pub fn clip_grad_norm_device(tensors: &mut [&mut Tensor], max_norm: f32) -> Result<CudaSlice<f32>> {
+        let (dev, norm) = {
+            let shared: Vec<&Tensor> = tensors.iter().map(|t| &**t).collect();
+            global_norm_device(&shared)?
+        };
+        if max_norm > 0.0 {
+            for t in tensors.iter_mut() {
+                match t.dtype() {
+                    DType::F32 => clip::<f32>(&dev, t, &norm, max_norm)?,
+                    _ => clip::<bf16>(&dev, t, &norm, max_norm)?,
+                }
+            }
+        }
+        Ok(norm)
+    }
+
     pub fn global_norm(tensors: &[&Tensor]) -> Result<f32> {
         let (dev, norm) = global_norm_device(tensors)?;
         Ok(dev.dtoh(&norm)?[0])
@@ -152,16 +171,8 @@ pub mod cuda {
     /// Scales every tensor by min(1, max_norm / (norm + 1e-6)) with the norm read on the
     /// device, then returns the norm (the only wait for the host, after the launches).
     pub fn clip_grad_norm(tensors: &mut [&mut Tensor], max_norm: f32) -> Result<f32> {
-        let (dev, norm) = {
-            let shared: Vec<&Tensor> = tensors.iter().map(|t| &**t).collect();
-            global_norm_device(&shared)?
-        };
-        for t in tensors.iter_mut() {
-            match t.dtype() {
-                DType::F32 => clip::<f32>(&dev, t, &norm, max_norm)?,
-                _ => clip::<bf16>(&dev, t, &norm, max_norm)?,
-            }
-        }
+        let dev = device_of("clip_grad_norm", &tensors.iter().map(|t| &**t).collect::<Vec<_>>())?;
+        let norm = clip_grad_norm_device(tensors, max_norm)?;
         Ok(dev.dtoh(&norm)?[0])
     }
 
