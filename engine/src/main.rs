@@ -119,6 +119,13 @@ enum Command {
         #[arg(long, default_value = "auto", value_name = "DEVICE")]
         device: String,
     },
+    /// Precompile the CUDA kernels: `engine kernels build --arch sm_90 [--arch sm_80] --out DIR`
+    /// (needs NVRTC). Copy DIR to a machine with only the NVIDIA driver and set
+    /// ENGINE_KERNEL_CACHE=DIR there: it runs with no NVRTC.
+    Kernels {
+        #[command(subcommand)]
+        action: KernelsCommand,
+    },
     /// Print a checkpoint's validation loss.
     Eval {
         checkpoint: PathBuf,
@@ -134,6 +141,19 @@ enum Command {
         /// "auto" (the GPU when usable, else the CPU), "cpu", "cuda" or "cuda:N".
         #[arg(long, default_value = "auto", value_name = "DEVICE")]
         device: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelsCommand {
+    /// Compile every embedded kernel file for each --arch into DIR (a kernel cache directory).
+    Build {
+        /// A GPU architecture such as sm_80 or sm_90 (repeatable).
+        #[arg(long = "arch", required = true, value_name = "ARCH")]
+        archs: Vec<String>,
+        /// The cache directory to fill (created if needed).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -220,6 +240,20 @@ fn run(cli: Cli) -> Result<()> {
             let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
             let text = sample(&mut model, tokenizer.as_ref(), &SampleOptions { prompt, tokens, temperature, top_k, seed })?;
             println!("{text}");
+            Ok(())
+        }
+        Command::Kernels { action: KernelsCommand::Build { archs, out } } => {
+            let written = kernels::cuda::build_kernel_cache(&out, &archs)?;
+            for path in &written {
+                println!("{}", path.display());
+            }
+            println!(
+                "{} cubins for {} in {}; on a machine with only the NVIDIA driver, set ENGINE_KERNEL_CACHE={}",
+                written.len(),
+                archs.join(", "),
+                out.display(),
+                out.display()
+            );
             Ok(())
         }
         Command::Eval { checkpoint, batches, json, dump_tokens, device } => {

@@ -65,26 +65,22 @@ fn request_name(ordinal: usize) -> String {
     }
 }
 
-/// Probes the driver, the device and NVRTC, then opens the device; returns a short
-/// description (`NVIDIA H100 80GB HBM3, sm_90, driver CUDA 13.0, NVRTC 13.0`) or the reason
-/// it is unusable.
+/// Probes the driver, the device and NVRTC (or a complete kernel cache), then opens the
+/// device; returns a short description (`NVIDIA H100 80GB HBM3, sm_90, driver CUDA 13.0,
+/// NVRTC 13.0`) or the reason it is unusable.
 fn usable_cuda(ordinal: usize) -> std::result::Result<String, String> {
     crate::cuda::probe(ordinal)?;
     let dev = crate::cuda::device(ordinal).map_err(|e| match e {
         Error::DeviceUnavailable { reason, .. } => reason,
         other => other.to_string(),
     })?;
-    let nvrtc = crate::cuda::nvrtc::nvrtc().map_err(|e| e.to_string())?;
+    let kernels = match crate::cuda::nvrtc::nvrtc() {
+        Ok(nvrtc) => format!("NVRTC {}.{}", nvrtc.version.0, nvrtc.version.1),
+        // probe passed without NVRTC: every kernel is in the disk cache
+        Err(_) => "no NVRTC, kernels from the cache".to_string(),
+    };
     let driver = dev.driver_version();
-    Ok(format!(
-        "{}, {}, driver CUDA {}.{}, NVRTC {}.{}",
-        dev.name(),
-        dev.arch(),
-        driver / 1000,
-        driver % 1000 / 10,
-        nvrtc.version.0,
-        nvrtc.version.1
-    ))
+    Ok(format!("{}, {}, driver CUDA {}.{}, {kernels}", dev.name(), dev.arch(), driver / 1000, driver % 1000 / 10))
 }
 
 #[cfg(test)]

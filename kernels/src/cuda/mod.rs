@@ -53,7 +53,7 @@
 //! # Files
 //! - `probe.rs`: is a GPU usable? (never panics; reasons a user can act on)
 //! - `nvrtc.rs`: finds and loads NVRTC and the CUDA headers; compiles a source to a cubin
-//! - `cache.rs`: the on-disk cubin cache
+//! - `cache.rs`: the on-disk cubin cache (looked up without NVRTC; `engine kernels build`)
 //! - `staging.rs`: pinned host buffers, the copy stream, events (record, wait, query,
 //!   elapsed time) and strided host-to-device copies: the data pipeline's half of the GPU
 //! - this file: `CudaDevice`, the per-ordinal registry, module/function lookup
@@ -79,7 +79,7 @@ pub use cudarc::driver::sys::CUdevice_attribute;
 
 use crate::{DType, Device, Error, Result};
 
-pub use cache::cache_dir;
+pub use cache::{build_into as build_kernel_cache, cache_dir};
 pub use probe::{probe, probe_driver, ProbeInfo};
 pub use staging::{copy_rows_htod, stall_stream, wait_event, Event, EventKind, PinnedBuffer};
 
@@ -268,16 +268,52 @@ impl CudaDevice {
         }
         let src = source(module).ok_or_else(|| unknown_module(module))?;
         let load = |cubin: Vec<u8>| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin));
-        // A cached cubin that the driver rejects (corrupt, or a driver change) is rebuilt once.
-        let m = match load(cache::cubin(module, src, &self.arch, false)?) {
-            Ok(m) => m,
-            Err(_) => load(cache::cubin(module, src, &self.arch, true)?).map_err(|e| Error::Cuda {
-                op: format!("loading the cubin of kernels/cuda/{module}.cu for {}", self.arch),
-                msg: e.to_string(),
-            })?,
+        // Cached cubins first, with no NVRTC involved: a driver-only machine runs from them. One
+        // the driver rejects (corrupt, or made for another driver) falls through to the next,
+        // then to a fresh compile.
+        let mut rejected = None;
+        let mut loaded = None;
+        for entry in cache::lookup(module, src, &self.arch) {
+            match std::fs::read(&entry.path) {
+                Ok(bytes) if !bytes.is_empty() => match load(bytes) {
+                    Ok(m) => {
+                        loaded = Some(m);
+                        break;
+                    }
+                    Err(e) => rejected = Some(format!("the driver rejected the cached {} ({e})", entry.path.display())),
+                },
+                _ => {}
+            }
+        }
+        let m = match loaded {
+            Some(m) => m,
+            None => {
+                let cubin = cache::compile(module, src, &self.arch).map_err(|e| match e {
+                    Error::Nvrtc { reason } => self.missing_kernel(module, rejected.as_deref(), &reason),
+                    other => other,
+                })?;
+                load(cubin).map_err(|e| Error::Cuda {
+                    op: format!("loading the cubin of kernels/cuda/{module}.cu for {}", self.arch),
+                    msg: e.to_string(),
+                })?
+            }
         };
         modules.insert(module.to_string(), m.clone());
         Ok(m)
+    }
+
+    /// The error for a kernel file that neither the cache nor NVRTC can provide.
+    fn missing_kernel(&self, module: &str, rejected: Option<&str>, nvrtc_reason: &str) -> Error {
+        let arch = &self.arch;
+        let cache = cache_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "none: set ENGINE_KERNEL_CACHE".into());
+        let found = rejected.map(|r| format!("{r}, ")).unwrap_or_else(|| "it has no entry for it, ".into());
+        Error::Nvrtc {
+            reason: format!(
+                "kernels/cuda/{module}.cu for {arch} is not in the kernel cache ({cache}): {found}and compiling it needs NVRTC: \
+                 {nvrtc_reason}. Or, on a machine with NVRTC, run `engine kernels build --arch {arch} --out DIR`, copy DIR here \
+                 and set ENGINE_KERNEL_CACHE=DIR"
+            ),
+        }
     }
 
     /// A 1-D launch for a grid-stride loop over `n` elements: enough blocks to fill the

@@ -9,6 +9,8 @@
 //! first (libnvrtc dlopens it by soname) and then `libnvrtc.so.13`, and keep both loaded for
 //! the life of the process.
 //!
+//! `ENGINE_NVRTC=off` skips all of this, as if NVRTC were not installed.
+//!
 //! `cuda_bf16.h`/`cuda_fp16.h` are not built into NVRTC 13.0, so every compile passes
 //! `--include-path` for a CUDA include directory found the same way.
 
@@ -29,7 +31,7 @@ or install the CUDA toolkit 13.0 (/usr/local/cuda, or set CUDA_PATH)";
 /// A loaded NVRTC and the include directory every compile uses.
 #[derive(Debug)]
 pub struct Nvrtc {
-    /// `(major, minor)` as NVRTC reports it; part of the disk-cache key.
+    /// `(major, minor)` as NVRTC reports it; recorded in the disk-cache entries it makes.
     pub version: (i32, i32),
     /// Where libnvrtc was loaded from; `None` when it was already loadable by bare name.
     pub lib_dir: Option<PathBuf>,
@@ -46,7 +48,16 @@ pub fn nvrtc() -> Result<&'static Nvrtc> {
     NVRTC.get_or_init(locate_and_load).as_ref().map_err(|reason| Error::Nvrtc { reason: reason.clone() })
 }
 
+/// `ENGINE_NVRTC=off`: NVRTC is never searched for or loaded, as on a machine with only the
+/// driver (kernels come from the disk cache alone; tests of that path set it).
+fn turned_off() -> bool {
+    std::env::var("ENGINE_NVRTC").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
+}
+
 fn locate_and_load() -> std::result::Result<Nvrtc, String> {
+    if turned_off() {
+        return Err(format!("it is turned off by ENGINE_NVRTC=off (unset it to use an installed NVRTC; where there is none, {INSTALL_HINT})"));
+    }
     let roots = search_roots();
     let mut libraries = Vec::new();
     // SAFETY: is_culib_present only dlopens and closes candidate names; no symbol is called.

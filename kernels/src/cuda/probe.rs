@@ -36,13 +36,40 @@ pub fn probe_driver(ordinal: usize) -> Result<ProbeInfo, String> {
     Ok(ProbeInfo { ordinal, device_count: count })
 }
 
-/// Checks everything a training run needs: the driver, the device, and NVRTC with the
-/// CUDA headers (kernels are compiled at first use).
+/// Checks everything a training run needs: the driver, the device, and its kernels: NVRTC
+/// with the CUDA headers (kernels are compiled at first use), or, without NVRTC, a disk
+/// cache holding every embedded kernel file for the device's architecture.
 pub fn probe(ordinal: usize) -> Result<ProbeInfo, String> {
     let info = probe_driver(ordinal)?;
-    nvrtc::nvrtc().map_err(|e| match e {
-        crate::Error::Nvrtc { reason } => format!("a GPU is present but NVRTC is not usable: {reason}"),
-        other => other.to_string(),
-    })?;
-    Ok(info)
+    let reason = match nvrtc::nvrtc() {
+        Ok(_) => return Ok(info),
+        Err(crate::Error::Nvrtc { reason }) => reason,
+        Err(other) => other.to_string(),
+    };
+    let arch = arch(ordinal)?;
+    let missing: Vec<&str> = super::sources::SOURCES
+        .iter()
+        .filter(|(file, source)| super::cache::lookup(file, source, &arch).is_empty())
+        .map(|(file, _)| *file)
+        .collect();
+    if missing.is_empty() {
+        return Ok(info);
+    }
+    let cache = super::cache_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "none".into());
+    Err(format!(
+        "a GPU is present but NVRTC is not usable ({reason}), and the kernel cache ({cache}) lacks {arch} cubins of {} \
+         (build them with `engine kernels build --arch {arch} --out DIR` where NVRTC is, and set ENGINE_KERNEL_CACHE=DIR)",
+        missing.join(", ")
+    ))
+}
+
+/// `sm_XY` of device `ordinal`, from the driver alone (no context).
+fn arch(ordinal: usize) -> Result<String, String> {
+    use driver_sys::CUdevice_attribute as A;
+    let dev = driver_result::device::get(ordinal as i32).map_err(|e| format!("cuDeviceGet({ordinal}) failed ({e})"))?;
+    let read = |attrib| {
+        // SAFETY: `dev` was returned by cuDeviceGet.
+        unsafe { driver_result::device::get_attribute(dev, attrib) }.map_err(|e| format!("reading the compute capability of cuda:{ordinal} failed ({e})"))
+    };
+    Ok(format!("sm_{}{}", read(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?, read(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?))
 }
