@@ -32,12 +32,14 @@
 //!   [`CopyTiming`]: the copy's GPU time, how much of it ran before the compute stream
 //!   reached the batch (overlap), and how long the compute stream stood waiting for it.
 //!
+//!   The events are read without blocking the host: [`Stager::take_copy_timing`] reads
+//!   the batches whose events have completed (in order) and waits only when asked to, on
+//!   the steps where the trainer waits for the device anyway.
+//!
 //! The sampler state ([`Stager::state`]) is the one after the last batch handed to the
 //! trainer, not after the look-ahead batch, so checkpoints resume exactly.
-//!
-//! Unverified on a GPU: written and compiled without one; `staging_gpu_*` tests check it
-//! when one is present.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -226,28 +228,62 @@ impl Stager {
         }
     }
 
-    /// Copy timings of the batches handed out since the last call (`None` on the CPU).
-    /// Waits, if needed, until the compute stream has reached the last of them.
-    pub fn take_copy_timing(&mut self) -> Result<Option<CopyTiming>> {
+    /// Copy timings by group: the batches handed out between two calls are one group,
+    /// numbered from 0 by the call that closes it (the trainer calls once per step, so a
+    /// group is a step's batches). Returns the groups whose timings are now all read, in
+    /// order; with `wait` false it reads only events that have completed and never blocks
+    /// the host, so a group may come back a few calls later; with `wait` true it waits for
+    /// every batch handed out so far. Empty on the CPU.
+    pub fn take_copy_timing(&mut self, wait: bool) -> Result<Vec<(u64, CopyTiming)>> {
         match self {
-            Stager::Cpu(_) => Ok(None),
-            Stager::Cuda(stager) => stager.take_copy_timing().map(Some),
+            Stager::Cpu(_) => Ok(Vec::new()),
+            Stager::Cuda(stager) => stager.take_copy_timing(wait),
         }
     }
 }
 
-/// A device slot: the batch tensors and the events of the copy into them.
+/// The timing events of one batch (see [`CopyTiming::from_marks`]).
+struct BatchEvents {
+    /// Copy stream, before and after the two copies.
+    copy_start: Event,
+    copy_end: Event,
+    /// Compute stream, before and after it waits on `copy_end`.
+    ready: Event,
+    resumed: Event,
+}
+
+impl BatchEvents {
+    fn new(dev: &CudaDevice) -> Result<Self> {
+        let event = || dev.new_event(EventKind::Timing);
+        Ok(Self { copy_start: event()?, copy_end: event()?, ready: event()?, resumed: event()? })
+    }
+
+    /// Whether all four have completed (`resumed` is the compute stream's last, `copy_end`
+    /// the copy stream's), without waiting.
+    fn is_complete(&self) -> Result<bool> {
+        Ok(self.resumed.is_complete()? && self.copy_end.is_complete()?)
+    }
+
+    /// The batch's timing; waits for the events if they have not completed.
+    fn timing(&self) -> Result<CopyTiming> {
+        // Origin: copy_start.
+        let ms = |e: &Event| self.copy_start.elapsed_ms(e).map(f64::from);
+        Ok(CopyTiming::from_marks(0.0, ms(&self.copy_end)?, ms(&self.ready)?, ms(&self.resumed)?))
+    }
+}
+
+/// A device slot: the batch tensors and the events of the copy into them (handed over to
+/// [`Untimed`] when the batch is handed out, so the slot's next copy records fresh ones).
 struct DeviceSlot {
     inputs: Tensor,
     targets: Tensor,
-    /// Copy stream, before and after the two copies (timing).
-    copy_start: Event,
-    copy_end: Event,
-    /// Compute stream, before and after it waits on `copy_end` (timing).
-    ready: Event,
-    resumed: Event,
-    /// Handed out, and its timing not yet collected.
-    untimed: bool,
+    events: BatchEvents,
+}
+
+/// A batch handed out whose timing has not been read, and its group.
+struct Untimed {
+    events: BatchEvents,
+    group: u64,
 }
 
 /// A batch whose copy has been issued.
@@ -270,7 +306,14 @@ pub struct CudaStager {
     /// The look-ahead batch: copy issued, not yet handed out.
     ahead: Option<Issued>,
     state: SamplerState,
-    timing: CopyTiming,
+    /// Handed out, timing not read yet, oldest first.
+    untimed: VecDeque<Untimed>,
+    /// Event sets already read, for reuse.
+    spare: Vec<BatchEvents>,
+    /// The group the batches handed out now belong to.
+    group: u64,
+    /// The oldest group not yet returned: the timings of its batches read so far.
+    partial: Option<(u64, CopyTiming)>,
     seq_len: usize,
 }
 
@@ -287,15 +330,26 @@ impl CudaStager {
             slots.push(DeviceSlot {
                 inputs: Tensor::try_empty(dev.device(), DType::U32, &shape)?,
                 targets: Tensor::try_empty(dev.device(), DType::U32, &shape)?,
-                copy_start: dev.new_event(EventKind::Timing)?,
-                copy_end: dev.new_event(EventKind::Timing)?,
-                ready: dev.new_event(EventKind::Timing)?,
-                resumed: dev.new_event(EventKind::Timing)?,
-                untimed: false,
+                events: BatchEvents::new(&dev)?,
             });
         }
         let compute_done = dev.new_event(EventKind::Sync)?;
-        Ok(Self { dev, copy, loader, stats, slots, next_slot: 0, compute_done, ahead: None, state, timing: CopyTiming::default(), seq_len: config.seq_len })
+        Ok(Self {
+            dev,
+            copy,
+            loader,
+            stats,
+            slots,
+            next_slot: 0,
+            compute_done,
+            ahead: None,
+            state,
+            untimed: VecDeque::new(),
+            spare: Vec::new(),
+            group: 0,
+            partial: None,
+            seq_len: config.seq_len,
+        })
     }
 
     /// The pinned ring's counters.
@@ -316,13 +370,11 @@ impl CudaStager {
     fn issue(&mut self) -> Result<Issued> {
         let k = self.next_slot;
         self.next_slot = (k + 1) % DEVICE_SLOTS;
-        // Reusing the slot re-records its events: collect the last batch's timing first.
-        self.collect(k)?;
         let loaded = self.loader.next_batch()?;
         let waited = loaded.waited();
         let (row, t) = (self.seq_len + 1, self.seq_len);
         let b = loaded.window_ids().len();
-        let DeviceSlot { inputs, targets, copy_start, copy_end, .. } = &mut self.slots[k];
+        let DeviceSlot { inputs, targets, events } = &mut self.slots[k];
         // Unique in the steady state; copied first (on the compute stream) if the model
         // still holds them, so a live tensor is never overwritten.
         let (inputs, targets) = (inputs.cuda_slice_mut::<u32>()?, targets.cuda_slice_mut::<u32>()?);
@@ -330,11 +382,11 @@ impl CudaStager {
         // and the allocation or copy above) comes before the copy overwrites it.
         self.compute_done.record(self.dev.stream())?;
         wait_event(&self.copy, &self.compute_done)?;
-        copy_start.record(&self.copy)?;
+        events.copy_start.record(&self.copy)?;
         let pinned = loaded.buffer().pinned();
         copy_rows_htod(&self.copy, pinned, 0, row, inputs, t, b)?;
         copy_rows_htod(&self.copy, pinned, 1, row, targets, t, b)?;
-        copy_end.record(&self.copy)?;
+        events.copy_end.record(&self.copy)?;
         // The pinned slot may be refilled once this completes; hand it back right away.
         loaded.buffer().copied_event().record(&self.copy)?;
         drop(loaded);
@@ -350,11 +402,18 @@ impl CudaStager {
         };
         waited += current.waited;
         let compute = self.dev.stream().clone();
+        let fresh = match self.spare.pop() {
+            Some(events) => events,
+            None => BatchEvents::new(&self.dev)?,
+        };
         let slot = &mut self.slots[current.slot];
-        slot.ready.record(&compute)?;
-        wait_event(&compute, &slot.copy_end)?;
-        slot.resumed.record(&compute)?;
-        slot.untimed = true;
+        slot.events.ready.record(&compute)?;
+        wait_event(&compute, &slot.events.copy_end)?;
+        slot.events.resumed.record(&compute)?;
+        // The events go with the batch until its timing is read; the slot's next copy
+        // records fresh ones.
+        let events = std::mem::replace(&mut slot.events, fresh);
+        self.untimed.push_back(Untimed { events, group: self.group });
         let batch = StagedBatch { inputs: slot.inputs.clone(), targets: slot.targets.clone(), waited: Duration::ZERO };
         self.state = current.state_after;
         // Look-ahead: the next batch's copy overlaps this batch's compute.
@@ -364,25 +423,34 @@ impl CudaStager {
         Ok(StagedBatch { waited, ..batch })
     }
 
-    /// Adds slot `k`'s timing to the running total if it was handed out and not yet counted.
-    fn collect(&mut self, k: usize) -> Result<()> {
-        let slot = &mut self.slots[k];
-        if !slot.untimed {
-            return Ok(());
+    /// See [`Stager::take_copy_timing`].
+    pub fn take_copy_timing(&mut self, wait: bool) -> Result<Vec<(u64, CopyTiming)>> {
+        // This call closes the group of the batches handed out since the last one.
+        let closed = self.group;
+        self.group += 1;
+        let mut done = Vec::new();
+        while let Some(front) = self.untimed.front() {
+            if !wait && !front.events.is_complete()? {
+                break;
+            }
+            let Untimed { events, group } = self.untimed.pop_front().expect("front exists");
+            let timing = events.timing()?;
+            self.spare.push(events);
+            match &mut self.partial {
+                Some((g, sum)) if *g == group => sum.add(timing),
+                _ => {
+                    done.extend(self.partial.take());
+                    self.partial = Some((group, timing));
+                }
+            }
         }
-        slot.untimed = false;
-        // Origin: copy_start. `elapsed_ms` waits for both events; `resumed` is the latest.
-        let ms = |e: &Event| slot.copy_start.elapsed_ms(e).map(f64::from);
-        let (end, ready, resumed) = (ms(&slot.copy_end)?, ms(&slot.ready)?, ms(&slot.resumed)?);
-        self.timing.add(CopyTiming::from_marks(0.0, end, ready, resumed));
-        Ok(())
-    }
-
-    pub fn take_copy_timing(&mut self) -> Result<CopyTiming> {
-        for k in 0..DEVICE_SLOTS {
-            self.collect(k)?;
+        // The oldest group is whole once none of its batches is left unread and it is closed.
+        if let Some((g, _)) = self.partial {
+            if self.untimed.front().map_or(g <= closed, |u| u.group > g) {
+                done.extend(self.partial.take());
+            }
         }
-        Ok(std::mem::take(&mut self.timing))
+        Ok(done)
     }
 }
 
@@ -444,7 +512,7 @@ mod tests {
             assert_eq!(tokens(&got.targets), expected.targets);
             assert_eq!(staged.state(), loader.state());
         }
-        assert_eq!(staged.take_copy_timing().unwrap(), None);
+        assert!(staged.take_copy_timing(true).unwrap().is_empty());
     }
 
     #[test]
@@ -459,8 +527,12 @@ mod tests {
             assert!(tokens(&g.targets) == tokens(&c.targets), "targets differ at batch {step}");
             assert_eq!(gpu.state(), cpu.state(), "sampler state after batch {step}");
         }
-        let timing = gpu.take_copy_timing().unwrap().unwrap();
-        assert_eq!(timing.batches, 50);
+        // One call: the 50 batches handed out are group 0, all read.
+        let groups = gpu.take_copy_timing(true).unwrap();
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        let (group, timing) = groups[0];
+        assert_eq!((group, timing.batches), (0, 50));
+        assert!(gpu.take_copy_timing(true).unwrap().is_empty(), "nothing handed out since");
         assert!(timing.copy_ms > 0.0 && timing.stall_ms >= 0.0, "{timing:?}");
         assert!((0.0..=1.0).contains(&timing.overlap().unwrap()), "{timing:?}");
         eprintln!("50 batches of 4 x 65 tokens: {timing:?}");
@@ -494,6 +566,33 @@ mod tests {
             (stats.fills.load(Ordering::Relaxed), stats.fills_waited.load(Ordering::Relaxed), stats.fills_early.load(Ordering::Relaxed));
         assert_eq!(early, 0, "a slot was refilled before its copy's event completed");
         assert!(waited > 0, "no refill found its copy in flight ({fills} fills): the stall did not exercise the wait");
+    }
+
+    #[test]
+    fn staging_gpu_copy_timing_comes_back_by_group_without_waiting() {
+        // The compute stream is held for 300 ms, so no batch handed out meanwhile has
+        // completed: reading without waiting returns nothing and does not block; reading
+        // with waiting returns every group, in order, with its batches. (Copies wait for the
+        // compute stream too, so the pinned ring is made deep enough for the 7 batches
+        // issued meanwhile, or the host would wait for the loader instead.)
+        let Some(dev) = gpu_or_skip() else { return };
+        let mut gpu = stager(dev.device(), 8);
+        dev.synchronize().unwrap();
+        cuda::stall_stream(dev.stream(), Duration::from_millis(300)).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            for _ in 0..2 {
+                gpu.next_batch().unwrap();
+            }
+            let early = gpu.take_copy_timing(false).unwrap();
+            assert!(early.is_empty(), "a group came back before its batches ran: {early:?} after {:?}", started.elapsed());
+        }
+        let queued = started.elapsed();
+        assert!(queued < Duration::from_millis(250), "reading without waiting blocked: {queued:?}");
+        let groups = gpu.take_copy_timing(true).unwrap();
+        let shape: Vec<(u64, u32)> = groups.iter().map(|(g, t)| (*g, t.batches)).collect();
+        assert_eq!(shape, vec![(0, 2), (1, 2), (2, 2)], "{groups:?}");
+        assert!(groups.iter().all(|(_, t)| t.copy_ms >= 0.0 && t.stall_ms >= 0.0));
     }
 
     #[test]

@@ -488,6 +488,8 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let mut train_time = Duration::ZERO;
     let mut last_val = None;
     let mut unread: Vec<Unread> = Vec::new();
+    // The step of each group of copy timings (Stager::take_copy_timing), by group number.
+    let mut copy_steps: Vec<u64> = Vec::new();
     for step in start_step..t.max_steps {
         let started = Instant::now();
         let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;
@@ -582,10 +584,17 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let wait_ms = data_wait.as_secs_f64() * 1e3;
         summary.data_wait_ms.push((done, wait_ms));
         summary.data_wait_seconds += data_wait.as_secs_f64();
-        if let (Some(copy), Some((file, path))) = (loader.take_copy_timing()?, copy_log.as_mut()) {
-            let overlap = copy.overlap().map_or("-".to_string(), |o| format!("{o:.3}"));
-            writeln!(file, "{done} {:.3} {overlap} {:.3}", copy.copy_ms, copy.stall_ms).map_err(io(&*path))?;
-            summary.copy_timings.push((done, copy));
+        // A step's batches are one group of copy timings; on a GPU they are read once their
+        // events have completed (waiting only on steps that read back anyway), so a step's
+        // line may come a few steps later, still in step order.
+        copy_steps.push(done);
+        for (group, copy) in loader.take_copy_timing(reads)? {
+            let copied = copy_steps[group as usize];
+            if let Some((file, path)) = copy_log.as_mut() {
+                let overlap = copy.overlap().map_or("-".to_string(), |o| format!("{o:.3}"));
+                writeln!(file, "{copied} {:.3} {overlap} {:.3}", copy.copy_ms, copy.stall_ms).map_err(io(&*path))?;
+            }
+            summary.copy_timings.push((copied, copy));
         }
 
         let mut val = None;

@@ -141,7 +141,9 @@ impl Event {
     }
 
     /// Milliseconds of GPU time from `self` to `end` (negative if `end` completed first),
-    /// after waiting for both. Both must be [`EventKind::Timing`] events, recorded.
+    /// after waiting for both; when both have already completed the host does not block
+    /// (cudarc's `elapsed_ms` would synchronize on both regardless). Both must be
+    /// [`EventKind::Timing`] events, recorded.
     pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
         let op = "elapsed time between events";
         if self.kind != EventKind::Timing || end.kind != EventKind::Timing {
@@ -151,7 +153,14 @@ impl Event {
         if !recorded(self) || !recorded(end) {
             return Err(Error::Invalid { op, msg: "both events must have been recorded".into() });
         }
-        self.inner.elapsed_ms(&end.inner).map_err(cuda_error(format!("{op} on cuda:{}", self.ordinal)))
+        let err = || cuda_error(format!("{op} on cuda:{}", self.ordinal));
+        if self.is_complete()? && end.is_complete()? {
+            self.inner.context().bind_to_thread().map_err(err())?;
+            // SAFETY: both events are live (owned by `self` and `end`), of one context,
+            // recorded and complete, and created with timing (EventKind::Timing).
+            return unsafe { cudarc::driver::result::event::elapsed(self.inner.cu_event(), end.inner.cu_event()) }.map_err(err());
+        }
+        self.inner.elapsed_ms(&end.inner).map_err(err())
     }
 }
 
