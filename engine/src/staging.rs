@@ -306,6 +306,13 @@ pub struct CudaStager {
     /// The look-ahead batch: copy issued, not yet handed out.
     ahead: Option<Issued>,
     state: SamplerState,
+    timings: Box<Timings>,
+    seq_len: usize,
+}
+
+/// The copy timings not yet returned (boxed: it keeps [`Stager`]'s variants of a size).
+#[derive(Default)]
+struct Timings {
     /// Handed out, timing not read yet, oldest first.
     untimed: VecDeque<Untimed>,
     /// Event sets already read, for reuse.
@@ -314,7 +321,6 @@ pub struct CudaStager {
     group: u64,
     /// The oldest group not yet returned: the timings of its batches read so far.
     partial: Option<(u64, CopyTiming)>,
-    seq_len: usize,
 }
 
 impl CudaStager {
@@ -344,10 +350,7 @@ impl CudaStager {
             compute_done,
             ahead: None,
             state,
-            untimed: VecDeque::new(),
-            spare: Vec::new(),
-            group: 0,
-            partial: None,
+            timings: Box::default(),
             seq_len: config.seq_len,
         })
     }
@@ -402,7 +405,7 @@ impl CudaStager {
         };
         waited += current.waited;
         let compute = self.dev.stream().clone();
-        let fresh = match self.spare.pop() {
+        let fresh = match self.timings.spare.pop() {
             Some(events) => events,
             None => BatchEvents::new(&self.dev)?,
         };
@@ -413,7 +416,7 @@ impl CudaStager {
         // The events go with the batch until its timing is read; the slot's next copy
         // records fresh ones.
         let events = std::mem::replace(&mut slot.events, fresh);
-        self.untimed.push_back(Untimed { events, group: self.group });
+        self.timings.untimed.push_back(Untimed { events, group: self.timings.group });
         let batch = StagedBatch { inputs: slot.inputs.clone(), targets: slot.targets.clone(), waited: Duration::ZERO };
         self.state = current.state_after;
         // Look-ahead: the next batch's copy overlaps this batch's compute.
@@ -425,29 +428,30 @@ impl CudaStager {
 
     /// See [`Stager::take_copy_timing`].
     pub fn take_copy_timing(&mut self, wait: bool) -> Result<Vec<(u64, CopyTiming)>> {
+        let t = &mut *self.timings;
         // This call closes the group of the batches handed out since the last one.
-        let closed = self.group;
-        self.group += 1;
+        let closed = t.group;
+        t.group += 1;
         let mut done = Vec::new();
-        while let Some(front) = self.untimed.front() {
+        while let Some(front) = t.untimed.front() {
             if !wait && !front.events.is_complete()? {
                 break;
             }
-            let Untimed { events, group } = self.untimed.pop_front().expect("front exists");
+            let Untimed { events, group } = t.untimed.pop_front().expect("front exists");
             let timing = events.timing()?;
-            self.spare.push(events);
-            match &mut self.partial {
+            t.spare.push(events);
+            match &mut t.partial {
                 Some((g, sum)) if *g == group => sum.add(timing),
                 _ => {
-                    done.extend(self.partial.take());
-                    self.partial = Some((group, timing));
+                    done.extend(t.partial.take());
+                    t.partial = Some((group, timing));
                 }
             }
         }
         // The oldest group is whole once none of its batches is left unread and it is closed.
-        if let Some((g, _)) = self.partial {
-            if self.untimed.front().map_or(g <= closed, |u| u.group > g) {
-                done.extend(self.partial.take());
+        if let Some((g, _)) = t.partial {
+            if t.untimed.front().map_or(g <= closed, |u| u.group > g) {
+                done.extend(t.partial.take());
             }
         }
         Ok(done)

@@ -137,7 +137,7 @@ grad_clip = 1.0
             assert!(syncs >= 1, "step {done} logs its loss, which needs it on the host: no sync counted ({per_step:?})");
         } else {
             assert!(
-                syncs <= NON_LOGGING_STEP_SYNCS,
+                syncs == NON_LOGGING_STEP_SYNCS,
                 "step {done} neither logs, evaluates nor checkpoints, yet blocked the host {syncs} times ({per_step:?})"
             );
         }
