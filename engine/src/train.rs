@@ -488,8 +488,6 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let mut train_time = Duration::ZERO;
     let mut last_val = None;
     let mut unread: Vec<Unread> = Vec::new();
-    // The step of each group of copy timings (Stager::take_copy_timing), by group number.
-    let mut copy_steps: Vec<u64> = Vec::new();
     for step in start_step..t.max_steps {
         let started = Instant::now();
         let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;
@@ -586,10 +584,10 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         summary.data_wait_seconds += data_wait.as_secs_f64();
         // A step's batches are one group of copy timings; on a GPU they are read once their
         // events have completed (waiting only on steps that read back anyway), so a step's
-        // line may come a few steps later, still in step order.
-        copy_steps.push(done);
+        // line may come a few steps later, still in step order. Called once per step, so
+        // group g is this invocation's step g + 1.
         for (group, copy) in loader.take_copy_timing(reads)? {
-            let copied = copy_steps[group as usize];
+            let copied = start_step + 1 + group;
             if let Some((file, path)) = copy_log.as_mut() {
                 let overlap = copy.overlap().map_or("-".to_string(), |o| format!("{o:.3}"));
                 writeln!(file, "{copied} {:.3} {overlap} {:.3}", copy.copy_ms, copy.stall_ms).map_err(io(&*path))?;
