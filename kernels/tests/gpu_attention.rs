@@ -1,11 +1,13 @@
 //! Causal flash attention on the GPU against the CPU reference (BRIEF §5): forward output
 //! and backward dqkv (q, k and v gradients), f32 and bf16, at GPT-2 124M shape (B=4, T=1024,
 //! C=768, NH=12, HS=64), at the tiny default's head size (HS=32), at HS=128, and at odd T
-//! (1, 37, 65, 129, 300: partial tiles, a tile boundary +1). The CPU reference keeps the
-//! (B,NH,T,T) probabilities; the GPU keeps lse + o (B,NH,T,HS+1): each device gets its own
-//! saved state from `attention_saved`. Outputs are poisoned (NaN) before each launch.
+//! (1, 37, 65, 129, 300, 1000: partial tiles, a tile boundary +1, many dQ splits). bf16 runs
+//! the tensor-core kernels, f32 the CUDA-core ones. The CPU reference keeps the (B,NH,T,T)
+//! probabilities; the GPU keeps lse (B,NH,T): each device gets its own saved state from
+//! `attention_saved`. Outputs and the saved state are poisoned (NaN) before each launch.
 //! Tolerances: f32 <= 1e-5 relative in norm and elementwise (1e-5 * max|ref| + 1e-5 |ref|);
-//! bf16 <= 1e-2 relative in norm, the reference running on the bf16-rounded inputs.
+//! bf16 <= 6e-3 relative in norm (the bf16 rounding of the result alone is ~2e-3), the
+//! reference running on the bf16-rounded inputs.
 //! Without a GPU every test prints `skipped: ...` and passes.
 
 mod common;
@@ -40,15 +42,15 @@ fn poisoned(device: Device, dtype: DType, shape: &[usize]) -> Tensor {
 }
 
 fn check(name: &str, dtype: DType, gpu: &[f32], reference: &[f32]) {
-    match dtype {
-        DType::Bf16 => assert_rel_norm(name, gpu, reference, 1e-2),
+    let rel = match dtype {
+        DType::Bf16 => assert_rel_norm(name, gpu, reference, 6e-3),
         _ => {
-            assert_rel_norm(name, gpu, reference, 1e-5);
             let max = reference.iter().fold(0.0f32, |m, x| m.max(x.abs()));
             assert_close(name, gpu, reference, 1e-5 * max, 1e-5);
+            assert_rel_norm(name, gpu, reference, 1e-5)
         }
-    }
-    eprintln!("ok   {name}");
+    };
+    eprintln!("ok   {name} (relative error {rel:.1e})");
 }
 
 /// Columns [from, to) of every row of a (rows, width) matrix (splits dqkv into dq, dk, dv).
@@ -67,7 +69,7 @@ fn run_case(device: Device, dtype: DType, b: usize, t: usize, c: usize, nh: usiz
     let mut att_ref = attention_saved(&qkv_ref, nh).unwrap();
     attention_forward(&mut out_ref, &mut att_ref, &qkv_ref, nh).unwrap();
     let mut dqkv_ref = Tensor::zeros(Device::Cpu, &[b, t, 3 * c]);
-    attention_backward(&mut dqkv_ref, &dout_ref, &qkv_ref, &att_ref, nh).unwrap();
+    attention_backward(&mut dqkv_ref, &dout_ref, &qkv_ref, &out_ref, &att_ref, nh).unwrap();
 
     let mut out = poisoned(device, dtype, &[b, t, c]);
     let mut att = attention_saved(&qkv, nh).unwrap();
@@ -77,7 +79,7 @@ fn run_case(device: Device, dtype: DType, b: usize, t: usize, c: usize, nh: usiz
     check(&format!("{tag}: out"), dtype, &out.to_vec(), &out_ref.to_vec());
 
     let mut dqkv = poisoned(device, dtype, &[b, t, 3 * c]);
-    attention_backward(&mut dqkv, &dout, &qkv, &att, nh).unwrap();
+    attention_backward(&mut dqkv, &dout, &qkv, &out, &att, nh).unwrap();
     let (g, r) = (dqkv.to_vec(), dqkv_ref.to_vec());
     for (name, k) in [("dq", 0), ("dk", 1), ("dv", 2)] {
         let (gk, rk) = (columns(&g, 3 * c, k * c, (k + 1) * c), columns(&r, 3 * c, k * c, (k + 1) * c));
@@ -129,13 +131,18 @@ fn attention_head_sizes_and_odd_lengths_match_cpu() {
 #[test]
 fn attention_backward_is_deterministic() {
     let Some(dev) = gpu_or_skip() else { return };
-    if common::skip_full_size(&dev, "attention backward determinism at B=2 T=512 C=768 NH=12") {
-        return;
+    // (2, 300, 128, 2): HS = 64, 5 key tiles over 3 dQ splits (zig-zag, one block with a
+    // skipped round); the GPT-2 shape where the device is fast enough
+    let mut shapes = vec![(2, 300, 128, 2, 310)];
+    if !common::skip_full_size(&dev, "attention backward determinism at B=2 T=512 C=768 NH=12") {
+        shapes.push((2, 512, 768, 12, 300));
     }
-    for dtype in [DType::F32, DType::Bf16] {
-        let first = run_case(dev.device(), dtype, 2, 512, 768, 12, 300);
-        let second = run_case(dev.device(), dtype, 2, 512, 768, 12, 300);
-        assert!(first == second, "{dtype:?}: two identical backward passes differ");
+    for (b, t, c, nh, seed) in shapes {
+        for dtype in [DType::F32, DType::Bf16] {
+            let first = run_case(dev.device(), dtype, b, t, c, nh, seed);
+            let second = run_case(dev.device(), dtype, b, t, c, nh, seed);
+            assert!(first == second, "{dtype:?} B={b} T={t} C={c}: two identical backward passes differ");
+        }
     }
 }
 
@@ -152,10 +159,10 @@ fn attention_rejects_unsupported_head_size_on_gpu() {
 
 #[test]
 fn attention_saved_state_shape_depends_on_device() {
-    // runs everywhere: the CPU keeps probabilities, CUDA keeps lse + o per row
+    // runs everywhere: the CPU keeps probabilities, CUDA keeps the lse of each row
     assert_eq!(attention_saved_shape(Device::Cpu, 2, 5, 12, 3), vec![2, 3, 5, 5]);
-    assert_eq!(attention_saved_shape(Device::Cuda(0), 2, 5, 12, 3), vec![2, 3, 5, 5]);
-    assert_eq!(attention_saved_shape(Device::Cuda(0), 4, 1024, 768, 12), vec![4, 12, 1024, 65]);
+    assert_eq!(attention_saved_shape(Device::Cuda(0), 2, 5, 12, 3), vec![2, 3, 5]);
+    assert_eq!(attention_saved_shape(Device::Cuda(0), 4, 1024, 768, 12), vec![4, 12, 1024]);
     let qkv = Tensor::zeros(Device::Cpu, &[2, 5, 36]);
     assert_eq!(attention_saved(&qkv, 3).unwrap().shape(), &[2, 3, 5, 5]);
 }

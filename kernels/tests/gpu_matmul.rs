@@ -51,7 +51,9 @@ fn poisoned(device: Device, dtype: DType, shape: &[usize]) -> Tensor {
 fn check(name: &str, dtype: DType, gpu: &Tensor, reference: &Tensor) {
     let (g, r) = (gpu.to_vec(), reference.to_vec());
     match dtype {
-        DType::Bf16 => assert_rel_norm(name, &g, &r, 1e-2),
+        DType::Bf16 => {
+            assert_rel_norm(name, &g, &r, 1e-2);
+        }
         _ => {
             assert_rel_norm(name, &g, &r, 1e-5);
             let max = r.iter().fold(0.0f32, |m, x| m.max(x.abs()));

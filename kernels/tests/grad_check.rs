@@ -189,9 +189,9 @@ fn attention_backward_matches_finite_differences() {
             let mut out = poisoned(&[b, t, c]);
             let mut att = poisoned(&[b, nh, t, t]);
             attention_forward(&mut out, &mut att, qkv, nh).unwrap();
-            (dot(out.f32().unwrap(), r.f32().unwrap()), att)
+            (dot(out.f32().unwrap(), r.f32().unwrap()), att, out)
         };
-        let (loss, att) = fwd(&qkv);
+        let (loss, att, out) = fwd(&qkv);
         assert!(loss.is_finite(), "T={t}: attention output has unwritten (NaN) elements");
         // causality: a probability above the diagonal would let a position see the future
         let p = att.f32().unwrap();
@@ -203,7 +203,7 @@ fn attention_backward_matches_finite_differences() {
             }
         }
         let mut dqkv = poisoned(&[b, t, 3 * c]);
-        attention_backward(&mut dqkv, &r, &qkv, &att, nh).unwrap();
+        attention_backward(&mut dqkv, &r, &qkv, &out, &att, nh).unwrap();
         assert!(dqkv.f32().unwrap().iter().all(|x| x.is_finite()), "T={t}: dqkv has unwritten (NaN) elements");
         check_grad(&format!("attention dqkv (T={t})"), &qkv, &dqkv, |x| fwd(x).0);
     }

@@ -31,13 +31,14 @@ fn dims(op: &'static str, qkv: &Tensor, n_head: usize) -> Result<(usize, usize, 
 }
 
 /// The shape of the state `attention_forward` saves for the backward (`att`), which
-/// depends on the device: the CPU keeps the probabilities (B, NH, T, T); CUDA keeps, per
-/// row, the logsumexp and the fp32 output (B, NH, T, HS + 1), and never a T x T matrix.
+/// depends on the device: the CPU keeps the probabilities (B, NH, T, T); CUDA keeps only the
+/// logsumexp of each row (B, NH, T), and never a T x T matrix (the backward recomputes the
+/// probabilities from it and takes the forward's output `out` for D = rowsum(dO * O)).
 /// Always f32. Treat it as opaque: [`attention_saved`] allocates it.
-pub fn attention_saved_shape(device: Device, b: usize, t: usize, c: usize, n_head: usize) -> Vec<usize> {
+pub fn attention_saved_shape(device: Device, b: usize, t: usize, _c: usize, n_head: usize) -> Vec<usize> {
     match device {
         Device::Cpu => vec![b, n_head, t, t],
-        Device::Cuda(_) => vec![b, n_head, t, c / n_head.max(1) + 1],
+        Device::Cuda(_) => vec![b, n_head, t],
     }
 }
 
@@ -47,6 +48,9 @@ pub fn attention_saved(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
     Tensor::try_zeros(qkv.device(), crate::DType::F32, &attention_saved_shape(qkv.device(), b, t, c, n_head))
 }
 
+/// Causal attention forward: `out` (B,T,C) from `qkv` (B,T,3C), and the state the backward
+/// needs into `att` (shaped by [`attention_saved_shape`]). f32 on the CPU; f32 or bf16 on CUDA
+/// (bf16 runs on tensor cores), head size 32, 64 or 128 on CUDA.
 pub fn attention_forward(out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, n_head: usize) -> Result<()> {
     let (b, t, c) = dims(OP_FWD, qkv, n_head)?;
     out.expect_shape(OP_FWD, "out", &[b, t, c])?;
@@ -59,14 +63,17 @@ pub fn attention_forward(out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, n_hea
     Ok(())
 }
 
-pub fn attention_backward(dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &Tensor, n_head: usize) -> Result<()> {
+/// Causal attention backward: `dqkv` (B,T,3C, overwritten) from `dout` (B,T,C), given the
+/// forward's input `qkv`, its output `out` and its saved state `att`.
+pub fn attention_backward(dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, out: &Tensor, att: &Tensor, n_head: usize) -> Result<()> {
     let (b, t, c) = dims(OP_BWD, qkv, n_head)?;
     dqkv.expect_shape(OP_BWD, "dqkv", qkv.shape())?;
     dout.expect_shape(OP_BWD, "dout", &[b, t, c])?;
-    let device = same_device(OP_BWD, &[dqkv, dout, qkv, att])?;
+    out.expect_shape(OP_BWD, "out", &[b, t, c])?;
+    let device = same_device(OP_BWD, &[dqkv, dout, qkv, out, att])?;
     att.expect_shape(OP_BWD, "att", &attention_saved_shape(device, b, t, c, n_head))?;
     match device {
-        Device::Cuda(ordinal) => gpu::attention_backward(&*cuda::device(ordinal)?, dqkv, dout, qkv, att, b, t, c, n_head)?,
+        Device::Cuda(ordinal) => gpu::attention_backward(&*cuda::device(ordinal)?, dqkv, dout, qkv, out, att, b, t, c, n_head)?,
         Device::Cpu => cpu::attention_backward(dqkv.f32_mut()?, dout.f32()?, qkv.f32()?, att.f32()?, b, t, c, n_head),
     }
     Ok(())
@@ -201,20 +208,30 @@ pub mod cpu {
 pub mod gpu {
     //! Launchers for kernels/cuda/attention.cu (flash style; its header has the algorithm).
     //!
-    //! qkv, out, dout and dqkv share one dtype (f32 or bf16, which picks the kernel); the
-    //! saved state is always f32: lse (B, NH, T) followed by the output o (B, NH, T, HS).
-    //! Preconditions checked here: HS in {32, 64, 128}; the dynamic shared memory the tile
-    //! size needs must be allowed by the device (the limit is raised per kernel).
+    //! qkv, out, dout and dqkv share one dtype, which picks the implementation: bf16 runs the
+    //! tensor-core kernels (one per head size), f32 the CUDA-core ones. The saved state is
+    //! always f32: lse (B, NH, T). Preconditions checked here: HS in {32, 64, 128}; every size
+    //! the kernels index with an int fits one; the dynamic shared memory each kernel needs is
+    //! allowed (the limit is raised per kernel). The bf16 backward takes two scratch buffers
+    //! from the pool (inside the budget): D (B, NH, T) and the dQ partials
+    //! ([`dq_splits`] x B x NH x T x HS), both f32 and fully written before they are read.
     use half::bf16;
 
-    use crate::cuda::{CudaDevice, CudaElement, CudaFunction, LaunchConfig, PushKernelArg};
+    use crate::cuda::{CudaDevice, CudaFunction, LaunchConfig, PushKernelArg};
     use crate::{DType, Error, Result, Tensor};
 
     const OP: &str = "attention (cuda)";
     const FLOAT: usize = std::mem::size_of::<f32>();
 
-    /// Rows per tile for a head size (attention.cu: R = 64 for HS <= 64, 32 for HS = 128).
-    fn tile_rows(hs: usize) -> Result<usize> {
+    /// attention.cu `tc`: threads per block, query rows per forward block (= keys per tile),
+    /// keys per backward block tile, bf16 padding per shared-memory row.
+    const TC_THREADS: u32 = 128;
+    const TC_BR: usize = 64;
+    const TC_BKT: usize = 64;
+    const TC_PAD: usize = 8;
+
+    /// Rows per tile of the fp32 kernels (R = 64 for HS <= 64, 32 for HS = 128).
+    fn simt_rows(hs: usize) -> Result<usize> {
         match hs {
             32 | 64 => Ok(64),
             128 => Ok(32),
@@ -222,25 +239,59 @@ pub mod gpu {
         }
     }
 
+    /// attention.cu `tc::bwd_bq`: queries per backward chunk.
+    fn tc_bq(hs: usize) -> usize {
+        if hs == 32 { 32 } else { 16 }
+    }
+
+    /// Dynamic shared memory of the bf16 forward: Q, and K and V twice (attention.cu `fwd_smem_bytes`).
+    pub fn tc_fwd_smem_bytes(hs: usize) -> usize {
+        (TC_BR + 4 * TC_BR) * (hs + TC_PAD) * 2
+    }
+
+    /// Dynamic shared memory of the bf16 backward: K, V; Q and dO twice; dS^T; lse and D
+    /// twice (attention.cu `bwd_smem_bytes`).
+    pub fn tc_bwd_smem_bytes(hs: usize) -> usize {
+        let bq = tc_bq(hs);
+        (2 * TC_BKT + 4 * bq) * (hs + TC_PAD) * 2 + TC_BKT * (bq + TC_PAD) * 2 + 2 * 2 * bq * FLOAT
+    }
+
+    /// How many dQ partials the bf16 backward keeps (its grid's x): enough blocks to fill a
+    /// large GPU (about 1536 in all), at most half the key tiles (each block takes a pair
+    /// of them), at least 1. A function of the shape only, so the summation order, and with
+    /// it every bit of dQ, is the same on every GPU.
+    pub fn dq_splits(b: usize, t: usize, nh: usize) -> usize {
+        let pairs = t.div_ceil(TC_BKT).div_ceil(2).max(1);
+        1536usize.div_ceil((b * nh).max(1)).clamp(1, pairs)
+    }
+
     fn int(what: &str, v: usize) -> Result<i32> {
         i32::try_from(v).map_err(|_| Error::Invalid { op: OP, msg: format!("{what} = {v} does not fit the kernel's int") })
     }
 
-    /// Grid (ceil(T / R), NH, B * z_per_batch), block 4R, `floats` of dynamic shared memory
-    /// (raising the kernel's limit above the 48 KB default).
-    fn config(f: &CudaFunction, dev: &CudaDevice, b: usize, t: usize, nh: usize, hs: usize, z_per_batch: usize, floats: usize) -> Result<LaunchConfig> {
-        let r = tile_rows(hs)?;
-        let z = b * z_per_batch;
-        if nh > 65535 || z > 65535 {
-            return Err(Error::Invalid { op: OP, msg: format!("grid ({nh} heads, {z} batch blocks) exceeds 65535") });
+    fn check_sizes(b: usize, t: usize, c: usize, nh: usize) -> Result<(i32, i32, i32, i32)> {
+        let hs = c / nh;
+        if !matches!(hs, 32 | 64 | 128) {
+            return Err(Error::Invalid { op: OP, msg: format!("head size {hs} is not supported on CUDA (32, 64 or 128)") });
         }
-        let bytes = floats * FLOAT;
+        if nh > 65535 || 2 * b > 65535 {
+            return Err(Error::Invalid { op: OP, msg: format!("grid ({nh} heads, batch {b}) exceeds 65535") });
+        }
+        int("B*T*3C", b.checked_mul(t).and_then(|n| n.checked_mul(3 * c)).unwrap_or(usize::MAX))?;
+        Ok((int("B", b)?, int("T", t)?, int("NH", nh)?, int("HS", hs)?))
+    }
+
+    /// Raises `f`'s dynamic shared memory limit to `bytes` (above the 48 KB default).
+    fn allow_smem(f: &CudaFunction, dev: &CudaDevice, kernel: &str, bytes: usize) -> Result<()> {
         use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32).map_err(|e| Error::Cuda {
-            op: format!("allowing {bytes} bytes of shared memory for attention (HS = {hs}) on {}", dev.name()),
+            op: format!("allowing {bytes} bytes of shared memory for {kernel} on {}", dev.name()),
             msg: e.to_string(),
-        })?;
-        Ok(LaunchConfig { grid_dim: (t.div_ceil(r) as u32, nh as u32, z as u32), block_dim: (4 * r as u32, 1, 1), shared_mem_bytes: bytes as u32 })
+        })
+    }
+
+    fn launch_cfg(grid: (usize, usize, usize), threads: u32, smem: usize) -> LaunchConfig {
+        LaunchConfig { grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32), block_dim: (threads, 1, 1), shared_mem_bytes: smem as u32 }
     }
 
     fn check_saved(att: &Tensor) -> Result<()> {
@@ -251,69 +302,150 @@ pub mod gpu {
     pub fn attention_forward(dev: &CudaDevice, out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
         check_saved(att)?;
         match qkv.dtype() {
-            DType::F32 => forward_typed::<f32>(dev, out, att, qkv, b, t, c, nh),
-            DType::Bf16 => forward_typed::<bf16>(dev, out, att, qkv, b, t, c, nh),
+            DType::F32 => forward_f32(dev, out, att, qkv, b, t, c, nh),
+            DType::Bf16 => forward_bf16(dev, out, att, qkv, b, t, c, nh),
             got => Err(Error::DType { op: OP, arg: "qkv", expected: DType::Bf16, got }),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn forward_typed<T: CudaElement>(dev: &CudaDevice, out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
-        crate::ops::expect_dtype(OP, "out", out, T::DTYPE)?;
-        let hs = c / nh;
-        let r = tile_rows(hs)?;
+    fn forward_f32(dev: &CudaDevice, out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+        crate::ops::expect_dtype(OP, "out", out, DType::F32)?;
+        let (_, t_i, nh_i, hs_i) = check_sizes(b, t, c, nh)?;
+        let (hs, r) = (c / nh, simt_rows(c / nh)?);
         if b == 0 || t == 0 {
             return Ok(());
         }
-        let kernel = format!("attention_fwd_{}", T::NAME);
-        let f = dev.function("attention", &kernel)?;
-        let cfg = config(&f, dev, b, t, nh, hs, 1, 3 * r * (hs + 4))?;
-        let (b_i, t_i, nh_i, hs_i) = (int("B", b)?, int("T", t)?, int("NH", nh)?, int("HS", hs)?);
-        int("B*T*3C", b * t * 3 * c)?;
+        let kernel = "attention_fwd_f32";
+        let f = dev.function("attention", kernel)?;
+        let smem = 3 * r * (hs + 4) * FLOAT;
+        allow_smem(&f, dev, kernel, smem)?;
         let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(out.cuda_slice_mut::<T>()?).arg(att.cuda_slice_mut::<f32>()?).arg(qkv.cuda_slice::<T>()?);
-        launch.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i);
-        // SAFETY: matches attention.cu `attention_fwd_<dtype>(T* out, float* saved, const T* qkv,
-        // int B, int T, int NH, int HS)`; out is (B,T,C), saved B*NH*T*(HS+1) floats, qkv
-        // (B,T,3C) (checked by attention_forward); grid/block/shared memory from `config` match
-        // the R the kernel picks for this HS.
-        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        launch.arg(out.cuda_slice_mut::<f32>()?).arg(att.cuda_slice_mut::<f32>()?).arg(qkv.cuda_slice::<f32>()?);
+        launch.arg(&t_i).arg(&nh_i).arg(&hs_i);
+        // SAFETY: matches attention.cu `attention_fwd_f32(float* out, float* lse, const float* qkv,
+        // int T, int NH, int HS)`; out (B,T,C), lse (B,NH,T), qkv (B,T,3C) (checked by
+        // attention_forward); grid (ceil(T/R), NH, B), 4R threads and 3R(HS+4) floats of shared
+        // memory for the R the kernel picks for this HS.
+        unsafe { launch.launch(launch_cfg((t.div_ceil(r), nh, b), 4 * r as u32, smem)) }.map_err(dev.launch_error(kernel))?;
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward(dev: &CudaDevice, dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+    fn forward_bf16(dev: &CudaDevice, out: &mut Tensor, att: &mut Tensor, qkv: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+        crate::ops::expect_dtype(OP, "out", out, DType::Bf16)?;
+        let (_, t_i, nh_i, _) = check_sizes(b, t, c, nh)?;
+        let hs = c / nh;
+        if b == 0 || t == 0 {
+            return Ok(());
+        }
+        let kernel = format!("attention_fwd_bf16_hs{hs}");
+        let f = dev.function("attention", &kernel)?;
+        let smem = tc_fwd_smem_bytes(hs);
+        allow_smem(&f, dev, &kernel, smem)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(out.cuda_slice_mut::<bf16>()?).arg(att.cuda_slice_mut::<f32>()?).arg(qkv.cuda_slice::<bf16>()?);
+        launch.arg(&t_i).arg(&nh_i);
+        // SAFETY: matches attention.cu `attention_fwd_bf16_hs<HS>(bf16* out, float* lse, const bf16* qkv,
+        // int T, int NH)` for this HS; out (B,T,C), lse (B,NH,T), qkv (B,T,3C) (checked by
+        // attention_forward); grid (ceil(T/BR), NH, B), tc::THREADS threads, fwd_smem_bytes<HS>().
+        unsafe { launch.launch(launch_cfg((t.div_ceil(TC_BR), nh, b), TC_THREADS, smem)) }.map_err(dev.launch_error(&kernel))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(dev: &CudaDevice, dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, out: &Tensor, att: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
         check_saved(att)?;
         match qkv.dtype() {
-            DType::F32 => backward_typed::<f32>(dev, dqkv, dout, qkv, att, b, t, c, nh),
-            DType::Bf16 => backward_typed::<bf16>(dev, dqkv, dout, qkv, att, b, t, c, nh),
+            DType::F32 => backward_f32(dev, dqkv, dout, qkv, out, att, b, t, c, nh),
+            DType::Bf16 => backward_bf16(dev, dqkv, dout, qkv, out, att, b, t, c, nh),
             got => Err(Error::DType { op: OP, arg: "qkv", expected: DType::Bf16, got }),
         }
     }
 
+    fn expect_all(dtype: DType, dqkv: &Tensor, dout: &Tensor, out: &Tensor) -> Result<()> {
+        crate::ops::expect_dtype(OP, "dqkv", dqkv, dtype)?;
+        crate::ops::expect_dtype(OP, "dout", dout, dtype)?;
+        crate::ops::expect_dtype(OP, "out", out, dtype)
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn backward_typed<T: CudaElement>(dev: &CudaDevice, dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, att: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
-        crate::ops::expect_dtype(OP, "dqkv", dqkv, T::DTYPE)?;
-        crate::ops::expect_dtype(OP, "dout", dout, T::DTYPE)?;
-        let hs = c / nh;
-        let r = tile_rows(hs)?;
+    fn backward_f32(dev: &CudaDevice, dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, out: &Tensor, att: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+        expect_all(DType::F32, dqkv, dout, out)?;
+        let (_, t_i, nh_i, hs_i) = check_sizes(b, t, c, nh)?;
+        let (hs, r) = (c / nh, simt_rows(c / nh)?);
         if b == 0 || t == 0 {
             return Ok(());
         }
-        let kernel = format!("attention_bwd_{}", T::NAME);
-        let f = dev.function("attention", &kernel)?;
-        // two blocks per (tile, head, batch): one computes dQ, the other dK and dV
-        let cfg = config(&f, dev, b, t, nh, hs, 2, 4 * r * (hs + 4) + 2 * r)?;
-        let (b_i, t_i, nh_i, hs_i) = (int("B", b)?, int("T", t)?, int("NH", nh)?, int("HS", hs)?);
-        int("B*T*3C", b * t * 3 * c)?;
+        let kernel = "attention_bwd_f32";
+        let f = dev.function("attention", kernel)?;
+        let smem = (4 * r * (hs + 4) + 2 * r) * FLOAT;
+        allow_smem(&f, dev, kernel, smem)?;
         let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(dqkv.cuda_slice_mut::<T>()?).arg(dout.cuda_slice::<T>()?).arg(qkv.cuda_slice::<T>()?).arg(att.cuda_slice::<f32>()?);
+        launch.arg(dqkv.cuda_slice_mut::<f32>()?).arg(dout.cuda_slice::<f32>()?).arg(qkv.cuda_slice::<f32>()?);
+        launch.arg(out.cuda_slice::<f32>()?).arg(att.cuda_slice::<f32>()?);
+        launch.arg(&t_i).arg(&nh_i).arg(&hs_i);
+        // SAFETY: matches attention.cu `attention_bwd_f32(float* dqkv, const float* dout, const float* qkv,
+        // const float* out, const float* lse, int T, int NH, int HS)`; dqkv/qkv (B,T,3C), dout/out
+        // (B,T,C), lse (B,NH,T) written by attention_fwd_f32 (shapes checked by attention_backward);
+        // grid (ceil(T/R), NH, 2B): one dq and one dkdv block per tile; every element of dqkv is
+        // written (rows < T, all 3C columns).
+        unsafe { launch.launch(launch_cfg((t.div_ceil(r), nh, 2 * b), 4 * r as u32, smem)) }.map_err(dev.launch_error(kernel))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_bf16(dev: &CudaDevice, dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, out: &Tensor, att: &Tensor, b: usize, t: usize, c: usize, nh: usize) -> Result<()> {
+        expect_all(DType::Bf16, dqkv, dout, out)?;
+        let (b_i, t_i, nh_i, hs_i) = check_sizes(b, t, c, nh)?;
+        let hs = c / nh;
+        if b == 0 || t == 0 {
+            return Ok(());
+        }
+        let splits = dq_splits(b, t, nh);
+        let splits_i = int("dQ splits", splits)?;
+        let rows = b * t * nh;
+        // Scratch from the pool, fully written before it is read, so not cleared; back to
+        // the pool when dropped (safe without a sync: its next user queues on this stream).
+        let mut delta = Tensor::try_empty(dev.device(), DType::F32, &[rows])?;
+        let mut dq_part = Tensor::try_empty(dev.device(), DType::F32, &[splits, b, nh, t, hs])?;
+
+        let kernel = "attention_bwd_delta_bf16";
+        let f = dev.function("attention", kernel)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(delta.cuda_slice_mut::<f32>()?).arg(out.cuda_slice::<bf16>()?).arg(dout.cuda_slice::<bf16>()?);
         launch.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i);
-        // SAFETY: matches attention.cu `attention_bwd_<dtype>(T* dqkv, const T* dout, const T* qkv,
-        // const float* saved, int B, int T, int NH, int HS)`; dqkv/qkv (B,T,3C), dout (B,T,C),
-        // saved B*NH*T*(HS+1) floats written by attention_fwd (shapes checked by
-        // attention_backward); every element of dqkv is written (rows < T, all 3C columns).
-        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        // SAFETY: matches `attention_bwd_delta_bf16(float* delta, const bf16* out, const bf16* dout, int B,
+        // int T, int NH, int HS)`; delta holds B*T*NH floats, out/dout (B,T,C); one warp per row,
+        // 8 rows per 256-thread block, rows past the end return.
+        unsafe { launch.launch(launch_cfg((rows.div_ceil(8), 1, 1), 256, 0)) }.map_err(dev.launch_error(kernel))?;
+
+        let kernel = format!("attention_bwd_bf16_hs{hs}");
+        let f = dev.function("attention", &kernel)?;
+        let smem = tc_bwd_smem_bytes(hs);
+        allow_smem(&f, dev, &kernel, smem)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(dqkv.cuda_slice_mut::<bf16>()?).arg(dq_part.cuda_slice_mut::<f32>()?).arg(dout.cuda_slice::<bf16>()?);
+        launch.arg(qkv.cuda_slice::<bf16>()?).arg(att.cuda_slice::<f32>()?).arg(delta.cuda_slice::<f32>()?);
+        launch.arg(&b_i).arg(&t_i).arg(&nh_i);
+        // SAFETY: matches `attention_bwd_bf16_hs<HS>(bf16* dqkv, float* dq_part, const bf16* dout,
+        // const bf16* qkv, const float* lse, const float* delta, int B, int T, int NH)` for this HS;
+        // dq_part holds gridDim.x = splits partials of (B,NH,T,HS); lse (B,NH,T) from the forward,
+        // delta (B,NH,T) from the launch above; grid (splits, NH, B) with splits <= ceil(tiles/2)
+        // so every block owns a first key tile; bwd_smem_bytes<HS>() of shared memory. It writes
+        // the dk and dv columns of every row < T; the dq columns come from the reduce below.
+        unsafe { launch.launch(launch_cfg((splits, nh, b), TC_THREADS, smem)) }.map_err(dev.launch_error(&kernel))?;
+
+        let kernel = "attention_dq_reduce_bf16";
+        let f = dev.function("attention", kernel)?;
+        let threads = rows * (hs / 8);
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(dqkv.cuda_slice_mut::<bf16>()?).arg(dq_part.cuda_slice::<f32>()?);
+        launch.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i).arg(&splits_i);
+        // SAFETY: matches `attention_dq_reduce_bf16(bf16* dqkv, const float* dq_part, int B, int T, int NH,
+        // int HS, int nsplit)`; one thread per 8 d of each (b, t, h), threads past the end return;
+        // reads only the partials the main kernel wrote (s <= t / BKT).
+        unsafe { launch.launch(launch_cfg((threads.div_ceil(256), 1, 1), 256, 0)) }.map_err(dev.launch_error(kernel))?;
         Ok(())
     }
 }

@@ -103,8 +103,8 @@ pub fn assert_close(name: &str, gpu: &[f32], reference: &[f32], atol: f32, rtol:
 }
 
 /// `||gpu - reference||_2 / ||reference||_2 <= tol` (computed in f64), with the worst
-/// element named on failure.
-pub fn assert_rel_norm(name: &str, gpu: &[f32], reference: &[f32], tol: f64) {
+/// element named on failure; returns the relative error.
+pub fn assert_rel_norm(name: &str, gpu: &[f32], reference: &[f32], tol: f64) -> f64 {
     assert_eq!(gpu.len(), reference.len(), "{name}: length differs");
     let (mut diff2, mut ref2, mut worst) = (0.0f64, 0.0f64, (0usize, -1.0f64));
     for (i, (&g, &r)) in gpu.iter().zip(reference).enumerate() {
@@ -123,4 +123,5 @@ pub fn assert_rel_norm(name: &str, gpu: &[f32], reference: &[f32], tol: f64) {
         gpu[worst.0],
         reference[worst.0]
     );
+    rel
 }

@@ -10,8 +10,9 @@ pub struct CausalSelfAttention {
     pub c_attn: Linear,
     pub c_proj: Linear,
     pub n_head: usize,
-    /// (qkv, the state attention_forward saves for backward) of the last forward.
-    cache: Option<(Tensor, Tensor)>,
+    /// (qkv, the attention output, the state attention_forward saves for backward) of the
+    /// last forward. The output is c_proj's input too (one shared buffer, not a copy).
+    cache: Option<(Tensor, Tensor, Tensor)>,
 }
 
 impl CausalSelfAttention {
@@ -32,21 +33,22 @@ impl Layer for CausalSelfAttention {
         let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let mut y = empty_like(x, x.shape())?;
         // The saved state depends on the device (CPU: (B,NH,T,T) probabilities; CUDA:
-        // (B,NH,T,HS+1) logsumexp and output), always f32, and is entirely written by the
-        // forward: what `attention_saved` allocates, from the recycled pool on the CPU.
+        // (B,NH,T) logsumexp), always f32, and is entirely written by the forward: what
+        // `attention_saved` allocates, from the recycled pool on the CPU.
         let shape = attention_saved_shape(x.device(), b, t, c, self.n_head);
         let mut att = Tensor::try_empty(x.device(), DType::F32, &shape)?;
         attention_forward(&mut y, &mut att, &qkv, self.n_head)?;
-        self.cache = Some((qkv, att));
-        self.c_proj.forward(&y)
+        let z = self.c_proj.forward(&y)?;
+        self.cache = Some((qkv, y, att));
+        Ok(z)
     }
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let dy = self.c_proj.backward(dout)?;
-        let (qkv, att) = take_saved(&mut self.cache, "CausalSelfAttention")?;
+        let (qkv, y, att) = take_saved(&mut self.cache, "CausalSelfAttention")?;
         let mut dqkv = empty_like(&qkv, qkv.shape())?;
-        attention_backward(&mut dqkv, &dy, &qkv, &att, self.n_head)?;
-        drop((qkv, att, dy));
+        attention_backward(&mut dqkv, &dy, &qkv, &y, &att, self.n_head)?;
+        drop((qkv, y, att, dy));
         self.c_attn.backward(&dqkv)
     }
 

@@ -144,7 +144,7 @@ fn attention(bench: &mut Bench) -> Result<()> {
     let flops = attention_forward_flops(b, t, c);
     let passes: Vec<Pass<AttentionSet>> = vec![
         ("forward", Work::Flops(flops), Box::new(move |s| Ok(attention_forward(&mut s.out, &mut s.saved, &s.qkv, nh)?))),
-        ("backward", Work::Flops(2.0 * flops), Box::new(move |s| Ok(attention_backward(&mut s.dqkv, &s.dout, &s.qkv, &s.saved, nh)?))),
+        ("backward", Work::Flops(2.0 * flops), Box::new(move |s| Ok(attention_backward(&mut s.dqkv, &s.dout, &s.qkv, &s.out, &s.saved, nh)?))),
     ];
     let extra = serde_json::json!({"attention_flops": "causal: 4*B*NH*T*T*HS/2 forward, 2x backward"});
     measure(bench, "attention", set_bytes, extra, make, passes)
