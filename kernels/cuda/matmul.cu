@@ -22,10 +22,11 @@
 //
 // bf16 kernels (tensor cores): block tile 128 x 128, k-step 32, 256 threads = 8 warps as
 // 2 (M) x 4 (N); each warp owns 64 x 32 of C = 4 x 4 mma.m16n8k16 tiles, 64 fp32 accumulators
-// per thread. Two shared-memory stages (40 KB, static) filled by cp.async while the other is
-// multiplied. Per k-step a block reads (128 + 128) x 32 bf16 = 16 KB from global (L2) and does
+// per thread. Per k-step a block reads (128 + 128) x 32 bf16 = 16 KB from global (L2) and does
 // 128 x 128 x 32 MACs: 32 FLOP per byte of operand traffic, enough to keep the tensor cores
 // fed from L2 on A100/H100 at these sizes (no wgmma/TMA yet: that is sm_90a work for later).
+// Three shared-memory stages (60 KB, dynamic): two k-tiles in flight while one is multiplied,
+// one barrier per k-tile. The epilogue stores pairs of adjacent columns (4- or 8-byte stores).
 // Rows of shared tiles are padded by 8 bf16 (16 bytes) so the 8 row addresses of every
 // ldmatrix phase fall in distinct 16-byte bank groups (80-byte and 272-byte row strides).
 //
@@ -50,9 +51,14 @@
 // in either layout, the same epilogue. No tensor cores (and no TF32): fp32 mode is the one
 // that must agree with the CPU to 1e-5.
 //
-// Bias gradient (matmul_bias_bwd_*): deterministic column sums. Block (32, 16) owns 32
-// columns; thread (x, y) sums rows y, y+16, ... in order, then thread y = 0 adds the 16
-// partials in order: the same bits every run (no atomics).
+// Bias gradient (matmul_bias_partial_*, matmul_bias_reduce): deterministic column sums in
+// two passes: blocks of (32 columns x `rows` rows) write fp32 partial sums, a second kernel
+// adds a column's partials in order: the same bits every run (no atomics), and enough blocks
+// to fill the GPU at K = B*T rows.
+//
+// Split-K (the weight gradients, whose K = B*T is long and whose M x N has few tiles): the
+// launcher picks a split count from the shape alone; each split's fp32 partial is summed in
+// a fixed order by matmul_split_reduce, so the result is bit-deterministic on every GPU.
 //
 // Gradient rule: parameter gradients accumulate (+=), activation gradients overwrite (=).
 
@@ -103,6 +109,52 @@ __device__ __forceinline__ void epilogue_store(const Epilogue& e, int m, int n, 
     }
 }
 
+// Two horizontally adjacent elements (m, n), (m, n + 1), n even: one 4- or 8-byte access per
+// operand when both exist and the leading dimension is even (then m * ldc + n is even, so
+// the pair is aligned); else element by element. Same arithmetic as epilogue_store.
+__device__ __forceinline__ void epilogue_store2(const Epilogue& e, int m, int n, int N, float v0, float v1) {
+    if (n + 1 >= N || (e.ldc & 1)) {
+        if (n < N) epilogue_store(e, m, n, v0);
+        if (n + 1 < N) epilogue_store(e, m, n + 1, v1);
+        return;
+    }
+    if (e.bias) {
+        if (e.bias_f32) {
+            const float2 b = *reinterpret_cast<const float2*>((const float*)e.bias + n);
+            v0 += b.x;
+            v1 += b.y;
+        } else {
+            const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>((const bf16*)e.bias + n));
+            v0 += b.x;
+            v1 += b.y;
+        }
+    }
+    const long idx = (long)m * e.ldc + n;
+    if (e.pre) *reinterpret_cast<__nv_bfloat162*>(e.pre + idx) = __floats2bfloat162_rn(v0, v1);
+    if (e.pre_f32) *reinterpret_cast<float2*>(e.pre_f32 + idx) = make_float2(v0, v1);
+    if (e.gelu) {
+        v0 = gelu_tanh(v0);
+        v1 = gelu_tanh(v1);
+    }
+    if (e.c_f32) {
+        float2* c = reinterpret_cast<float2*>((float*)e.c + idx);
+        if (e.accumulate) {
+            const float2 old = *c;
+            v0 += old.x;
+            v1 += old.y;
+        }
+        *c = make_float2(v0, v1);
+    } else {
+        __nv_bfloat162* c = reinterpret_cast<__nv_bfloat162*>((bf16*)e.c + idx);
+        if (e.accumulate) {
+            const float2 old = __bfloat1622float2(*c);
+            v0 += old.x;
+            v1 += old.y;
+        }
+        *c = __floats2bfloat162_rn(v0, v1);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // bf16 tensor-core GEMM
 
@@ -118,7 +170,8 @@ constexpr int LD_MMAJ = BM + PAD;                    // row stride of a [k][rows
 constexpr int TILE_ELEMS = BM * LD_KMAJ;             // 5120 >= BK * LD_MMAJ = 4352
 static_assert(BM == BN, "one tile size serves both operands");
 static_assert(BK * LD_MMAJ <= TILE_ELEMS, "tile buffer too small");
-constexpr int STAGES = 2;
+constexpr int STAGES = 3;
+constexpr int SMEM_BYTES = STAGES * 2 * TILE_ELEMS * 2;  // dynamic shared memory of every tc kernel: 61440
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
     return (unsigned)__cvta_generic_to_shared(p);
@@ -186,7 +239,8 @@ typedef bf16 Smem[STAGES][2][TILE_ELEMS];
 
 template <bool A_KMAJOR, bool B_KMAJOR>
 __device__ __forceinline__ void gemm(Smem& smem, const Epilogue& ep, const bf16* __restrict__ a, long lda,
-                                     const bf16* __restrict__ b, long ldb, int M, int N, int K, int vec) {
+                                     const bf16* __restrict__ b, long ldb, int M, int N, int K, int k_begin, int k_end,
+                                     int vec) {
 
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -209,20 +263,24 @@ __device__ __forceinline__ void gemm(Smem& smem, const Epilogue& ep, const bf16*
         else          load_tile<BK, BN>(sb, LD_MMAJ, b, ldb, k0, K, n0, N, vec);   // sb[k][n]
     };
 
-    const int ktiles = (K + BK - 1) / BK;
-    load_stage(0, 0);
-    cp_async_commit();
+    // k-tiles k_begin / BK .. of this block's k range [k_begin, k_end) (k_begin a multiple of
+    // BK; k_end a multiple of BK or K), STAGES - 1 of them in flight ahead of the one multiplied
+    const int kt0 = k_begin / BK, ktiles = (k_end - k_begin + BK - 1) / BK;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < ktiles) load_stage(s, (kt0 + s) * BK);
+        cp_async_commit();  // possibly empty group keeps the wait count uniform
+    }
     for (int kt = 0; kt < ktiles; kt++) {
-        // Prefetch the next k-tile into the other stage (last read in iteration kt - 1, and
-        // every thread passed the barrier at the end of that iteration).
-        if (kt + 1 < ktiles) load_stage((kt + 1) % STAGES, (kt + 1) * BK);
-        cp_async_commit();   // possibly empty group keeps the wait count uniform
-        cp_async_wait_1();   // all but the newest group done: k-tile kt has landed
-        __syncthreads();     // ... for every thread's copies (and the synchronous stores)
+        cp_async_wait_1();  // all but the newest STAGES - 2 = 1 groups done: k-tile kt has landed ...
+        __syncthreads();    // ... for every thread's copies (and the synchronous stores), and every
+                            // warp is done multiplying stage (kt - 1) % STAGES, refilled next
+        if (kt + STAGES - 1 < ktiles) load_stage((kt + STAGES - 1) % STAGES, (kt0 + kt + STAGES - 1) * BK);
+        cp_async_commit();
 
         const bf16* sa = smem[kt % STAGES][0];
         const bf16* sb = smem[kt % STAGES][1];
-#pragma unroll
+        #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             unsigned af[MT][4];
 #pragma unroll
@@ -258,7 +316,6 @@ __device__ __forceinline__ void gemm(Smem& smem, const Epilogue& ep, const bf16*
 #pragma unroll
                 for (int j = 0; j < NT; j++) mma_bf16(acc[i][j], af[i], bfr[j][0], bfr[j][1]);
         }
-        __syncthreads();  // everyone is done reading this stage before it is refilled
     }
 
     // Accumulator layout of m16n8: c0,c1 at (row group, cols 2 tig + {0,1}), c2,c3 at row group + 8.
@@ -268,10 +325,10 @@ __device__ __forceinline__ void gemm(Smem& smem, const Epilogue& ep, const bf16*
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int m = m0 + wm0 + i * 16 + group + (e / 2) * 8;
-                int n = n0 + wn0 + j * 8 + tig * 2 + (e % 2);
-                if (m < M && n < N) epilogue_store(ep, m, n, acc[i][j][e]);
+            for (int h = 0; h < 2; h++) {
+                int m = m0 + wm0 + i * 16 + group + h * 8;
+                int n = n0 + wn0 + j * 8 + tig * 2;
+                if (m < M) epilogue_store2(ep, m, n, N, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
             }
 }
 
@@ -336,7 +393,8 @@ __device__ __forceinline__ void gemm(const Epilogue& ep, const T* __restrict__ a
 // ---------------------------------------------------------------------------------------------
 // kernels
 //
-// Grid for every GEMM: (ceil(N / 128), ceil(M / 128)) blocks of 256 threads for bf16,
+// Grid for every GEMM: (ceil(N / 128), ceil(M / 128), splits) blocks of 256 threads with
+// tc::SMEM_BYTES of dynamic shared memory for bf16 (the launcher raises the 48 KB limit),
 // (ceil(N / 64), ceil(M / 64)) blocks of 256 threads for f32.
 
 // out (M,N) = inp (M,K) @ W (+ bias) (+ GeLU). weight_outin: W is [N,K] (else [K,N]).
@@ -344,10 +402,11 @@ __device__ __forceinline__ void gemm(const Epilogue& ep, const T* __restrict__ a
 extern "C" __global__ void __launch_bounds__(256) matmul_fwd_bf16(bf16* out, bf16* pre, const bf16* inp,
                                                                   const bf16* weight, const bf16* bias, int M, int K,
                                                                   int N, int weight_outin, int gelu, int vec) {
-    __shared__ __align__(128) tc::Smem smem;
+    extern __shared__ float4 smem4[];
+    tc::Smem& smem = *reinterpret_cast<tc::Smem*>(smem4);
     Epilogue ep{out, 0, N, bias, 0, pre, nullptr, gelu, 0};
-    if (weight_outin) tc::gemm<true, true>(smem, ep, inp, K, weight, K, M, N, K, vec);
-    else              tc::gemm<true, false>(smem, ep, inp, K, weight, N, M, N, K, vec);
+    if (weight_outin) tc::gemm<true, true>(smem, ep, inp, K, weight, K, M, N, K, 0, K, vec);
+    else              tc::gemm<true, false>(smem, ep, inp, K, weight, N, M, N, K, 0, K, vec);
 }
 
 extern "C" __global__ void __launch_bounds__(256) matmul_fwd_f32(float* out, float* pre, const float* inp,
@@ -360,17 +419,42 @@ extern "C" __global__ void __launch_bounds__(256) matmul_fwd_f32(float* out, flo
 
 // The backward GEMM, launched once for dinp and once for dweight (see the table above):
 // c (M,N), leading dimension N, (=|+=) A @ B. c is fp32 when c_f32, else bf16.
+// Split-K (gridDim.z > 1, deterministic): block z multiplies k in [z kchunk, (z + 1) kchunk)
+// (kchunk a multiple of BK) and stores its fp32 partial, plainly, to c + z M N (c is then the
+// (splits, M, N) fp32 partial buffer, c_f32 = 1, accumulate = 0); matmul_split_reduce adds the
+// partials in order into the real C. With gridDim.z = 1, kchunk >= K.
 extern "C" __global__ void __launch_bounds__(256) matmul_bwd_bf16(void* c, int c_f32, int accumulate, const bf16* a,
                                                                   int lda, int a_kmajor, const bf16* b, int ldb,
-                                                                  int b_kmajor, int M, int N, int K, int vec) {
-    __shared__ __align__(128) tc::Smem smem;
-    Epilogue ep{c, c_f32, N, nullptr, 0, nullptr, nullptr, 0, accumulate};
+                                                                  int b_kmajor, int M, int N, int K, int kchunk,
+                                                                  int vec) {
+    extern __shared__ float4 smem4[];
+    tc::Smem& smem = *reinterpret_cast<tc::Smem*>(smem4);
+    void* cz = gridDim.z > 1 ? (void*)((float*)c + (long)blockIdx.z * M * N) : c;
+    Epilogue ep{cz, c_f32, N, nullptr, 0, nullptr, nullptr, 0, accumulate};
+    const int k_begin = blockIdx.z * kchunk, k_end = min(K, k_begin + kchunk);
     if (a_kmajor) {
-        if (b_kmajor) tc::gemm<true, true>(smem, ep, a, lda, b, ldb, M, N, K, vec);
-        else          tc::gemm<true, false>(smem, ep, a, lda, b, ldb, M, N, K, vec);
+        if (b_kmajor) tc::gemm<true, true>(smem, ep, a, lda, b, ldb, M, N, K, k_begin, k_end, vec);
+        else          tc::gemm<true, false>(smem, ep, a, lda, b, ldb, M, N, K, k_begin, k_end, vec);
     } else {
-        if (b_kmajor) tc::gemm<false, true>(smem, ep, a, lda, b, ldb, M, N, K, vec);
-        else          tc::gemm<false, false>(smem, ep, a, lda, b, ldb, M, N, K, vec);
+        if (b_kmajor) tc::gemm<false, true>(smem, ep, a, lda, b, ldb, M, N, K, k_begin, k_end, vec);
+        else          tc::gemm<false, false>(smem, ep, a, lda, b, ldb, M, N, K, k_begin, k_end, vec);
+    }
+}
+
+// c[i] (=|+=) sum over z = 0 .. splits - 1, in that order, of partial[z * MN + i] (fp32); c is
+// fp32 when c_f32, else bf16. One thread per element, grid ceil(MN / 256).
+extern "C" __global__ void __launch_bounds__(256) matmul_split_reduce(void* c, int c_f32, int accumulate,
+                                                                      const float* partial, long MN, int splits) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= MN) return;
+    float v = 0.0f;
+    for (int z = 0; z < splits; z++) v += partial[z * MN + i];
+    if (c_f32) {
+        float* d = (float*)c;
+        d[i] = accumulate ? d[i] + v : v;
+    } else {
+        bf16* d = (bf16*)c;
+        d[i] = __float2bfloat16(accumulate ? __bfloat162float(d[i]) + v : v);
     }
 }
 
@@ -381,34 +465,50 @@ extern "C" __global__ void __launch_bounds__(256) matmul_bwd_f32(float* c, int a
     simt::gemm<float>(ep, a, lda, a_kmajor, b, ldb, b_kmajor, M, N, K);
 }
 
-// dbias (N) += sum over the M rows of dout (M,N). Grid ceil(N / 32), block (32, 16).
+// dbias (N) += column sums of dout (M,N), deterministic, in two passes over many blocks.
+// Pass 1, grid (ceil(N / 32), ceil(M / rows)), block (32, 16): block (x, y) sums rows
+// [y rows, (y + 1) rows) of its 32 columns (thread (tx, ty) rows ty, ty + 16, ... in order,
+// then the 16 partials in order) into partial[y * N + n].
 template <typename T>
-__device__ __forceinline__ void bias_bwd(void* dbias, int dbias_f32, const T* __restrict__ dout, int M, int N) {
-    __shared__ float partial[16][33];
-    int n = blockIdx.x * 32 + threadIdx.x;
+__device__ __forceinline__ void bias_partial(float* partial, const T* __restrict__ dout, int M, int N, int rows) {
+    __shared__ float part[16][33];
+    const int n = blockIdx.x * 32 + threadIdx.x;
+    const int r0 = blockIdx.y * rows, r1 = min(M, r0 + rows);
     float sum = 0.0f;
     if (n < N) {
-        for (int m = threadIdx.y; m < M; m += 16) sum += load_f(dout + (long)m * N + n);
+        for (int m = r0 + threadIdx.y; m < r1; m += 16) sum += load_f(dout + (long)m * N + n);
     }
-    partial[threadIdx.y][threadIdx.x] = sum;
+    part[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();
     if (threadIdx.y == 0 && n < N) {
         float total = 0.0f;
 #pragma unroll
-        for (int y = 0; y < 16; y++) total += partial[y][threadIdx.x];
-        if (dbias_f32) ((float*)dbias)[n] += total;
-        else {
-            bf16* d = (bf16*)dbias;
-            d[n] = __float2bfloat16(__bfloat162float(d[n]) + total);
-        }
+        for (int y = 0; y < 16; y++) total += part[y][threadIdx.x];
+        partial[(long)blockIdx.y * N + n] = total;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) matmul_bias_bwd_bf16(void* dbias, int dbias_f32, const bf16* dout,
-                                                                       int M, int N) {
-    bias_bwd<bf16>(dbias, dbias_f32, dout, M, N);
+extern "C" __global__ void __launch_bounds__(512) matmul_bias_partial_bf16(float* partial, const bf16* dout, int M,
+                                                                           int N, int rows) {
+    bias_partial<bf16>(partial, dout, M, N, rows);
 }
 
-extern "C" __global__ void __launch_bounds__(512) matmul_bias_bwd_f32(float* dbias, const float* dout, int M, int N) {
-    bias_bwd<float>(dbias, 1, dout, M, N);
+extern "C" __global__ void __launch_bounds__(512) matmul_bias_partial_f32(float* partial, const float* dout, int M,
+                                                                          int N, int rows) {
+    bias_partial<float>(partial, dout, M, N, rows);
+}
+
+// Pass 2: dbias[n] += sum over the chunks y = 0 .. chunks - 1, in order, of partial[y * N + n].
+// dbias is fp32 when dbias_f32, else bf16. Grid ceil(N / 256), block 256.
+extern "C" __global__ void __launch_bounds__(256) matmul_bias_reduce(void* dbias, int dbias_f32,
+                                                                     const float* partial, int N, int chunks) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float total = 0.0f;
+    for (int y = 0; y < chunks; y++) total += partial[(long)y * N + n];
+    if (dbias_f32) ((float*)dbias)[n] += total;
+    else {
+        bf16* d = (bf16*)dbias;
+        d[n] = __float2bfloat16(__bfloat162float(d[n]) + total);
+    }
 }

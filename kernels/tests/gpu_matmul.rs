@@ -156,6 +156,29 @@ fn matmul_odd_sizes_match_cpu() {
 }
 
 #[test]
+fn matmul_split_k_weight_gradients_match_cpu() {
+    use kernels::ops::matmul::gpu::split_k;
+    use WeightLayout::*;
+    // The weight gradient's K is the row count: few output tiles and a long K split it (bf16),
+    // and the bias gradient sums over several row chunks of 256.
+    assert_eq!(split_k(64, 96, 4096), (4, 1024));
+    assert_eq!(split_k(40, 72, 3000), (2, 1504));
+    assert_eq!(split_k(37, 50, 2500), (2, 1280));
+    assert_eq!(split_k(768, 2304, 16384), (3, 5472)); // GPT-2 c_attn at B*T = 16384
+    assert_eq!(split_k(50304, 768, 16384).0, 1); // enough tiles already
+    run_all(
+        &[
+            case("split-k", (1, 4096), 64, 96, InOut, true),
+            // a shorter last split, the other layout
+            case("split-k ragged", (3, 1000), 72, 40, OutIn, true),
+            // leading dimensions not multiples of 8: the element-wise loader, split
+            case("split-k element-wise", (1, 2500), 37, 50, InOut, true),
+        ],
+        1500,
+    );
+}
+
+#[test]
 fn matmul_gpt2_124m_shapes_match_cpu() {
     use WeightLayout::*;
     if common::gpu_or_skip().is_some_and(|dev| common::skip_full_size(&dev, "matmul at GPT-2 124M shapes")) {
@@ -214,11 +237,13 @@ fn matmul_fused_gelu_matches_matmul_then_gelu() {
 fn matmul_backward_is_deterministic() {
     let Some(dev) = gpu_or_skip() else { return };
     let device = dev.device();
-    let (b, t, ic, oc) = (4, 1024, 768, 768);
-    if common::skip_full_size(&dev, "matmul backward determinism at B=4 T=1024 C=768") {
-        return;
+    // a split-K shape (4 splits, 16 bias chunks) everywhere; GPT-2's attn.c_proj where the
+    // device is fast enough
+    let mut shapes = vec![(1, 4096, 64, 96)];
+    if !common::skip_full_size(&dev, "matmul backward determinism at B=4 T=1024 C=768") {
+        shapes.push((4, 1024, 768, 768));
     }
-    for dtype in [DType::F32, DType::Bf16] {
+    for (dtype, (b, t, ic, oc)) in [DType::F32, DType::Bf16].into_iter().flat_map(|d| shapes.iter().map(move |&s| (d, s))) {
         let (inp, _) = random_pair(device, &[b, t, ic], 11, 1.0, dtype);
         let (weight, _) = random_pair(device, &[ic, oc], 12, 0.1, dtype);
         let (dout, _) = random_pair(device, &[b, t, oc], 13, 1.0, dtype);
@@ -230,7 +255,7 @@ fn matmul_backward_is_deterministic() {
             (dinp.to_vec(), dweight.to_vec(), dbias.to_vec())
         };
         let (first, second) = (run(), run());
-        assert!(first == second, "{dtype:?}: two identical backward passes differ");
+        assert!(first == second, "{dtype:?} B={b} T={t} IC={ic} OC={oc}: two identical backward passes differ");
     }
 }
 

@@ -280,17 +280,47 @@ pub mod gpu {
     const TC_TILE: usize = 128;
     const SIMT_TILE: usize = 64;
     const THREADS: u32 = 256;
+    /// matmul.cu `tc::SMEM_BYTES`: three stages of two 128 x (32 + 8) bf16 tiles.
+    pub const TC_SMEM_BYTES: usize = 3 * 2 * TC_TILE * 40 * 2;
+    /// matmul.cu `tc::BK`: split-K chunks are whole k-tiles.
+    const TC_BK: usize = 32;
+    /// Rows per block of the bias gradient's first pass.
+    const BIAS_ROWS: usize = 256;
+
+    /// The split-K factor of a bf16 backward GEMM (M x N output, K long): 1 when the output
+    /// alone has at least 264 tiles (two per SM of a 132-SM GPU); else enough splits for
+    /// about 264 blocks, each at least 1024 deep in k, at most 16. A function of the shape
+    /// only, so the (fixed) summation order, and every bit of the result, is the same on
+    /// every GPU. Returns (splits, k per split), the latter a multiple of the k-tile.
+    pub fn split_k(m: usize, n: usize, k: usize) -> (usize, usize) {
+        let tiles = m.div_ceil(TC_TILE) * n.div_ceil(TC_TILE);
+        let want = if tiles >= 264 { 1 } else { 264usize.div_ceil(tiles).min(k / 1024).clamp(1, 16) };
+        let chunk = k.div_ceil(want).div_ceil(TC_BK) * TC_BK;
+        (k.div_ceil(chunk.max(1)).max(1), chunk.max(TC_BK))
+    }
+
+    /// Raises a tensor-core kernel's dynamic shared memory limit to TC_SMEM_BYTES.
+    fn allow_tc_smem(dev: &CudaDevice, f: &crate::cuda::CudaFunction, kernel: &str) -> Result<()> {
+        use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, TC_SMEM_BYTES as i32).map_err(|e| Error::Cuda {
+            op: format!("allowing {TC_SMEM_BYTES} bytes of shared memory for {kernel} on {}", dev.name()),
+            msg: e.to_string(),
+        })
+    }
 
     fn int(what: &str, v: usize) -> Result<i32> {
         i32::try_from(v).map_err(|_| Error::Invalid { op: OP, msg: format!("{what} = {v} does not fit the kernel's int") })
     }
 
-    fn gemm_config(m: usize, n: usize, tile: usize) -> Result<LaunchConfig> {
+    /// Grid (ceil(n / tile), ceil(m / tile), splits), 256 threads, the tensor-core kernels'
+    /// dynamic shared memory when `tile` is theirs.
+    fn gemm_config(m: usize, n: usize, tile: usize, splits: usize) -> Result<LaunchConfig> {
         let (gx, gy) = (n.div_ceil(tile), m.div_ceil(tile));
         if gy > 65535 || gx > i32::MAX as usize {
             return Err(Error::Invalid { op: OP, msg: format!("{m} x {n} output needs a {gx} x {gy} grid (max 2^31 x 65535)") });
         }
-        Ok(LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+        let smem = if tile == TC_TILE { TC_SMEM_BYTES as u32 } else { 0 };
+        Ok(LaunchConfig { grid_dim: (gx as u32, gy as u32, splits as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: smem })
     }
 
     fn expect_dtype(arg: &'static str, t: &Tensor, expected: DType) -> Result<()> {
@@ -345,7 +375,7 @@ pub mod gpu {
             return Ok(());
         }
         let bf16_path = T::DTYPE == DType::Bf16;
-        let cfg = gemm_config(n, oc, if bf16_path { TC_TILE } else { SIMT_TILE })?;
+        let cfg = gemm_config(n, oc, if bf16_path { TC_TILE } else { SIMT_TILE }, 1)?;
         let (m_i, k_i, n_i) = (int("rows", n)?, int("IC", ic)?, int("OC", oc)?);
         let outin = i32::from(layout == WeightLayout::OutIn);
         let gelu_i = i32::from(gelu);
@@ -355,6 +385,9 @@ pub mod gpu {
         let null: u64 = 0;
         let kernel = format!("matmul_fwd_{}", T::NAME);
         let f = dev.function("matmul", &kernel)?;
+        if bf16_path {
+            allow_tc_smem(dev, &f, &kernel)?;
+        }
         let mut launch = dev.stream().launch_builder(&f);
         launch.arg(out.cuda_slice_mut::<T>()?);
         match pre {
@@ -438,7 +471,6 @@ pub mod gpu {
             (DType::Bf16, DType::Bf16) => 0,
             (_, got) => return Err(Error::DType { op: OP, arg: "gradient", expected: DType::F32, got }),
         };
-        let cfg = gemm_config(m, n, if bf16_path { TC_TILE } else { SIMT_TILE })?;
         let (m_i, n_i, k_i) = (int("M", m)?, int("N", n)?, int("K", k)?);
         let (lda, ldb) = (int("lda", a.1)?, int("ldb", b.1)?);
         let (a_k, b_k) = (i32::from(a.2), i32::from(b.2));
@@ -446,55 +478,110 @@ pub mod gpu {
         let vec = i32::from(a.1 % 8 == 0 && b.1 % 8 == 0);
         let kernel = format!("matmul_bwd_{}", if bf16_path { "bf16" } else { "f32" });
         let f = dev.function("matmul", &kernel)?;
-        let mut launch = dev.stream().launch_builder(&f);
-        if bf16_path {
+        if !bf16_path {
+            let cfg = gemm_config(m, n, SIMT_TILE, 1)?;
+            let mut launch = dev.stream().launch_builder(&f);
+            launch.arg(c.cuda_slice_mut::<f32>()?).arg(&acc).arg(a.0.cuda_slice::<f32>()?).arg(&lda).arg(&a_k);
+            launch.arg(b.0.cuda_slice::<f32>()?).arg(&ldb).arg(&b_k).arg(&m_i).arg(&n_i).arg(&k_i);
+            // SAFETY: matches matmul.cu `matmul_bwd_f32(float* c, int accumulate, const float* a,
+            // int lda, int a_kmajor, const float* b, int ldb, int b_kmajor, int M, int N, int K)`;
+            // the callers pass operands whose extents match (m, n, k) and the leading dimensions
+            // given (shapes checked by matmul_backward).
+            unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+            return Ok(());
+        }
+        allow_tc_smem(dev, &f, &kernel)?;
+        let (splits, chunk) = split_k(m, n, k);
+        let chunk_i = int("k per split", chunk)?;
+        let cfg = gemm_config(m, n, TC_TILE, splits)?;
+        if splits == 1 {
+            let mut launch = dev.stream().launch_builder(&f);
             match c.dtype() {
                 DType::F32 => launch.arg(c.cuda_slice_mut::<f32>()?),
                 _ => launch.arg(c.cuda_slice_mut::<bf16>()?),
             };
             launch.arg(&c_f32).arg(&acc).arg(a.0.cuda_slice::<bf16>()?).arg(&lda).arg(&a_k);
-            launch.arg(b.0.cuda_slice::<bf16>()?).arg(&ldb).arg(&b_k).arg(&m_i).arg(&n_i).arg(&k_i).arg(&vec);
-        } else {
-            launch.arg(c.cuda_slice_mut::<f32>()?).arg(&acc).arg(a.0.cuda_slice::<f32>()?).arg(&lda).arg(&a_k);
-            launch.arg(b.0.cuda_slice::<f32>()?).arg(&ldb).arg(&b_k).arg(&m_i).arg(&n_i).arg(&k_i);
+            launch.arg(b.0.cuda_slice::<bf16>()?).arg(&ldb).arg(&b_k).arg(&m_i).arg(&n_i).arg(&k_i).arg(&chunk_i).arg(&vec);
+            // SAFETY: matches matmul.cu `matmul_bwd_bf16(void* c, int c_f32, int accumulate,
+            // const bf16* a, int lda, int a_kmajor, const bf16* b, int ldb, int b_kmajor, int M,
+            // int N, int K, int kchunk, int vec)`; c_f32 says which element type c is; one split
+            // (gridDim.z = 1, kchunk >= K); the callers pass operands whose extents match
+            // (m, n, k) and the leading dimensions given (shapes checked by matmul_backward).
+            unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+            return Ok(());
         }
-        // SAFETY: matches matmul.cu `matmul_bwd_bf16(void* c, int c_f32, int accumulate,
-        // const bf16* a, int lda, int a_kmajor, const bf16* b, int ldb, int b_kmajor, int M,
-        // int N, int K, int vec)` / `matmul_bwd_f32(float* c, int accumulate, const float* a,
-        // int lda, int a_kmajor, const float* b, int ldb, int b_kmajor, int M, int N, int K)`;
-        // c_f32 says which element type c is; the callers pass operands whose extents match
-        // (m, n, k) and the leading dimensions given (shapes checked by matmul_backward).
+        // Split-K: fp32 partials (splits, m, n) from the pool, every element written by its
+        // split (stored, not added), then summed in order into c.
+        let mut partial = Tensor::try_empty(dev.device(), DType::F32, &[splits, m, n])?;
+        let (one, zero) = (1i32, 0i32);
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(partial.cuda_slice_mut::<f32>()?).arg(&one).arg(&zero).arg(a.0.cuda_slice::<bf16>()?).arg(&lda).arg(&a_k);
+        launch.arg(b.0.cuda_slice::<bf16>()?).arg(&ldb).arg(&b_k).arg(&m_i).arg(&n_i).arg(&k_i).arg(&chunk_i).arg(&vec);
+        // SAFETY: as above, with c = the (splits, M, N) fp32 partials (c_f32 = 1, accumulate = 0):
+        // block z writes every element of partial z for k in [z chunk, (z + 1) chunk) and
+        // splits * chunk >= K > (splits - 1) * chunk, so no split is empty.
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+
+        let reduce = "matmul_split_reduce";
+        let f = dev.function("matmul", reduce)?;
+        let (mn, splits_i) = ((m * n) as i64, int("splits", splits)?);
+        let mut launch = dev.stream().launch_builder(&f);
+        match c.dtype() {
+            DType::F32 => launch.arg(c.cuda_slice_mut::<f32>()?),
+            _ => launch.arg(c.cuda_slice_mut::<bf16>()?),
+        };
+        launch.arg(&c_f32).arg(&acc).arg(partial.cuda_slice::<f32>()?).arg(&mn).arg(&splits_i);
+        let grid = (m * n).div_ceil(256);
+        // SAFETY: matches `matmul_split_reduce(void* c, int c_f32, int accumulate, const float* partial,
+        // long MN, int splits)`; c holds M*N elements of the type c_f32 names, partial splits*M*N
+        // floats, all written above; threads past MN return.
+        unsafe { launch.launch(LaunchConfig { grid_dim: (int("grid", grid)? as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }
+            .map_err(dev.launch_error(reduce))?;
         Ok(())
     }
 
     fn bias_backward(dev: &CudaDevice, t: DType, dbias: &mut Tensor, dout: &Tensor, m: usize, n: usize) -> Result<()> {
-        let (m_i, n_i) = (int("rows", m)?, int("OC", n)?);
-        let cfg = LaunchConfig { grid_dim: (n.div_ceil(32) as u32, 1, 1), block_dim: (32, 16, 1), shared_mem_bytes: 0 };
-        let kernel = format!("matmul_bias_bwd_{}", if t == DType::Bf16 { "bf16" } else { "f32" });
+        let (m_i, n_i, rows_i) = (int("rows", m)?, int("OC", n)?, BIAS_ROWS as i32);
+        let chunks = m.div_ceil(BIAS_ROWS);
+        if chunks > 65535 {
+            return Err(Error::Invalid { op: OP, msg: format!("{m} rows need {chunks} bias-gradient blocks (max 65535)") });
+        }
+        let d_f32 = match (t, dbias.dtype()) {
+            (_, DType::F32) => 1i32,
+            (DType::Bf16, DType::Bf16) => 0,
+            (_, got) => return Err(Error::DType { op: OP, arg: "dbias", expected: DType::F32, got }),
+        };
+        // per-chunk column sums, every element written by pass 1
+        let mut partial = Tensor::try_empty(dev.device(), DType::F32, &[chunks, n])?;
+        let kernel = format!("matmul_bias_partial_{}", if t == DType::Bf16 { "bf16" } else { "f32" });
         let f = dev.function("matmul", &kernel)?;
         let mut launch = dev.stream().launch_builder(&f);
-        match (t, dbias.dtype()) {
-            (DType::Bf16, DType::F32) | (DType::Bf16, DType::Bf16) => {
-                let d_f32 = i32::from(dbias.dtype() == DType::F32);
-                match dbias.dtype() {
-                    DType::F32 => launch.arg(dbias.cuda_slice_mut::<f32>()?),
-                    _ => launch.arg(dbias.cuda_slice_mut::<bf16>()?),
-                };
-                launch.arg(&d_f32).arg(dout.cuda_slice::<bf16>()?).arg(&m_i).arg(&n_i);
-                // SAFETY: matches matmul.cu `matmul_bias_bwd_bf16(void* dbias, int dbias_f32,
-                // const bf16* dout, int M, int N)`; dbias holds N elements of the type d_f32
-                // names, dout M*N; grid covers N in blocks of 32 columns, block (32, 16).
-                unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
-            }
-            (DType::F32, DType::F32) => {
-                launch.arg(dbias.cuda_slice_mut::<f32>()?).arg(dout.cuda_slice::<f32>()?).arg(&m_i).arg(&n_i);
-                // SAFETY: matches matmul.cu `matmul_bias_bwd_f32(float* dbias, const float* dout,
-                // int M, int N)`; dbias holds N floats, dout M*N.
-                unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
-            }
-            (_, got) => return Err(Error::DType { op: OP, arg: "dbias", expected: DType::F32, got }),
-        }
+        launch.arg(partial.cuda_slice_mut::<f32>()?);
+        match t {
+            DType::Bf16 => launch.arg(dout.cuda_slice::<bf16>()?),
+            _ => launch.arg(dout.cuda_slice::<f32>()?),
+        };
+        launch.arg(&m_i).arg(&n_i).arg(&rows_i);
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(32) as u32, chunks as u32, 1), block_dim: (32, 16, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches matmul.cu `matmul_bias_partial_<T>(float* partial, const T* dout, int M, int N,
+        // int rows)`; dout holds M*N elements of the input dtype, partial ceil(M/rows)*N floats; the
+        // grid covers N in blocks of 32 columns and M in chunks of `rows`, block (32, 16).
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+
+        let reduce = "matmul_bias_reduce";
+        let f = dev.function("matmul", reduce)?;
+        let chunks_i = chunks as i32;
+        let mut launch = dev.stream().launch_builder(&f);
+        match dbias.dtype() {
+            DType::F32 => launch.arg(dbias.cuda_slice_mut::<f32>()?),
+            _ => launch.arg(dbias.cuda_slice_mut::<bf16>()?),
+        };
+        launch.arg(&d_f32).arg(partial.cuda_slice::<f32>()?).arg(&n_i).arg(&chunks_i);
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches `matmul_bias_reduce(void* dbias, int dbias_f32, const float* partial, int N,
+        // int chunks)`; dbias holds N elements of the type d_f32 names, partial chunks*N floats
+        // written above; threads past N return.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(reduce))?;
         Ok(())
     }
 }
