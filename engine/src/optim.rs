@@ -2,11 +2,16 @@
 //! device. The state (m, v, f32, same device) is kept per parameter in the model's
 //! visiting order, which is stable. In bf16 precision the update writes the fp32 master
 //! value and its bf16 working copy in one pass (`adamw_update_with_copy`).
+//!
+//! On CUDA the whole step is four launches whatever the number of parameters
+//! (`kernels::ops::multi_tensor`): the squares of every gradient, the norm, AdamW on every
+//! parameter with the clip factor read on the device, and (in [`zero_grad`]) one zeroing.
 
 use kernels::ops::adamw::{adamw_update, adamw_update_with_copy, AdamWStep};
 use std::sync::Arc;
 
-use kernels::cuda::{CudaDevice, CudaSlice};
+use kernels::cuda::CudaDevice;
+use kernels::ops::multi_tensor::TensorTable;
 use kernels::ops::norm::{clip_grad_norm, global_norm};
 use kernels::{DType, Device, Tensor};
 use models::Model;
@@ -62,6 +67,9 @@ impl AdamW {
     /// [`AdamW::step`] without reading the norm: on a GPU the clipping reads the norm on the
     /// device and nothing here waits for it.
     pub fn step_queued(&mut self, model: &mut dyn Model, lr: f32) -> Result<GradNorm> {
+        if let Some(Device::Cuda(ordinal)) = first_device(model) {
+            return self.step_cuda(model, lr, ordinal);
+        }
         let norm = clip_gradients(model, self.config.grad_clip)?;
         self.step += 1;
         let c = &self.config;
@@ -91,10 +99,47 @@ impl AdamW {
     }
 }
 
+impl AdamW {
+    /// The CUDA step: the norm, clipping and the update of every parameter in three launches
+    /// (a table of the parameters, see `kernels::ops::multi_tensor`).
+    fn step_cuda(&mut self, model: &mut dyn Model, lr: f32, ordinal: usize) -> Result<GradNorm> {
+        let c = &self.config;
+        let mut table = TensorTable::new();
+        let mut result = Ok(());
+        let mut i = 0;
+        model.visit_params_mut(&mut |p| {
+            if result.is_ok() {
+                let (m, v) = &self.state[i];
+                i += 1;
+                let decays = c.weight_decay != 0.0 && (p.weight_decay || c.decay_all_params);
+                result = table.push_adamw(&p.value, p.working.as_ref(), &p.grad, m, v, decays);
+            }
+        });
+        result?;
+        let hp = AdamWStep { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, step: self.step + 1 };
+        // SAFETY: the table points at this model's parameters, gradients and this optimizer's
+        // state, all exclusively borrowed (`model`, `self`) until both launches are queued;
+        // none is freed, moved or aliased in between (each parameter owns its tensors).
+        let norm = unsafe { table.global_norm() }?;
+        unsafe { table.adamw(&norm, c.grad_clip, &hp) }?;
+        self.step += 1;
+        Ok(GradNorm::Device(kernels::cuda::device(ordinal)?, norm))
+    }
+}
+
+fn first_device(model: &dyn Model) -> Option<Device> {
+    let mut device = None;
+    model.visit_params(&mut |p| {
+        device.get_or_insert(p.value.device());
+    });
+    device
+}
+
 /// A step's gradient norm before clipping: a value on the CPU, one f32 on the device on a GPU.
 pub enum GradNorm {
     Host(f32),
-    Device(Arc<CudaDevice>, CudaSlice<f32>),
+    /// A one-element f32 tensor on the device.
+    Device(Arc<CudaDevice>, Tensor),
 }
 
 impl GradNorm {
@@ -102,24 +147,19 @@ impl GradNorm {
     pub fn read(&self) -> Result<f32> {
         Ok(match self {
             GradNorm::Host(norm) => *norm,
-            GradNorm::Device(dev, norm) => dev.dtoh(norm)?[0],
+            GradNorm::Device(_, norm) => norm.try_to_vec()?[0],
         })
     }
 }
 
 /// The global gradient norm; with `max_norm > 0`, also scales every gradient by
-/// min(1, max_norm / (norm + 1e-6)) (on a GPU from the norm on the device, nothing waiting).
+/// min(1, max_norm / (norm + 1e-6)). The CPU path (CUDA clips inside its AdamW launch).
 fn clip_gradients(model: &mut dyn Model, max_norm: f32) -> Result<GradNorm> {
     // The gradients are moved out for the call (not cloned: a clone shares storage and an
     // in-place write would copy it) and put back in the same order.
     let mut grads = Vec::new();
     model.visit_params_mut(&mut |p| grads.push(std::mem::replace(&mut p.grad, empty())));
     let norm = match grads.first().map(Tensor::device) {
-        Some(Device::Cuda(ordinal)) => {
-            let mut refs: Vec<&mut Tensor> = grads.iter_mut().collect();
-            kernels::ops::norm::cuda::clip_grad_norm_device(&mut refs, max_norm)
-                .and_then(|norm| Ok(GradNorm::Device(kernels::cuda::device(ordinal)?, norm)))
-        }
         _ if max_norm > 0.0 => {
             let mut refs: Vec<&mut Tensor> = grads.iter_mut().collect();
             clip_grad_norm(&mut refs, max_norm).map(GradNorm::Host)
@@ -135,8 +175,21 @@ fn empty() -> Tensor {
     Tensor::from_vec(&[0], Vec::new()).expect("empty")
 }
 
+/// Zeroes every gradient of `model` (on CUDA in one launch).
 pub fn zero_grad(model: &mut dyn Model) -> Result<()> {
     let mut result = Ok(());
+    if let Some(Device::Cuda(_)) = first_device(model) {
+        let mut table = TensorTable::new();
+        model.visit_params_mut(&mut |p| {
+            if result.is_ok() {
+                result = table.push_grad(&p.grad);
+            }
+        });
+        result?;
+        // SAFETY: the table points at the model's gradients, exclusively borrowed until the
+        // launch is queued.
+        return Ok(unsafe { table.zero() }?);
+    }
     model.visit_params_mut(&mut |p| {
         if result.is_ok() {
             result = p.grad.fill_zero();

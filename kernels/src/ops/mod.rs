@@ -16,6 +16,7 @@ pub mod fill;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod multi_tensor;
 pub mod norm;
 pub mod residual;
 
