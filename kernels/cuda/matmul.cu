@@ -44,7 +44,9 @@
 // the pre-GeLU value (`pre`, may be null) for the backward; a caller that prefers memory over
 // FLOPs passes null and recomputes it with a plain matmul_fwd before gelu_backward.
 // GeLU is the tanh approximation written as x * sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3),
-// exactly as the CPU reference (kernels/src/ops/gelu.rs).
+// exactly as the CPU reference (kernels/src/ops/gelu.rs) and gelu.cu, of the pre-GeLU value
+// as stored (rounded to bf16 in the bf16 kernels): the fused output is bit for bit
+// gelu_forward(pre), so selective recomputation (which rebuilds it that way) can use it.
 //
 // fp32 kernels (tests and fp32 mode): plain FMA tiles, 64 x 64 per block, k-step 16, 256
 // threads each owning 4 x 4 outputs (rows ty + 16 i, columns tx + 16 j), bounds-checked loads
@@ -69,12 +71,16 @@ typedef __nv_bfloat16 bf16;
 // ---------------------------------------------------------------------------------------------
 // shared helpers
 
+// GeLU exactly as gelu.cu's gelu_fwd_one (the same expression, so the same bits): the fused
+// epilogue's output equals gelu_forward of the stored pre-GeLU value, which selective
+// recomputation relies on.
 __device__ __forceinline__ float gelu_tanh(float x) {
-    const float k0 = 0.7978845608f;  // sqrt(2/pi)
-    const float k1 = 0.044715f;
-    float u = k0 * (x + k1 * x * x * x);
-    return x / (1.0f + expf(-2.0f * u));  // = 0.5 x (1 + tanh u)
+    const float u = 0.7978845608f * (x + 0.044715f * x * x * x);  // sqrt(2/pi) (x + 0.044715 x^3)
+    return x * (1.0f / (1.0f + expf(-(2.0f * u))));                // x * sigmoid(2u) = 0.5 x (1 + tanh u)
 }
+
+// The GeLU input: the pre-GeLU value as stored (rounded to bf16 when the output is bf16).
+__device__ __forceinline__ float as_stored(float v, int f32) { return f32 ? v : __bfloat162float(__float2bfloat16(v)); }
 
 __device__ __forceinline__ float load_f(const bf16* p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float load_f(const float* p) { return *p; }
@@ -97,7 +103,7 @@ __device__ __forceinline__ void epilogue_store(const Epilogue& e, int m, int n, 
     long idx = (long)m * e.ldc + n;
     if (e.pre) e.pre[idx] = __float2bfloat16(v);
     if (e.pre_f32) e.pre_f32[idx] = v;
-    if (e.gelu) v = gelu_tanh(v);
+    if (e.gelu) v = gelu_tanh(as_stored(v, e.c_f32));
     if (e.c_f32) {
         float* c = (float*)e.c;
         if (e.accumulate) v += c[idx];
@@ -133,8 +139,8 @@ __device__ __forceinline__ void epilogue_store2(const Epilogue& e, int m, int n,
     if (e.pre) *reinterpret_cast<__nv_bfloat162*>(e.pre + idx) = __floats2bfloat162_rn(v0, v1);
     if (e.pre_f32) *reinterpret_cast<float2*>(e.pre_f32 + idx) = make_float2(v0, v1);
     if (e.gelu) {
-        v0 = gelu_tanh(v0);
-        v1 = gelu_tanh(v1);
+        v0 = gelu_tanh(as_stored(v0, e.c_f32));
+        v1 = gelu_tanh(as_stored(v1, e.c_f32));
     }
     if (e.c_f32) {
         float2* c = reinterpret_cast<float2*>((float*)e.c + idx);

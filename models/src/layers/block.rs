@@ -7,8 +7,8 @@ use crate::recompute::BlockRecompute;
 use crate::{Param, Result};
 
 /// A pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)). The first residual
-/// add and ln_2 run as one op, and so do the MLP's c_fc and GeLU (unless it recomputes the
-/// GeLU output, see [`Mlp`]).
+/// add and ln_2 run as one op, and so do the MLP's c_fc and GeLU (under every recomputation
+/// policy, see [`Mlp`]).
 pub struct Block {
     pub ln_1: LayerNorm,
     pub attn: CausalSelfAttention,

@@ -4,8 +4,8 @@ use super::{Gelu, Layer, Linear};
 use crate::param::Placement;
 use crate::{Param, Result};
 
-/// c_fc (C -> 4C), GeLU, c_proj (4C -> C); c_fc and the GeLU run as one op unless the
-/// GeLU output is recomputed.
+/// c_fc (C -> 4C), GeLU, c_proj (4C -> C); c_fc and the GeLU run as one op (also under
+/// selective recomputation: the fused GeLU equals `gelu_forward` of the kept input).
 pub struct Mlp {
     pub c_fc: Linear,
     pub gelu: Gelu,
@@ -28,17 +28,10 @@ impl Mlp {
 
 impl Layer for Mlp {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let h = if self.recompute_gelu {
-            // Backward rebuilds the GeLU output with gelu_forward, so the forward uses it too:
-            // the fused epilogue's GeLU (of the fp32 accumulator, in another arrangement of
-            // the formula) can differ from it in the last bit on CUDA.
-            let pre = self.c_fc.forward(x)?; // (B,T,4C)
-            self.gelu.forward(&pre)?
-        } else {
-            let (pre, h) = self.c_fc.forward_gelu(x)?; // (B,T,4C) each
-            self.gelu.keep_input(pre);
-            h
-        };
+        // One fused op (matmul + GeLU epilogue); its output is bit for bit gelu_forward of
+        // the kept pre-GeLU value, so selective recomputation rebuilds exactly the same h.
+        let (pre, h) = self.c_fc.forward_gelu(x)?; // (B,T,4C) each
+        self.gelu.keep_input(pre);
         let out = self.c_proj.forward(&h)?;
         if self.recompute_gelu {
             self.c_proj.forget_input();
