@@ -351,6 +351,40 @@ impl Tensor {
         })
     }
 
+    /// The values of many one-element f32 tensors (a step's loss and gradient norm, ...), in
+    /// order. On a GPU they are gathered on the device first (asynchronous device-to-device
+    /// copies), so reading any number of them waits for the device once.
+    pub fn read_scalars(scalars: &[&Tensor]) -> Result<Vec<f32>> {
+        let op = "read_scalars";
+        for t in scalars {
+            t.expect_shape(op, "scalar", &[1])?;
+            crate::ops::expect_dtype(op, "scalar", t, DType::F32)?;
+        }
+        let Some(first) = scalars.iter().find(|t| t.device() != Device::Cpu) else {
+            return scalars.iter().map(|t| Ok(t.f32()?[0])).collect();
+        };
+        let device = first.device();
+        let Device::Cuda(ordinal) = device else { unreachable!("not the CPU") };
+        let dev = cuda::device(ordinal)?;
+        let mut gathered = Tensor::try_empty(device, DType::F32, &[scalars.len()])?;
+        let mut host = vec![0.0f32; scalars.len()];
+        {
+            let dst = gathered.cuda_slice_mut::<f32>()?;
+            for (i, t) in scalars.iter().enumerate() {
+                match t.device() {
+                    Device::Cpu => host[i] = t.f32()?[0],
+                    d if d == device => {
+                        let err = dev.error("gathering scalars on the device");
+                        dev.stream().memcpy_dtod(t.cuda_slice::<f32>()?, &mut dst.slice_mut(i..i + 1)).map_err(err)?;
+                    }
+                    d => return Err(Error::DeviceMismatch { op, a: device, b: d }),
+                }
+            }
+        }
+        let values = gathered.try_to_vec()?;
+        Ok(scalars.iter().enumerate().map(|(i, t)| if t.device() == Device::Cpu { host[i] } else { values[i] }).collect())
+    }
+
     /// Host view of an f32 CPU tensor.
     pub fn f32(&self) -> Result<&[f32]> {
         match &*self.storage {

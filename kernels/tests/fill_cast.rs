@@ -148,3 +148,20 @@ fn assert_close_reports_the_worst_element() {
 fn assert_rel_norm_catches_a_wrong_result() {
     common::assert_rel_norm("off", &[1.0, 2.0, 4.0], &[1.0, 2.0, 3.0], 1e-2);
 }
+
+#[test]
+fn read_scalars_gathers_in_order_on_every_device() {
+    // CPU only, then mixed with GPU scalars where a GPU is there
+    let mut scalars: Vec<Tensor> = (0..5).map(|i| Tensor::from_vec(&[1], vec![i as f32 + 0.5]).unwrap()).collect();
+    if let Some(dev) = gpu_or_skip() {
+        for i in [1, 3, 4] {
+            scalars[i] = scalars[i].to_device(dev.device()).unwrap();
+        }
+    }
+    let refs: Vec<&Tensor> = scalars.iter().collect();
+    assert_eq!(Tensor::read_scalars(&refs).unwrap(), vec![0.5, 1.5, 2.5, 3.5, 4.5]);
+    assert_eq!(Tensor::read_scalars(&[]).unwrap(), Vec::<f32>::new());
+    let two = Tensor::from_vec(&[2], vec![1.0, 2.0]).unwrap();
+    let err = Tensor::read_scalars(&[&two]).unwrap_err();
+    assert!(err.to_string().contains("scalar"), "{err}");
+}
