@@ -119,9 +119,11 @@ enum Command {
         #[arg(long, default_value = "auto", value_name = "DEVICE")]
         device: String,
     },
-    /// Precompile the CUDA kernels: `engine kernels build --arch sm_90 [--arch sm_80] --out DIR`
-    /// (needs NVRTC). Copy DIR to a machine with only the NVIDIA driver and set
-    /// ENGINE_KERNEL_CACHE=DIR there: it runs with no NVRTC.
+    /// The CUDA kernels: `engine kernels build --arch sm_90 [--arch sm_80] --out DIR`
+    /// precompiles them (needs NVRTC); copy DIR to a machine with only the NVIDIA driver and
+    /// set ENGINE_KERNEL_CACHE=DIR there: it runs with no NVRTC. `engine kernels resources
+    /// [--arch sm_90] [--markdown]` prints every kernel's registers, shared memory, spills and
+    /// blocks per SM (needs NVRTC, no GPU).
     Kernels {
         #[command(subcommand)]
         action: KernelsCommand,
@@ -154,6 +156,18 @@ enum KernelsCommand {
         /// The cache directory to fill (created if needed).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+    /// Compile every kernel with ptxas's report (needs NVRTC, no GPU) and print each kernel's
+    /// registers, static shared memory, stack frame, spills, barriers and blocks per SM at
+    /// its launch configuration (kernels/src/cuda/launches.rs). Exits non-zero, naming the
+    /// kernel, if one spills, cannot launch, breaks its budget, or is missing from the table.
+    Resources {
+        /// sm_80 or sm_90 (repeatable; default both).
+        #[arg(long = "arch", value_name = "ARCH")]
+        archs: Vec<String>,
+        /// Print Markdown tables (as in docs/BENCHMARKS.md).
+        #[arg(long)]
+        markdown: bool,
     },
 }
 
@@ -255,6 +269,15 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
             Ok(())
+        }
+        Command::Kernels { action: KernelsCommand::Resources { archs, markdown } } => {
+            let archs: Vec<&str> = if archs.is_empty() { vec!["sm_80", "sm_90"] } else { archs.iter().map(String::as_str).collect() };
+            let report = kernels::cuda::resources::report(&archs)?;
+            print!("{}", report.table(markdown));
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(report.ok()?)
         }
         Command::Eval { checkpoint, batches, json, dump_tokens, device } => {
             let (dir, state, config, mut model) = load_checkpoint_on(&checkpoint, &device)?;

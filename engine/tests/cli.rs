@@ -441,3 +441,10 @@ fn resume_continues_from_the_checkpoint_step() {
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(v["step"], 5);
 }
+
+#[test]
+fn kernels_resources_refuses_an_architecture_without_occupancy_figures() {
+    let dir = TempDir::new().unwrap();
+    let out = engine_in(dir.path(), &["kernels", "resources", "--arch", "sm_90", "--arch", "sm_86"]);
+    assert_fails(&out, &["no occupancy figures for sm_86", "known: sm_80, sm_90"]);
+}

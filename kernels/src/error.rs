@@ -30,6 +30,14 @@ pub enum Error {
     Nvrtc { reason: String },
     #[error("NVRTC failed to compile {file} for {arch}:\n{log}")]
     Compile { file: String, arch: String, log: String },
+    /// ptxas's verbose report (`--ptxas-options=-v`) does not read as expected; `msg` names
+    /// the line of NVRTC's program log (1-based) and quotes it.
+    #[error("cannot read ptxas's report for {file} ({arch}): {msg}")]
+    PtxasReport { file: String, arch: String, msg: String },
+    /// Kernels that spill, cannot launch, break their budget, or are missing from (or stale
+    /// in) the launch table (`cuda::resources::check`): one message per problem.
+    #[error("{} kernel resource check(s) failed:\n  {}", problems.len(), problems.join("\n  "))]
+    KernelResources { problems: Vec<String> },
     #[error("launching `{kernel}` failed: {msg}")]
     Launch { kernel: String, msg: String },
     /// A request past the pool's budget (or refused by the device). Byte counts are size-class

@@ -53,14 +53,20 @@
 //! # Files
 //! - `probe.rs`: is a GPU usable? (never panics; reasons a user can act on)
 //! - `nvrtc.rs`: finds and loads NVRTC and the CUDA headers; compiles a source to a cubin
+//!   (optionally with ptxas's report of each kernel's registers, shared memory and spills)
+//! - `resources.rs`: reads that report, and checks every kernel against `launches.rs` (each
+//!   kernel's launch configuration at the reference shape) with `occupancy.rs` (blocks per SM)
 //! - `cache.rs`: the on-disk cubin cache (looked up without NVRTC; `engine kernels build`)
 //! - `staging.rs`: pinned host buffers, the copy stream, events (record, wait, query,
 //!   elapsed time) and strided host-to-device copies: the data pipeline's half of the GPU
 //! - this file: `CudaDevice`, the per-ordinal registry, module/function lookup
 
 mod cache;
+pub mod launches;
 pub mod nvrtc;
+pub mod occupancy;
 pub mod probe;
+pub mod resources;
 pub mod staging;
 
 use std::collections::HashMap;
@@ -98,6 +104,12 @@ pub fn source(module: &str) -> Option<&'static str> {
 pub fn compile_module(module: &str, arch: &str) -> Result<Vec<u8>> {
     let src = source(module).ok_or_else(|| unknown_module(module))?;
     nvrtc::compile_cubin(module, src, arch)
+}
+
+/// [`compile_module`] with ptxas's report of every kernel in it (`nvrtc::compile_with_resources`).
+pub fn compile_module_with_resources(module: &str, arch: &str) -> Result<(Vec<u8>, resources::ModuleResources)> {
+    let src = source(module).ok_or_else(|| unknown_module(module))?;
+    nvrtc::compile_with_resources(module, src, arch)
 }
 
 fn unknown_module(module: &str) -> Error {

@@ -13,6 +13,10 @@
 //!
 //! `cuda_bf16.h`/`cuda_fp16.h` are not built into NVRTC 13.0, so every compile passes
 //! `--include-path` for a CUDA include directory found the same way.
+//!
+//! [`compile_with_resources`] compiles the same way with ptxas's verbose report turned on
+//! and returns each kernel's registers, shared memory, stack and spills with the cubin
+//! (parsed by `cuda::resources`).
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use std::sync::OnceLock;
 
 use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys};
 
+use super::resources::{parse_ptxas_log, ModuleResources};
 use crate::{Error, Result};
 
 /// What to tell a user who has no NVRTC or no CUDA headers.
@@ -222,15 +227,37 @@ fn nvrtc_version() -> std::result::Result<(i32, i32), nvrtc_result::NvrtcError> 
 /// Part of the disk-cache key.
 pub const COMPILE_OPTIONS: &[&str] = &["--std=c++17", "-default-device", "-lineinfo"];
 
+/// Passed only by [`compile_with_resources`]: ptxas writes each kernel's registers, shared
+/// memory, stack frame, spills and barriers to the program log. The code is the same (only
+/// the cubin's note of ptxas's command line gains `-v`), so it is not in [`COMPILE_OPTIONS`]
+/// (nor in the disk-cache key).
+pub const PTXAS_VERBOSE: &str = "--ptxas-options=-v";
+
 /// Compiles `source` (the contents of `kernels/cuda/<file>.cu`) to a cubin for `arch`
 /// (e.g. `sm_90`). A failure is `Error::Compile` carrying NVRTC's log.
 pub fn compile_cubin(file: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+    compile_program(file, source, arch, &[]).map(|(cubin, _log)| cubin)
+}
+
+/// Compiles like [`compile_cubin`] (the same options, plus [`PTXAS_VERBOSE`]) and returns the
+/// cubin with ptxas's report of every kernel in it, parsed. A log line that does not read as
+/// ptxas's report is `Error::PtxasReport` naming it.
+pub fn compile_with_resources(file: &str, source: &str, arch: &str) -> Result<(Vec<u8>, ModuleResources)> {
+    let (cubin, log) = compile_program(file, source, arch, &[PTXAS_VERBOSE])?;
+    let resources = parse_ptxas_log(&format!("{file}.cu"), arch, &log)?;
+    Ok((cubin, resources))
+}
+
+/// One NVRTC program: created, compiled with the architecture, the include path,
+/// [`COMPILE_OPTIONS`] and `extra_options`, its cubin and log taken, destroyed. Returns the
+/// cubin and the log (warnings, or ptxas's report when asked for).
+fn compile_program(file: &str, source: &str, arch: &str, extra_options: &[&str]) -> Result<(Vec<u8>, String)> {
     let nvrtc = nvrtc()?;
     let compile_error = |log: String| Error::Compile { file: format!("{file}.cu"), arch: arch.to_string(), log };
     let src = CString::new(source).map_err(|_| compile_error("the source contains a NUL byte".into()))?;
     let name = CString::new(format!("{file}.cu")).map_err(|_| compile_error("the file name contains a NUL byte".into()))?;
     let mut options = vec![format!("--gpu-architecture={arch}"), format!("--include-path={}", nvrtc.include_dir.display())];
-    options.extend(COMPILE_OPTIONS.iter().map(|o| o.to_string()));
+    options.extend(COMPILE_OPTIONS.iter().chain(extra_options).map(|o| o.to_string()));
 
     let prog = nvrtc_result::create_program(&src, Some(&name)).map_err(|e| compile_error(format!("nvrtcCreateProgram: {e:?}")))?;
     // SAFETY: `prog` was just created and is destroyed exactly once, below; `src` and `name`
@@ -242,10 +269,13 @@ pub fn compile_cubin(file: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
     let cubin = compiled.and_then(|()| unsafe { get_cubin(prog) });
     // SAFETY: as above; the program is not used after this.
     let _ = unsafe { nvrtc_result::destroy_program(prog) };
-    cubin.map_err(|e| {
-        let log = log.trim();
-        compile_error(if log.is_empty() { format!("{e:?}") } else { log.to_string() })
-    })
+    match cubin {
+        Ok(cubin) => Ok((cubin, log)),
+        Err(e) => {
+            let log = log.trim();
+            Err(compile_error(if log.is_empty() { format!("{e:?}") } else { log.to_string() }))
+        }
+    }
 }
 
 /// The cubin of a compiled program (`nvrtcGetCUBIN`; cudarc's safe layer only offers PTX).

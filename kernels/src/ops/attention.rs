@@ -240,18 +240,18 @@ pub mod gpu {
     }
 
     /// attention.cu `tc::bwd_bq`: queries per backward chunk.
-    fn tc_bq(hs: usize) -> usize {
+    const fn tc_bq(hs: usize) -> usize {
         if hs == 32 { 32 } else { 16 }
     }
 
     /// Dynamic shared memory of the bf16 forward: Q, and K and V twice (attention.cu `fwd_smem_bytes`).
-    pub fn tc_fwd_smem_bytes(hs: usize) -> usize {
+    pub const fn tc_fwd_smem_bytes(hs: usize) -> usize {
         (TC_BR + 4 * TC_BR) * (hs + TC_PAD) * 2
     }
 
     /// Dynamic shared memory of the bf16 backward: K, V; Q and dO twice; dS^T; lse and D
     /// twice (attention.cu `bwd_smem_bytes`).
-    pub fn tc_bwd_smem_bytes(hs: usize) -> usize {
+    pub const fn tc_bwd_smem_bytes(hs: usize) -> usize {
         let bq = tc_bq(hs);
         (2 * TC_BKT + 4 * bq) * (hs + TC_PAD) * 2 + TC_BKT * (bq + TC_PAD) * 2 + 2 * 2 * bq * FLOAT
     }
