@@ -21,12 +21,8 @@
 // (2 B): about 30 B, so a 124M-parameter step moves ~3.7 GB (~1.2 ms at 3 TB/s).
 // Preconditions (launcher checks): all arrays hold n elements; no aliasing between them.
 
-#include <cuda_bf16.h>
+#include "common.cuh"
 
-typedef unsigned long long u64;
-
-static __device__ __forceinline__ float to_f32(float x) { return x; }
-static __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <typename G>
 static __device__ void adamw_step(float* param, __nv_bfloat16* param_copy, const G* grad, float* m, float* v, u64 n,

@@ -61,18 +61,11 @@
 // and dynamic shared memory as in kernels/src/ops/attention.rs (`gpu`), which raises the
 // kernels' dynamic shared memory limit where 48 KB is not enough.
 
-#include <cuda_bf16.h>
-
-typedef __nv_bfloat16 bf16;
+#include "common.cuh"
 
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 #define NEG_INF (-__int_as_float(0x7f800000))
-
-__device__ __forceinline__ float load_f(const bf16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load_f(const float* p) { return *p; }
-__device__ __forceinline__ void store_f(bf16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ void store_f(float* p, float v) { *p = v; }
 
 // =============================================================================================
 // fp32: CUDA cores
@@ -376,33 +369,6 @@ static_assert(BR == BC, "the forward's only partial key tile is its diagonal til
 // backward: queries per chunk. 16 for HS >= 64 keeps the HS = 64 kernel within 128 registers
 // without spilling (at 32 it spilled: the dK and dV accumulators alone take HS registers).
 constexpr int bwd_bq(int hs) { return hs == 32 ? 32 : 16; }
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-// 16-byte async copy global -> shared; bytes beyond src_bytes are zero-filled.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::); }
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Two floats as one .b32 of two bf16 (lo in the low half: the lower column index).
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {

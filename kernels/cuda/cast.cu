@@ -10,7 +10,7 @@
  * memory-bound (6 bytes per element), so nothing fancier pays.
  * Preconditions: out and inp hold at least n elements and do not overlap.
  */
-#include <cuda_bf16.h>
+#include "common.cuh"
 
 extern "C" __global__ void cast_f32_bf16(__nv_bfloat16* out, const float* inp, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {

@@ -35,29 +35,7 @@
 // Preconditions (launchers check): C >= 1, 1 <= T, V < 2^32 - 1. Vector paths when C * sizeof(T)
 // is a multiple of 16 and the pointers are 16-byte aligned (checked here, uniform), else scalar.
 
-#include <cuda_bf16.h>
-
-typedef unsigned long long u64;
-
-static __device__ __forceinline__ float to_f32(float x) { return x; }
-static __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> static __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T> struct alignas(16) Pack {
-    static constexpr int N = 16 / sizeof(T);
-    T v[N];
-};
-template <typename T> static __device__ __forceinline__ Pack<T> load_pack(const T* p) {
-    Pack<T> r;
-    *reinterpret_cast<int4*>(&r) = *reinterpret_cast<const int4*>(p);
-    return r;
-}
-template <typename T> static __device__ __forceinline__ void store_pack(T* p, const Pack<T>& r) {
-    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&r);
-}
-static __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<u64>(p) & 15) == 0; }
+#include "common.cuh"
 
 #define NAN_F __int_as_float(0x7fc00000)
 

@@ -7,7 +7,7 @@
  * Used to poison outputs before tests (NaN) and to set buffers to a constant.
  * Preconditions: out holds at least n elements.
  */
-#include <cuda_bf16.h>
+#include "common.cuh"
 
 extern "C" __global__ void fill_f32(float* out, float value, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {

@@ -18,47 +18,7 @@
 // Preconditions (launcher checks): same shapes; in-place (out == inp, dinp == dout) is fine,
 // each element is read before it is written by the same thread.
 
-#include <cuda_bf16.h>
-
-typedef unsigned long long u64;
-
-static __device__ __forceinline__ float to_f32(float x) { return x; }
-static __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> static __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-// 16 bytes of T, loaded and stored as one 128-bit access.
-template <typename T> struct alignas(16) Pack {
-    static constexpr int N = 16 / sizeof(T);
-    T v[N];
-};
-template <typename T> static __device__ __forceinline__ Pack<T> load_pack(const T* p) {
-    Pack<T> r;
-    *reinterpret_cast<int4*>(&r) = *reinterpret_cast<const int4*>(p);
-    return r;
-}
-template <typename T> static __device__ __forceinline__ void store_pack(T* p, const Pack<T>& r) {
-    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&r);
-}
-static __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<u64>(p) & 15) == 0; }
-
-#define SQRT_2_OVER_PI 0.7978845608f
-#define GELU_COEF 0.044715f
-
-static __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-static __device__ __forceinline__ float gelu_fwd_one(float x) {
-    float u = SQRT_2_OVER_PI * (x + GELU_COEF * x * x * x);
-    return x * sigmoidf(2.0f * u);
-}
-
-static __device__ __forceinline__ float gelu_bwd_one(float x, float d) {
-    float u = SQRT_2_OVER_PI * (x + GELU_COEF * x * x * x);
-    float s = sigmoidf(2.0f * u);
-    float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * x * x);
-    return d * (s + 2.0f * x * s * (1.0f - s) * du);
-}
+#include "common.cuh"
 
 template <typename T>
 static __device__ void gelu_fwd(T* out, const T* inp, u64 n) {

@@ -30,38 +30,10 @@
 // multiple of 16 and every pointer is 16-byte aligned (checked here, uniform over the grid);
 // otherwise a scalar path, same results.
 
-#include <cuda_bf16.h>
-
-typedef unsigned long long u64;
+#include "common.cuh"
 
 #define EPS 1e-5f
 #define MAX_ROWS_PER_BLOCK 64
-
-static __device__ __forceinline__ float to_f32(float x) { return x; }
-static __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> static __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T> struct alignas(16) Pack {
-    static constexpr int N = 16 / sizeof(T);
-    T v[N];
-};
-template <typename T> static __device__ __forceinline__ Pack<T> load_pack(const T* p) {
-    Pack<T> r;
-    *reinterpret_cast<int4*>(&r) = *reinterpret_cast<const int4*>(p);
-    return r;
-}
-template <typename T> static __device__ __forceinline__ void store_pack(T* p, const Pack<T>& r) {
-    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&r);
-}
-static __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<u64>(p) & 15) == 0; }
-
-static __device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // One row, one warp. `a` is the input; with FUSED, the input is a + b, stored into `residual`
 // (rounded to T) and normalised from the rounded values.

@@ -44,7 +44,8 @@
 // the pre-GeLU value (`pre`, may be null) for the backward; a caller that prefers memory over
 // FLOPs passes null and recomputes it with a plain matmul_fwd before gelu_backward.
 // GeLU is the tanh approximation written as x * sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3),
-// exactly as the CPU reference (kernels/src/ops/gelu.rs) and gelu.cu, of the pre-GeLU value
+// exactly as the CPU reference (kernels/src/ops/gelu.rs) and gelu.cu (common.cuh's
+// gelu_fwd_one, one definition for both), of the pre-GeLU value
 // as stored (rounded to bf16 in the bf16 kernels): the fused output is bit for bit
 // gelu_forward(pre), so selective recomputation (which rebuilds it that way) can use it.
 //
@@ -64,26 +65,14 @@
 //
 // Gradient rule: parameter gradients accumulate (+=), activation gradients overwrite (=).
 
-#include <cuda_bf16.h>
-
-typedef __nv_bfloat16 bf16;
+#include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // shared helpers
 
-// GeLU exactly as gelu.cu's gelu_fwd_one (the same expression, so the same bits): the fused
-// epilogue's output equals gelu_forward of the stored pre-GeLU value, which selective
-// recomputation relies on.
-__device__ __forceinline__ float gelu_tanh(float x) {
-    const float u = 0.7978845608f * (x + 0.044715f * x * x * x);  // sqrt(2/pi) (x + 0.044715 x^3)
-    return x * (1.0f / (1.0f + expf(-(2.0f * u))));                // x * sigmoid(2u) = 0.5 x (1 + tanh u)
-}
-
 // The GeLU input: the pre-GeLU value as stored (rounded to bf16 when the output is bf16).
 __device__ __forceinline__ float as_stored(float v, int f32) { return f32 ? v : __bfloat162float(__float2bfloat16(v)); }
 
-__device__ __forceinline__ float load_f(const bf16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load_f(const float* p) { return *p; }
 
 // The fp32 epilogue shared by every GEMM kernel: one output element.
 struct Epilogue {
@@ -103,7 +92,7 @@ __device__ __forceinline__ void epilogue_store(const Epilogue& e, int m, int n, 
     long idx = (long)m * e.ldc + n;
     if (e.pre) e.pre[idx] = __float2bfloat16(v);
     if (e.pre_f32) e.pre_f32[idx] = v;
-    if (e.gelu) v = gelu_tanh(as_stored(v, e.c_f32));
+    if (e.gelu) v = gelu_fwd_one(as_stored(v, e.c_f32));
     if (e.c_f32) {
         float* c = (float*)e.c;
         if (e.accumulate) v += c[idx];
@@ -139,8 +128,8 @@ __device__ __forceinline__ void epilogue_store2(const Epilogue& e, int m, int n,
     if (e.pre) *reinterpret_cast<__nv_bfloat162*>(e.pre + idx) = __floats2bfloat162_rn(v0, v1);
     if (e.pre_f32) *reinterpret_cast<float2*>(e.pre_f32 + idx) = make_float2(v0, v1);
     if (e.gelu) {
-        v0 = gelu_tanh(as_stored(v0, e.c_f32));
-        v1 = gelu_tanh(as_stored(v1, e.c_f32));
+        v0 = gelu_fwd_one(as_stored(v0, e.c_f32));
+        v1 = gelu_fwd_one(as_stored(v1, e.c_f32));
     }
     if (e.c_f32) {
         float2* c = reinterpret_cast<float2*>((float*)e.c + idx);
@@ -179,17 +168,6 @@ static_assert(BK * LD_MMAJ <= TILE_ELEMS, "tile buffer too small");
 constexpr int STAGES = 3;
 constexpr int SMEM_BYTES = STAGES * 2 * TILE_ELEMS * 2;  // dynamic shared memory of every tc kernel: 61440
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-
-// 16-byte async copy global -> shared; bytes beyond src_bytes are zero-filled.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::); }
-
 // Copies a (rows x cols) tile whose `cols` are contiguous in global memory (leading
 // dimension ld) into shared memory with row stride `sld`. Global rows r0.., columns c0..;
 // rows >= rdim and columns >= cdim read as zero. THREADS threads, 8-element chunks.
@@ -219,29 +197,11 @@ __device__ __forceinline__ void load_tile(bf16* s, int sld, const bf16* g, long 
     }
 }
 
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // C tile (blockIdx.y, blockIdx.x) of C (M,N) = A (M,K) @ B (K,N), layouts as in the header.
 // The shared buffer is declared by the calling kernel (one allocation however many
 // instantiations the kernel branches between).
 typedef bf16 Smem[STAGES][2][TILE_ELEMS];
+static_assert(sizeof(Smem) == SMEM_BYTES, "the launcher passes SMEM_BYTES of dynamic shared memory");
 
 template <bool A_KMAJOR, bool B_KMAJOR>
 __device__ __forceinline__ void gemm(Smem& smem, const Epilogue& ep, const bf16* __restrict__ a, long lda,

@@ -18,9 +18,7 @@
 //   multi_zero: zeroes every gradient (16-byte stores where aligned).
 // Threads: 256 per block. Gradients are f32 or bf16 (flag bit 0), per tensor.
 
-#include <cuda_bf16.h>
-
-typedef unsigned long long u64;
+#include "common.cuh"
 
 struct Desc {             // 64 bytes
     u64 param;            // fp32 master weights (multi_adamw), else 0
@@ -50,20 +48,6 @@ static __device__ __forceinline__ int find_tensor(const Desc* d, int count) {
 
 static __device__ __forceinline__ float grad_at(const Desc& e, u64 i) {
     return (e.flags & GRAD_BF16) ? __bfloat162float(((const __nv_bfloat16*)e.grad)[i]) : ((const float*)e.grad)[i];
-}
-
-// Sum over the block in a fixed order (norm.cu's block_sum); valid in thread 0.
-static __device__ float block_sum(float v) {
-    __shared__ float s_warp[32];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-    if (lane == 0) s_warp[warp] = v;
-    __syncthreads();
-    float total = 0.0f;
-    if (threadIdx.x == 0)
-        for (int w = 0; w < nwarps; w++) total += s_warp[w];
-    return total;
 }
 
 // partials (total blocks) = per-block sums of squares of every tensor's grad. The element

@@ -21,43 +21,7 @@
 // Preconditions (launchers check): block = 256 for norm_squares (any multiple of 32 works),
 // 1024 for norm_finalize; partials sized to the total block count.
 
-#include <cuda_bf16.h>
-
-typedef unsigned long long u64;
-
-static __device__ __forceinline__ float to_f32(float x) { return x; }
-static __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> static __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T> struct alignas(16) Pack {
-    static constexpr int N = 16 / sizeof(T);
-    T v[N];
-};
-template <typename T> static __device__ __forceinline__ Pack<T> load_pack(const T* p) {
-    Pack<T> r;
-    *reinterpret_cast<int4*>(&r) = *reinterpret_cast<const int4*>(p);
-    return r;
-}
-template <typename T> static __device__ __forceinline__ void store_pack(T* p, const Pack<T>& r) {
-    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&r);
-}
-static __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<u64>(p) & 15) == 0; }
-
-// Sum over the block in a fixed order; the result is valid in thread 0.
-static __device__ float block_sum(float v) {
-    __shared__ float s_warp[32];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-    if (lane == 0) s_warp[warp] = v;
-    __syncthreads();
-    float total = 0.0f;
-    if (threadIdx.x == 0)
-        for (int w = 0; w < nwarps; w++) total += s_warp[w];
-    return total;
-}
+#include "common.cuh"
 
 template <typename T>
 static __device__ void norm_squares(float* partials, const T* x, u64 n) {

@@ -103,6 +103,12 @@ fn key(file: &str, source: &str, arch: &str) -> String {
     h.write(arch.as_bytes());
     h.write(&[0]);
     h.write(source.as_bytes());
+    for (name, header) in super::sources::HEADERS {
+        h.write(&[0]);
+        h.write(name.as_bytes());
+        h.write(&[0]);
+        h.write(header.as_bytes());
+    }
     for option in COMPILE_OPTIONS {
         h.write(&[0]);
         h.write(option.as_bytes());

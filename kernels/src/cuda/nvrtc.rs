@@ -259,7 +259,22 @@ fn compile_program(file: &str, source: &str, arch: &str, extra_options: &[&str])
     let mut options = vec![format!("--gpu-architecture={arch}"), format!("--include-path={}", nvrtc.include_dir.display())];
     options.extend(COMPILE_OPTIONS.iter().chain(extra_options).map(|o| o.to_string()));
 
-    let prog = nvrtc_result::create_program(&src, Some(&name)).map_err(|e| compile_error(format!("nvrtcCreateProgram: {e:?}")))?;
+    // The embedded headers (kernels/cuda/*.cuh), by name, for `#include "common.cuh"`.
+    let headers = super::sources::HEADERS;
+    let header_src: Vec<CString> = headers.iter().map(|(_, h)| CString::new(*h)).collect::<std::result::Result<_, _>>().map_err(|_| compile_error("a header contains a NUL byte".into()))?;
+    let header_names: Vec<CString> = headers.iter().map(|(n, _)| CString::new(*n)).collect::<std::result::Result<_, _>>().map_err(|_| compile_error("a header name contains a NUL byte".into()))?;
+    let src_ptrs: Vec<*const std::ffi::c_char> = header_src.iter().map(|c| c.as_ptr()).collect();
+    let name_ptrs: Vec<*const std::ffi::c_char> = header_names.iter().map(|c| c.as_ptr()).collect();
+    let mut prog = std::mem::MaybeUninit::uninit();
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call (NVRTC copies
+    // them); the two arrays hold `headers.len()` entries each.
+    unsafe {
+        nvrtc_sys::nvrtcCreateProgram(prog.as_mut_ptr(), src.as_ptr(), name.as_ptr(), headers.len() as i32, src_ptrs.as_ptr(), name_ptrs.as_ptr())
+    }
+    .result()
+    .map_err(|e| compile_error(format!("nvrtcCreateProgram: {e:?}")))?;
+    // SAFETY: initialised by the successful call above.
+    let prog = unsafe { prog.assume_init() };
     // SAFETY: `prog` was just created and is destroyed exactly once, below; `src` and `name`
     // outlive it.
     let compiled = unsafe { nvrtc_result::compile_program(prog, &options) };
