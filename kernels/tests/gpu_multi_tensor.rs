@@ -76,8 +76,7 @@ fn per_tensor_step(ps: &mut [Param], max_norm: f32, step: u64) -> f32 {
             None => adamw_update(&mut p.value, &p.grad, &mut p.m, &mut p.v, &h).unwrap(),
         }
     }
-    let dev = kernels::cuda::device(0).unwrap();
-    dev.dtoh(&norm).unwrap()[0]
+    norm.to_vec()[0]
 }
 
 fn multi_step(ps: &[Param], max_norm: f32, step: u64) -> f32 {

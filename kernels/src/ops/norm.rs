@@ -63,7 +63,7 @@ pub mod cuda {
     //! deterministic passes, and clipping by a norm that stays on the device.
     use std::sync::Arc;
 
-    use crate::cuda::{self as cu, bf16, CudaDevice, CudaElement, CudaSlice, LaunchConfig, PushKernelArg};
+    use crate::cuda::{self as cu, bf16, CudaDevice, CudaElement, LaunchConfig, PushKernelArg};
     use crate::{DType, Device, Error, Result, Tensor};
 
     const BLOCK: u32 = 256;
@@ -95,31 +95,33 @@ pub mod cuda {
         cu::device(ordinal)
     }
 
-    /// The global norm, as one f32 on the device (nothing waits for it).
-    pub fn global_norm_device(tensors: &[&Tensor]) -> Result<(Arc<CudaDevice>, CudaSlice<f32>)> {
+    /// The global norm, as a one-element f32 tensor on the device (nothing waits for it).
+    /// The partial sums and the norm come from the pool.
+    pub fn global_norm_device(tensors: &[&Tensor]) -> Result<(Arc<CudaDevice>, Tensor)> {
         let dev = device_of("global_norm", tensors)?;
         let total: usize = tensors.iter().map(|t| blocks_for(t.numel())).sum();
         if total > i32::MAX as usize {
             return Err(Error::Invalid { op: "global_norm", msg: format!("{} tensors is too many", tensors.len()) });
         }
-        let mut partials = dev.alloc_zeros::<f32>(total)?;
+        // every partial is written by its block
+        let mut partials = Tensor::try_empty(dev.device(), DType::F32, &[total])?;
         let mut offset = 0;
         for t in tensors {
             let n = t.numel();
             let blocks = blocks_for(n);
-            let mut slot = partials.slice_mut(offset..offset + blocks);
+            let mut slot = partials.cuda_slice_mut::<f32>()?.slice_mut(offset..offset + blocks);
             match t.dtype() {
                 DType::F32 => squares::<f32>(&dev, &mut slot, t, blocks)?,
                 _ => squares::<bf16>(&dev, &mut slot, t, blocks)?,
             }
             offset += blocks;
         }
-        let mut norm = dev.alloc_zeros::<f32>(1)?;
+        let mut norm = Tensor::try_empty(dev.device(), DType::F32, &[1])?;
         let f = dev.function("norm", "norm_finalize")?;
         let count = total as i32;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
         let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(&mut norm).arg(&partials).arg(&count);
+        launch.arg(norm.cuda_slice_mut::<f32>()?).arg(partials.cuda_slice::<f32>()?).arg(&count);
         // SAFETY: matches norm.cu `norm_finalize(float* norm, const float* partials, int count)`; norm holds 1
         // float, partials `count`; one block of 1024 threads.
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error("norm_finalize"))?;
@@ -145,9 +147,9 @@ pub mod cuda {
     }
 
     /// Scales every tensor by min(1, max_norm / (norm + 1e-6)) with the norm computed and
-    /// read on the device, and returns the norm there (1 f32): nothing waits for the device.
-    /// `max_norm = 0` only measures.
-    pub fn clip_grad_norm_device(tensors: &mut [&mut Tensor], max_norm: f32) -> Result<CudaSlice<f32>> {
+    /// read on the device, and returns the norm there (a one-element f32 tensor): nothing
+    /// waits for the device. `max_norm = 0` only measures.
+    pub fn clip_grad_norm_device(tensors: &mut [&mut Tensor], max_norm: f32) -> Result<Tensor> {
         let (dev, norm) = {
             let shared: Vec<&Tensor> = tensors.iter().map(|t| &**t).collect();
             global_norm_device(&shared)?
@@ -164,25 +166,25 @@ pub mod cuda {
     }
 
     pub fn global_norm(tensors: &[&Tensor]) -> Result<f32> {
-        let (dev, norm) = global_norm_device(tensors)?;
-        Ok(dev.dtoh(&norm)?[0])
+        let (_, norm) = global_norm_device(tensors)?;
+        Ok(norm.try_to_vec()?[0])
     }
 
     /// Scales every tensor by min(1, max_norm / (norm + 1e-6)) with the norm read on the
     /// device, then returns the norm (the only wait for the host, after the launches).
     pub fn clip_grad_norm(tensors: &mut [&mut Tensor], max_norm: f32) -> Result<f32> {
-        let dev = device_of("clip_grad_norm", &tensors.iter().map(|t| &**t).collect::<Vec<_>>())?;
+        device_of("clip_grad_norm", &tensors.iter().map(|t| &**t).collect::<Vec<_>>())?;
         let norm = clip_grad_norm_device(tensors, max_norm)?;
-        Ok(dev.dtoh(&norm)?[0])
+        Ok(norm.try_to_vec()?[0])
     }
 
-    fn clip<T: CudaElement>(dev: &CudaDevice, t: &mut Tensor, norm: &CudaSlice<f32>, max_norm: f32) -> Result<()> {
+    fn clip<T: CudaElement>(dev: &CudaDevice, t: &mut Tensor, norm: &Tensor, max_norm: f32) -> Result<()> {
         let kernel = format!("norm_clip_{}", T::NAME);
         let f = dev.function("norm", &kernel)?;
         let n = t.numel();
         let cfg = dev.grid_stride(n.div_ceil(16 / std::mem::size_of::<T>()), BLOCK)?;
         let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(t.cuda_slice_mut::<T>()?).arg(&n).arg(norm).arg(&max_norm);
+        launch.arg(t.cuda_slice_mut::<T>()?).arg(&n).arg(norm.cuda_slice::<f32>()?).arg(&max_norm);
         // SAFETY: matches norm.cu `norm_clip_<T>(T* x, u64 n, const float* norm, float max_norm)`; x holds n
         // elements, norm 1 float.
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
