@@ -97,9 +97,9 @@ pub mod cuda {
     //! Launcher for kernels/cuda/adamw.cu: fp32 param (master), m, v; f32 or bf16 gradient;
     //! optionally the bf16 working copy of the parameter written in the same pass.
     use super::AdamWStep;
-    use crate::cuda::{self as cu, bf16, CudaElement, CudaSlice, PushKernelArg};
+    use crate::cuda::{bf16, CudaElement, CudaSlice, PushKernelArg};
     use crate::ops::expect_dtype;
-    use crate::{DType, Device, Error, Result, Tensor};
+    use crate::{DType, Result, Tensor};
 
     const OP: &str = "adamw_update";
     const BLOCK: u32 = 256;
@@ -118,11 +118,7 @@ pub mod cuda {
         if let Some(copy) = &param_copy {
             expect_dtype(OP, "param_copy", copy, DType::Bf16)?;
         }
-        match grad.dtype() {
-            DType::F32 => update::<f32>(param, param_copy, grad, m, v, hp),
-            DType::Bf16 => update::<bf16>(param, param_copy, grad, m, v, hp),
-            got => Err(Error::DType { op: OP, arg: "grad", expected: DType::F32, got }),
-        }
+        dispatch_float!(grad.dtype(), OP, "grad", update(param, param_copy, grad, m, v, hp))
     }
 
     fn update<G: CudaElement>(
@@ -133,10 +129,7 @@ pub mod cuda {
         v: &mut Tensor,
         hp: &AdamWStep,
     ) -> Result<()> {
-        let Device::Cuda(ordinal) = param.device() else {
-            return Err(Error::Invalid { op: OP, msg: format!("CUDA launcher called with a tensor on {}", param.device()) });
-        };
-        let dev = cu::device(ordinal)?;
+        let dev = crate::ops::cuda_device(OP, param)?;
         let kernel = format!("adamw_step_{}", G::NAME);
         let f = dev.function("adamw", &kernel)?;
         let n = param.numel();

@@ -266,7 +266,7 @@ pub mod gpu {
     }
 
     fn int(what: &str, v: usize) -> Result<i32> {
-        i32::try_from(v).map_err(|_| Error::Invalid { op: OP, msg: format!("{what} = {v} does not fit the kernel's int") })
+        crate::ops::kernel_int(OP, what, v)
     }
 
     fn check_sizes(b: usize, t: usize, c: usize, nh: usize) -> Result<(i32, i32, i32, i32)> {

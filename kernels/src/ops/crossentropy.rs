@@ -106,9 +106,9 @@ pub mod cpu {
 
 pub mod cuda {
     //! Launcher for kernels/cuda/crossentropy.cu: logits f32 or bf16, losses f32, targets u32.
-    use crate::cuda::{self as cu, bf16, CudaElement, LaunchConfig, PushKernelArg};
+    use crate::cuda::{CudaElement, LaunchConfig, PushKernelArg};
     use crate::ops::{expect_dtype, rows_cols};
-    use crate::{DType, Device, Error, Result, Tensor};
+    use crate::{DType, Error, Result, Tensor};
 
     const OP: &str = "crossentropy_forward";
 
@@ -117,10 +117,7 @@ pub mod cuda {
         if n > i32::MAX as usize {
             return Err(Error::Invalid { op: "loss_mean", msg: format!("{n} rows exceed the kernel's int range") });
         }
-        let Device::Cuda(ordinal) = out.device() else {
-            return Err(Error::Invalid { op: "loss_mean", msg: format!("CUDA launcher called with a tensor on {}", out.device()) });
-        };
-        let dev = cu::device(ordinal)?;
+        let dev = crate::ops::cuda_device("loss_mean", out)?;
         let kernel = "crossentropy_mean_f32";
         let f = dev.function("crossentropy", kernel)?;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
@@ -141,11 +138,7 @@ pub mod cuda {
         dloss: Option<f32>,
     ) -> Result<()> {
         expect_dtype(OP, "losses", losses, DType::F32)?;
-        match logits.dtype() {
-            DType::F32 => forward::<f32>(losses, logits, targets, vocab, dloss),
-            DType::Bf16 => forward::<bf16>(losses, logits, targets, vocab, dloss),
-            got => Err(Error::DType { op: OP, arg: "logits", expected: DType::F32, got }),
-        }
+        dispatch_float!(logits.dtype(), OP, "logits", forward(losses, logits, targets, vocab, dloss))
     }
 
     fn forward<T: CudaElement>(
@@ -162,10 +155,7 @@ pub mod cuda {
         if vp > i32::MAX as usize || n > i32::MAX as usize {
             return Err(Error::Invalid { op: OP, msg: format!("logits ({n}, {vp}) exceed the kernel's int ranges") });
         }
-        let Device::Cuda(ordinal) = logits.device() else {
-            return Err(Error::Invalid { op: OP, msg: format!("CUDA launcher called with logits on {}", logits.device()) });
-        };
-        let dev = cu::device(ordinal)?;
+        let dev = crate::ops::cuda_device(OP, logits)?;
         let kernel = format!("crossentropy_fwd_{}", T::NAME);
         let f = dev.function("crossentropy", &kernel)?;
         // One block per row. A full block for real vocabularies; small rows get a smaller one

@@ -98,9 +98,9 @@ pub mod cpu {
 
 pub mod cuda {
     //! Launchers for kernels/cuda/embedding.cu: tokens u32; wte, wpe, out, dout f32 or bf16.
-    use crate::cuda::{self as cu, bf16, CudaElement, LaunchConfig, PushKernelArg};
+    use crate::cuda::{self as cu, CudaElement, LaunchConfig, PushKernelArg};
     use crate::ops::expect_dtype;
-    use crate::{DType, Device, Error, Result, Tensor};
+    use crate::{DType, Error, Result, Tensor};
 
     const OP_FWD: &str = "embedding_forward";
     const OP_BWD: &str = "embedding_backward";
@@ -109,10 +109,7 @@ pub mod cuda {
     const PLACE_TOKENS_PER_BLOCK: usize = 4 * 256;
 
     fn device_of(op: &'static str, t: &Tensor) -> Result<std::sync::Arc<cu::CudaDevice>> {
-        match t.device() {
-            Device::Cuda(ordinal) => cu::device(ordinal),
-            device => Err(Error::Invalid { op, msg: format!("CUDA launcher called with a tensor on {device}") }),
-        }
+        crate::ops::cuda_device(op, t)
     }
 
     /// (N = B*T, V) within the kernels' integer ranges.
@@ -129,11 +126,7 @@ pub mod cuda {
     pub fn embedding_forward(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &Tensor, b: usize, t: usize, c: usize) -> Result<()> {
         expect_dtype(OP_FWD, "out", out, wte.dtype())?;
         expect_dtype(OP_FWD, "wpe", wpe, wte.dtype())?;
-        match wte.dtype() {
-            DType::F32 => forward::<f32>(out, tokens, wte, wpe, b, t, c),
-            DType::Bf16 => forward::<bf16>(out, tokens, wte, wpe, b, t, c),
-            got => Err(Error::DType { op: OP_FWD, arg: "wte", expected: DType::F32, got }),
-        }
+        dispatch_float!(wte.dtype(), OP_FWD, "wte", forward(out, tokens, wte, wpe, b, t, c))
     }
 
     fn forward<T: CudaElement>(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &Tensor, b: usize, t: usize, c: usize) -> Result<()> {
@@ -175,11 +168,7 @@ pub mod cuda {
     ) -> Result<()> {
         expect_dtype(OP_BWD, "dwpe", dwpe, dwte.dtype())?;
         expect_dtype(OP_BWD, "dout", dout, dwte.dtype())?;
-        match dwte.dtype() {
-            DType::F32 => backward::<f32>(dwte, dwpe, dout, tokens, b, t, c),
-            DType::Bf16 => backward::<bf16>(dwte, dwpe, dout, tokens, b, t, c),
-            got => Err(Error::DType { op: OP_BWD, arg: "dwte", expected: DType::F32, got }),
-        }
+        dispatch_float!(dwte.dtype(), OP_BWD, "dwte", backward(dwte, dwpe, dout, tokens, b, t, c))
     }
 
     fn backward<T: CudaElement>(

@@ -69,36 +69,25 @@ pub mod cpu {
 
 pub mod cuda {
     //! Launchers for kernels/cuda/gelu.cu (f32 and bf16; fp32 math either way).
-    use crate::cuda::{self as cu, bf16, CudaElement, PushKernelArg};
+    use crate::cuda::{self as cu, CudaElement, PushKernelArg};
     use crate::ops::expect_dtype;
-    use crate::{DType, Device, Error, Result, Tensor};
+    use crate::{Result, Tensor};
 
     const BLOCK: u32 = 256;
 
     pub fn gelu_forward(out: &mut Tensor, inp: &Tensor) -> Result<()> {
         expect_dtype("gelu_forward", "out", out, inp.dtype())?;
-        match inp.dtype() {
-            DType::F32 => forward::<f32>(out, inp),
-            DType::Bf16 => forward::<bf16>(out, inp),
-            got => Err(Error::DType { op: "gelu_forward", arg: "inp", expected: DType::F32, got }),
-        }
+        dispatch_float!(inp.dtype(), "gelu_forward", "inp", forward(out, inp))
     }
 
     pub fn gelu_backward(dinp: &mut Tensor, inp: &Tensor, dout: &Tensor) -> Result<()> {
         expect_dtype("gelu_backward", "dinp", dinp, inp.dtype())?;
         expect_dtype("gelu_backward", "dout", dout, inp.dtype())?;
-        match inp.dtype() {
-            DType::F32 => backward::<f32>(dinp, inp, dout),
-            DType::Bf16 => backward::<bf16>(dinp, inp, dout),
-            got => Err(Error::DType { op: "gelu_backward", arg: "inp", expected: DType::F32, got }),
-        }
+        dispatch_float!(inp.dtype(), "gelu_backward", "inp", backward(dinp, inp, dout))
     }
 
     fn device_of(t: &Tensor) -> Result<std::sync::Arc<cu::CudaDevice>> {
-        match t.device() {
-            Device::Cuda(ordinal) => cu::device(ordinal),
-            device => Err(Error::Invalid { op: "gelu", msg: format!("CUDA launcher called with a tensor on {device}") }),
-        }
+        crate::ops::cuda_device("gelu", t)
     }
 
     fn forward<T: CudaElement>(out: &mut Tensor, inp: &Tensor) -> Result<()> {

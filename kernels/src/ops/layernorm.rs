@@ -205,9 +205,9 @@ pub mod cuda {
     //! dbias) are that dtype too, or f32 with bf16 activations (mixed precision's f32
     //! gradients): the backward's block partials are f32 either way, and the reduce kernel
     //! that adds them into the gradients is picked by the gradients' dtype.
-    use crate::cuda::{self as cu, bf16, CudaElement, LaunchConfig, PushKernelArg};
+    use crate::cuda::{self as cu, CudaElement, LaunchConfig, PushKernelArg};
     use crate::ops::{expect_dtype, rows_cols};
-    use crate::{DType, Device, Error, Result, Tensor};
+    use crate::{DType, Error, Result, Tensor};
 
     /// Forward: 8 warps per block, one row per warp.
     const FWD_BLOCK: u32 = 256;
@@ -216,10 +216,7 @@ pub mod cuda {
     const BWD_BLOCK: u32 = 256;
 
     fn device_of(t: &Tensor) -> Result<std::sync::Arc<cu::CudaDevice>> {
-        match t.device() {
-            Device::Cuda(ordinal) => cu::device(ordinal),
-            device => Err(Error::Invalid { op: "layernorm", msg: format!("CUDA launcher called with a tensor on {device}") }),
-        }
+        crate::ops::cuda_device("layernorm", t)
     }
 
     fn check_c(op: &'static str, c: usize) -> Result<i32> {
@@ -248,11 +245,7 @@ pub mod cuda {
         }
         expect_dtype(op, "mean", mean, DType::F32)?;
         expect_dtype(op, "rstd", rstd, DType::F32)?;
-        match inp.dtype() {
-            DType::F32 => forward::<f32>(out, mean, rstd, inp, weight, bias),
-            DType::Bf16 => forward::<bf16>(out, mean, rstd, inp, weight, bias),
-            got => Err(Error::DType { op, arg: "inp", expected: DType::F32, got }),
-        }
+        dispatch_float!(inp.dtype(), op, "inp", forward(out, mean, rstd, inp, weight, bias))
     }
 
     fn forward<T: CudaElement>(
@@ -302,11 +295,7 @@ pub mod cuda {
         }
         expect_dtype(op, "mean", mean, DType::F32)?;
         expect_dtype(op, "rstd", rstd, DType::F32)?;
-        match a.dtype() {
-            DType::F32 => fused_forward::<f32>(residual, out, mean, rstd, a, b, weight, bias),
-            DType::Bf16 => fused_forward::<bf16>(residual, out, mean, rstd, a, b, weight, bias),
-            got => Err(Error::DType { op, arg: "a", expected: DType::F32, got }),
-        }
+        dispatch_float!(a.dtype(), op, "a", fused_forward(residual, out, mean, rstd, a, b, weight, bias))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -365,11 +354,7 @@ pub mod cuda {
         expect_dtype(op, "dbias", dbias, grad_dtype)?;
         expect_dtype(op, "mean", mean, DType::F32)?;
         expect_dtype(op, "rstd", rstd, DType::F32)?;
-        match inp.dtype() {
-            DType::F32 => backward::<f32>(dinp, dweight, dbias, dout, inp, weight, mean, rstd),
-            DType::Bf16 => backward::<bf16>(dinp, dweight, dbias, dout, inp, weight, mean, rstd),
-            got => Err(Error::DType { op, arg: "inp", expected: DType::F32, got }),
-        }
+        dispatch_float!(inp.dtype(), op, "inp", backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -309,7 +309,7 @@ pub mod gpu {
     }
 
     fn int(what: &str, v: usize) -> Result<i32> {
-        i32::try_from(v).map_err(|_| Error::Invalid { op: OP, msg: format!("{what} = {v} does not fit the kernel's int") })
+        crate::ops::kernel_int(OP, what, v)
     }
 
     /// Grid (ceil(n / tile), ceil(m / tile), splits), 256 threads, the tensor-core kernels'
@@ -342,11 +342,7 @@ pub mod gpu {
         layout: WeightLayout,
         gelu: bool,
     ) -> Result<()> {
-        match inp.dtype() {
-            DType::F32 => forward_typed::<f32>(dev, out, pre, inp, weight, bias, n, ic, oc, layout, gelu),
-            DType::Bf16 => forward_typed::<bf16>(dev, out, pre, inp, weight, bias, n, ic, oc, layout, gelu),
-            got => Err(Error::DType { op: OP, arg: "inp", expected: DType::Bf16, got }),
-        }
+        dispatch_float!(inp.dtype(), OP, "inp", forward_typed(dev, out, pre, inp, weight, bias, n, ic, oc, layout, gelu))
     }
 
     #[allow(clippy::too_many_arguments)]

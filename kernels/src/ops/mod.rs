@@ -7,6 +7,18 @@
 //! Vp padded vocab, N rows (= B*T), IC/OC matmul in/out channels.
 //! Gradient rule: parameter gradients accumulate (`+=`), activation gradients overwrite (`=`).
 
+/// The one dtype dispatch of the CUDA launchers: `f::<f32>(args)` or `f::<bf16>(args)` by
+/// `dtype`; any other dtype is `Error::DType` for argument `arg` of `op`.
+macro_rules! dispatch_float {
+    ($dtype:expr, $op:expr, $arg:expr, $f:ident($($a:expr),* $(,)?)) => {
+        match $dtype {
+            $crate::DType::F32 => $f::<f32>($($a),*),
+            $crate::DType::Bf16 => $f::<half::bf16>($($a),*),
+            got => Err($crate::Error::DType { op: $op, arg: $arg, expected: $crate::DType::F32, got }),
+        }
+    };
+}
+
 pub mod adamw;
 pub mod attention;
 pub mod cast;
@@ -41,6 +53,20 @@ pub(crate) fn expect_dtype(op: &'static str, arg: &'static str, t: &Tensor, expe
         return Err(Error::DType { op, arg, expected, got: t.dtype() });
     }
     Ok(())
+}
+
+/// The CUDA device a launcher runs on, `t`'s: the launcher convention (every CUDA launcher
+/// gets its device this way; a CPU tensor is an error naming `op`).
+pub(crate) fn cuda_device(op: &'static str, t: &Tensor) -> Result<std::sync::Arc<crate::cuda::CudaDevice>> {
+    match t.device() {
+        Device::Cuda(ordinal) => crate::cuda::device(ordinal),
+        device => Err(Error::Invalid { op, msg: format!("CUDA launcher called with a tensor on {device}") }),
+    }
+}
+
+/// `v` as a kernel's `int` argument, or an error naming `op` and what `v` is.
+pub(crate) fn kernel_int(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Invalid { op, msg: format!("{what} = {v} does not fit the kernel's int") })
 }
 
 /// Splits `x`'s shape into (rows, last dimension).

@@ -63,44 +63,29 @@ pub mod cpu {
 
 pub mod cuda {
     //! Launchers for kernels/cuda/residual.cu (f32 and bf16; fp32 math, one rounding per store).
-    use crate::cuda::{self as cu, bf16, CudaElement, PushKernelArg};
+    use crate::cuda::{self as cu, CudaElement, PushKernelArg};
     use crate::ops::expect_dtype;
-    use crate::{DType, Device, Error, Result, Tensor};
+    use crate::{Result, Tensor};
 
     const BLOCK: u32 = 256;
 
     pub fn residual_forward(out: &mut Tensor, a: &Tensor, b: &Tensor) -> Result<()> {
         expect_dtype("residual_forward", "out", out, a.dtype())?;
         expect_dtype("residual_forward", "b", b, a.dtype())?;
-        match a.dtype() {
-            DType::F32 => forward::<f32>(out, a, b),
-            DType::Bf16 => forward::<bf16>(out, a, b),
-            got => Err(Error::DType { op: "residual_forward", arg: "a", expected: DType::F32, got }),
-        }
+        dispatch_float!(a.dtype(), "residual_forward", "a", forward(out, a, b))
     }
 
     pub fn accumulate(dst: &mut Tensor, src: &Tensor) -> Result<()> {
         expect_dtype("accumulate", "src", src, dst.dtype())?;
-        match dst.dtype() {
-            DType::F32 => accumulate_typed::<f32>(dst, src),
-            DType::Bf16 => accumulate_typed::<bf16>(dst, src),
-            got => Err(Error::DType { op: "accumulate", arg: "dst", expected: DType::F32, got }),
-        }
+        dispatch_float!(dst.dtype(), "accumulate", "dst", accumulate_typed(dst, src))
     }
 
     pub fn scale(t: &mut Tensor, s: f32) -> Result<()> {
-        match t.dtype() {
-            DType::F32 => scale_typed::<f32>(t, s),
-            DType::Bf16 => scale_typed::<bf16>(t, s),
-            got => Err(Error::DType { op: "scale", arg: "t", expected: DType::F32, got }),
-        }
+        dispatch_float!(t.dtype(), "scale", "t", scale_typed(t, s))
     }
 
     fn device_of(t: &Tensor) -> Result<std::sync::Arc<cu::CudaDevice>> {
-        match t.device() {
-            Device::Cuda(ordinal) => cu::device(ordinal),
-            device => Err(Error::Invalid { op: "residual", msg: format!("CUDA launcher called with a tensor on {device}") }),
-        }
+        crate::ops::cuda_device("residual", t)
     }
 
     /// One thread per 16-byte pack.
