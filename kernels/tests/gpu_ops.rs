@@ -19,6 +19,7 @@ use kernels::ops::crossentropy::{crossentropy_forward, loss_mean};
 use kernels::ops::embedding::{embedding_backward, embedding_forward};
 use kernels::ops::gelu::{gelu_backward, gelu_forward};
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
+use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use kernels::ops::norm::{clip_coefficient, clip_grad_norm, global_norm};
 use kernels::ops::residual::{accumulate, residual_forward, scale};
 use kernels::{DType, Device, Tensor};
@@ -214,6 +215,54 @@ fn layernorm_forward_backward_match_cpu() {
             layernorm_backward(&mut dinp_2, &mut dw_2, &mut db_2, &dout_g, &x_g, &w_g, &mean_in, &rstd_in).unwrap();
             assert_eq!(bits(&dw_g), bits(&dw_2), "{}: not bitwise reproducible", name("dweight"));
             assert_eq!(bits(&db_g), bits(&db_2), "{}: not bitwise reproducible", name("dbias"));
+        }
+    }
+}
+
+// rmsnorm
+
+#[test]
+fn rmsnorm_forward_backward_match_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dev = gpu.device();
+    // LN_CASES, plus Llama widths: 2048 (TinyLlama), 4096 rows of 8 (many weight chunks)
+    let cases = LN_CASES.iter().copied().chain([(3, 2048), (4096, 8)]);
+    for (case, (n, c)) in cases.enumerate() {
+        for dtype in DTYPES {
+            let name = |what: &str| format!("rmsnorm {what} {dtype} N={n} C={c}");
+            if n * c >= 4096 * 768 && common::skip_full_size(&gpu, &name("forward/backward")) {
+                continue;
+            }
+            let seed = 700 + case as u64 * 10;
+            let (x_g, x_c) = pair(dev, &[n, c], values(n * c, seed, -1.0, 3.0), dtype);
+            let (w_g, w_c) = pair(dev, &[c], values(c, seed + 1, 0.5, 1.5), dtype);
+            let eps = 1e-6;
+
+            let mut out_g = poisoned(dev, dtype, &[n, c]);
+            let mut rstd_g = poisoned(dev, DType::F32, &[n]);
+            rmsnorm_forward(&mut out_g, &mut rstd_g, &x_g, &w_g, eps).unwrap();
+            let mut out_c = Tensor::zeros(Device::Cpu, &[n, c]);
+            let mut rstd_c = Tensor::zeros(Device::Cpu, &[n]);
+            rmsnorm_forward(&mut out_c, &mut rstd_c, &x_c, &w_c, eps).unwrap();
+            check(&name("out"), dtype, &out_g, &out_c);
+            check_f32(&name("rstd"), &rstd_g, &rstd_c);
+
+            // backward from the CPU's rstd on both sides; dweight accumulates onto random values
+            let rstd_in = rstd_c.to_device(dev).unwrap();
+            let (dout_g, dout_c) = random_pair(dev, &[n, c], seed + 3, 1.0, dtype);
+            let mut dinp_g = poisoned(dev, dtype, &[n, c]);
+            let (dw0_g, mut dw_c) = random_pair(dev, &[c], seed + 4, 1.0, dtype);
+            let mut dw_g = dw0_g.clone();
+            rmsnorm_backward(&mut dinp_g, &mut dw_g, &dout_g, &x_g, &w_g, &rstd_in).unwrap();
+            let mut dinp_c = Tensor::zeros(Device::Cpu, &[n, c]);
+            rmsnorm_backward(&mut dinp_c, &mut dw_c, &dout_c, &x_c, &w_c, &rstd_c).unwrap();
+            check(&name("dinp"), dtype, &dinp_g, &dinp_c);
+            check(&name("dweight"), dtype, &dw_g, &dw_c);
+
+            let mut dinp_2 = poisoned(dev, dtype, &[n, c]);
+            let mut dw_2 = dw0_g.clone();
+            rmsnorm_backward(&mut dinp_2, &mut dw_2, &dout_g, &x_g, &w_g, &rstd_in).unwrap();
+            assert_eq!(bits(&dw_g), bits(&dw_2), "{}: not bitwise reproducible", name("dweight"));
         }
     }
 }

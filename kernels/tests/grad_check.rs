@@ -11,6 +11,7 @@ use kernels::ops::layernorm::{layernorm_backward, layernorm_forward};
 use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
 use kernels::ops::norm::{clip_coefficient, global_norm};
 use kernels::ops::residual::{accumulate, residual_forward};
+use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use kernels::{Device, Tensor};
 
 const CPU: Device = Device::Cpu;
@@ -117,6 +118,31 @@ fn layernorm_backward_matches_finite_differences() {
     check_grad("layernorm dinp", &inp, &dinp, |x| fwd(x, &w, &bias).0);
     check_grad("layernorm dweight", &w, &dw, |x| fwd(&inp, x, &bias).0);
     check_grad("layernorm dbias", &bias, &db, |x| fwd(&inp, &w, x).0);
+}
+
+#[test]
+fn rmsnorm_backward_matches_finite_differences() {
+    let mut rng = fastrand::Rng::with_seed(21);
+    let (n, c) = (37, 24);
+    // an offset, so the rows' mean square is not ~ their variance
+    let mut inp = randn(&mut rng, &[n, c], 2.0);
+    inp.f32_mut().unwrap().iter_mut().for_each(|x| *x += 0.5);
+    let w = randn(&mut rng, &[c], 1.0);
+    let r = randn(&mut rng, &[n, c], 1.0);
+    let eps = 1e-5;
+    let fwd = |inp: &Tensor, w: &Tensor| {
+        let (mut out, mut rstd) = (Tensor::zeros(CPU, &[n, c]), Tensor::zeros(CPU, &[n]));
+        rmsnorm_forward(&mut out, &mut rstd, inp, w, eps).unwrap();
+        (dot(out.f32().unwrap(), r.f32().unwrap()), rstd)
+    };
+    let (_, rstd) = fwd(&inp, &w);
+    let mut dinp = Tensor::zeros(CPU, &[n, c]);
+    let mut dw = Tensor::zeros(CPU, &[c]);
+    rmsnorm_backward(&mut dinp, &mut dw, &r, &inp, &w, &rstd).unwrap();
+    check_grad("rmsnorm dinp", &inp, &dinp, |x| fwd(x, &w).0);
+    check_grad("rmsnorm dweight", &w, &dw, |x| fwd(&inp, x).0);
+    let err = rmsnorm_forward(&mut Tensor::zeros(CPU, &[n, c]), &mut Tensor::zeros(CPU, &[n]), &inp, &w, 0.0).unwrap_err();
+    assert!(err.to_string().contains("eps must be a positive finite number"), "{err}");
 }
 
 fn matmul_case(layout: WeightLayout) {

@@ -130,4 +130,12 @@ pub const LAUNCHES: &[Launch] = &[
     launch("residual_accumulate_f32", 256, 0, GRID_STRIDE),
     launch("residual_scale_bf16", 256, 0, GRID_STRIDE),
     launch("residual_scale_f32", 256, 0, GRID_STRIDE),
+    // rmsnorm.cu (ops/rmsnorm.rs): a warp per row, 8 rows a block; dweight in (32, 16) blocks
+    launch("rmsnorm_fwd_bf16", 256, 0, "a warp a row"),
+    launch("rmsnorm_fwd_f32", 256, 0, "a warp a row"),
+    launch("rmsnorm_bwd_bf16", 256, 0, "a warp a row"),
+    launch("rmsnorm_bwd_f32", 256, 0, "a warp a row"),
+    launch("rmsnorm_dweight_partial_bf16", 512, 0, "32 columns x 256 rows"),
+    launch("rmsnorm_dweight_partial_f32", 512, 0, "32 columns x 256 rows"),
+    launch("rmsnorm_dweight_reduce", 256, 0, "a thread a column"),
 ];

@@ -19,6 +19,8 @@ macro_rules! dispatch_float {
     };
 }
 
+pub(crate) use dispatch_float;
+
 pub mod adamw;
 pub mod attention;
 pub mod cast;
@@ -31,6 +33,7 @@ pub mod matmul;
 pub mod multi_tensor;
 pub mod norm;
 pub mod residual;
+pub mod rmsnorm;
 
 mod cpu_math;
 mod cpu_util;
