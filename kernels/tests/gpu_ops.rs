@@ -20,6 +20,7 @@ use kernels::ops::embedding::{embedding_backward, embedding_forward};
 use kernels::ops::gelu::{gelu_backward, gelu_forward};
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
 use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use kernels::ops::swiglu::{swiglu_backward, swiglu_forward};
 use kernels::ops::norm::{clip_coefficient, clip_grad_norm, global_norm};
 use kernels::ops::residual::{accumulate, residual_forward, scale};
 use kernels::{DType, Device, Tensor};
@@ -263,6 +264,35 @@ fn rmsnorm_forward_backward_match_cpu() {
             let mut dw_2 = dw0_g.clone();
             rmsnorm_backward(&mut dinp_2, &mut dw_2, &dout_g, &x_g, &w_g, &rstd_in).unwrap();
             assert_eq!(bits(&dw_g), bits(&dw_2), "{}: not bitwise reproducible", name("dweight"));
+        }
+    }
+}
+
+// swiglu
+
+#[test]
+fn swiglu_forward_backward_match_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dev = gpu.device();
+    // (N, H): TinyLlama's MLP at 64 rows, odd sizes, one element
+    for (case, &(n, h)) in [(64, 5632), (37, 40), (3, 37), (1, 1)].iter().enumerate() {
+        for dtype in DTYPES {
+            let name = |what: &str| format!("swiglu {what} {dtype} N={n} H={h}");
+            let seed = 800 + case as u64 * 10;
+            // wide enough that the sigmoid saturates at both ends
+            let (x_g, x_c) = pair(dev, &[n, 2 * h], values(n * 2 * h, seed, -12.0, 12.0), dtype);
+            let mut out_g = poisoned(dev, dtype, &[n, h]);
+            swiglu_forward(&mut out_g, &x_g).unwrap();
+            let mut out_c = Tensor::zeros(Device::Cpu, &[n, h]);
+            swiglu_forward(&mut out_c, &x_c).unwrap();
+            check(&name("out"), dtype, &out_g, &out_c);
+
+            let (dout_g, dout_c) = random_pair(dev, &[n, h], seed + 1, 1.0, dtype);
+            let mut dinp_g = poisoned(dev, dtype, &[n, 2 * h]);
+            swiglu_backward(&mut dinp_g, &dout_g, &x_g).unwrap();
+            let mut dinp_c = Tensor::zeros(Device::Cpu, &[n, 2 * h]);
+            swiglu_backward(&mut dinp_c, &dout_c, &x_c).unwrap();
+            check(&name("dinp"), dtype, &dinp_g, &dinp_c);
         }
     }
 }

@@ -12,6 +12,7 @@ use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
 use kernels::ops::norm::{clip_coefficient, global_norm};
 use kernels::ops::residual::{accumulate, residual_forward};
 use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use kernels::ops::swiglu::{swiglu_backward, swiglu_forward};
 use kernels::{Device, Tensor};
 
 const CPU: Device = Device::Cpu;
@@ -248,6 +249,24 @@ fn gelu_backward_matches_finite_differences() {
     let mut dinp = Tensor::zeros(CPU, &[5000]);
     gelu_backward(&mut dinp, &inp, &r).unwrap();
     check_grad("gelu dinp", &inp, &dinp, fwd);
+}
+
+#[test]
+fn swiglu_backward_matches_finite_differences() {
+    let mut rng = fastrand::Rng::with_seed(22);
+    let (n, h) = (50, 40);
+    let inp = randn(&mut rng, &[n, 2 * h], 2.0);
+    let r = randn(&mut rng, &[n, h], 1.0);
+    let fwd = |x: &Tensor| {
+        let mut out = Tensor::zeros(CPU, &[n, h]);
+        swiglu_forward(&mut out, x).unwrap();
+        dot(out.f32().unwrap(), r.f32().unwrap())
+    };
+    let mut dinp = Tensor::zeros(CPU, &[n, 2 * h]);
+    swiglu_backward(&mut dinp, &r, &inp).unwrap();
+    check_grad("swiglu dinp", &inp, &dinp, fwd);
+    let err = swiglu_forward(&mut Tensor::zeros(CPU, &[n, h]), &Tensor::zeros(CPU, &[n, 7])).unwrap_err();
+    assert!(err.to_string().contains("must be 2H"), "{err}");
 }
 
 #[test]

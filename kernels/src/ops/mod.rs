@@ -34,6 +34,7 @@ pub mod multi_tensor;
 pub mod norm;
 pub mod residual;
 pub mod rmsnorm;
+pub mod swiglu;
 
 mod cpu_math;
 mod cpu_util;
