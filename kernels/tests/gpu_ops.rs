@@ -20,6 +20,7 @@ use kernels::ops::embedding::{embedding_backward, embedding_forward};
 use kernels::ops::gelu::{gelu_backward, gelu_forward};
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
 use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use kernels::ops::rope::{rope_backward, rope_forward, Rope};
 use kernels::ops::swiglu::{swiglu_backward, swiglu_forward};
 use kernels::ops::norm::{clip_coefficient, clip_grad_norm, global_norm};
 use kernels::ops::residual::{accumulate, residual_forward, scale};
@@ -264,6 +265,40 @@ fn rmsnorm_forward_backward_match_cpu() {
             let mut dw_2 = dw0_g.clone();
             rmsnorm_backward(&mut dinp_2, &mut dw_2, &dout_g, &x_g, &w_g, &rstd_in).unwrap();
             assert_eq!(bits(&dw_g), bits(&dw_2), "{}: not bitwise reproducible", name("dweight"));
+        }
+    }
+}
+
+// rope
+
+#[test]
+fn rope_forward_backward_match_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dev = gpu.device();
+    // (B, T, W, rope): TinyLlama's fused qkv (32 q + 4 k heads of 64 rotated, 4 v heads
+    // copied) at T = 1024; HS = 128 at Llama 3's theta; odd T and a two-column head
+    let cases = [
+        (1, 1024, 40 * 64, Rope { heads: 36, head_size: 64, theta: 10000.0 }),
+        (2, 37, 3 * 128, Rope { heads: 2, head_size: 128, theta: 500000.0 }),
+        (3, 5, 7, Rope { heads: 3, head_size: 2, theta: 10000.0 }),
+    ];
+    for (case, &(b, t, w, rope)) in cases.iter().enumerate() {
+        for dtype in DTYPES {
+            let name = |what: &str| format!("rope {what} {dtype} B={b} T={t} W={w} HS={}", rope.head_size);
+            let seed = 900 + case as u64 * 10;
+            let (x_g, x_c) = random_pair(dev, &[b, t, w], seed, 1.0, dtype);
+            let mut out_g = poisoned(dev, dtype, &[b, t, w]);
+            rope_forward(&mut out_g, &x_g, &rope).unwrap();
+            let mut out_c = Tensor::zeros(Device::Cpu, &[b, t, w]);
+            rope_forward(&mut out_c, &x_c, &rope).unwrap();
+            check(&name("out"), dtype, &out_g, &out_c);
+
+            let (dout_g, dout_c) = random_pair(dev, &[b, t, w], seed + 1, 1.0, dtype);
+            let mut dinp_g = poisoned(dev, dtype, &[b, t, w]);
+            rope_backward(&mut dinp_g, &dout_g, &rope).unwrap();
+            let mut dinp_c = Tensor::zeros(Device::Cpu, &[b, t, w]);
+            rope_backward(&mut dinp_c, &dout_c, &rope).unwrap();
+            check(&name("dinp"), dtype, &dinp_g, &dinp_c);
         }
     }
 }

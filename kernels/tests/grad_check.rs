@@ -12,6 +12,7 @@ use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
 use kernels::ops::norm::{clip_coefficient, global_norm};
 use kernels::ops::residual::{accumulate, residual_forward};
 use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use kernels::ops::rope::{rope_backward, rope_forward, Rope};
 use kernels::ops::swiglu::{swiglu_backward, swiglu_forward};
 use kernels::{Device, Tensor};
 
@@ -267,6 +268,43 @@ fn swiglu_backward_matches_finite_differences() {
     check_grad("swiglu dinp", &inp, &dinp, fwd);
     let err = swiglu_forward(&mut Tensor::zeros(CPU, &[n, h]), &Tensor::zeros(CPU, &[n, 7])).unwrap_err();
     assert!(err.to_string().contains("must be 2H"), "{err}");
+}
+
+#[test]
+fn rope_backward_matches_finite_differences_and_keeps_the_norm() {
+    let mut rng = fastrand::Rng::with_seed(23);
+    // (B, T, W): 2 rotated heads of 8 and 8 copied columns, T = 9 positions
+    let (b, t, w) = (2, 9, 24);
+    let rope = Rope { heads: 2, head_size: 8, theta: 10000.0 };
+    let inp = randn(&mut rng, &[b, t, w], 1.0);
+    let r = randn(&mut rng, &[b, t, w], 1.0);
+    let fwd = |x: &Tensor| {
+        let mut out = Tensor::zeros(CPU, &[b, t, w]);
+        rope_forward(&mut out, x, &rope).unwrap();
+        out
+    };
+    let out = fwd(&inp);
+    let mut dinp = Tensor::zeros(CPU, &[b, t, w]);
+    rope_backward(&mut dinp, &r, &rope).unwrap();
+    check_grad("rope dinp", &inp, &dinp, |x| dot(fwd(x).f32().unwrap(), r.f32().unwrap()));
+    // a rotation: every head keeps its norm; position 0 and the copied columns are unchanged
+    let (x, y) = (inp.f32().unwrap(), out.f32().unwrap());
+    for row in 0..b * t {
+        for head in 0..3 {
+            let span = row * w + head * 8..row * w + head * 8 + 8;
+            let (nx, ny) = (dot(&x[span.clone()], &x[span.clone()]), dot(&y[span.clone()], &y[span.clone()]));
+            assert!((nx - ny).abs() < 1e-4 * nx.max(1.0), "row {row} head {head}: norm {nx} -> {ny}");
+            if head == 2 || row % t == 0 {
+                assert_eq!(&x[span.clone()], &y[span], "row {row} head {head} changed");
+            }
+        }
+    }
+    let bad = Rope { head_size: 7, ..rope };
+    let err = rope_forward(&mut Tensor::zeros(CPU, &[b, t, w]), &inp, &bad).unwrap_err();
+    assert!(err.to_string().contains("head_size must be even"), "{err}");
+    let wide = Rope { heads: 4, ..rope };
+    let err = rope_forward(&mut Tensor::zeros(CPU, &[b, t, w]), &inp, &wide).unwrap_err();
+    assert!(err.to_string().contains("do not fit rows of 24"), "{err}");
 }
 
 #[test]

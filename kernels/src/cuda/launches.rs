@@ -138,6 +138,9 @@ pub const LAUNCHES: &[Launch] = &[
     launch("rmsnorm_dweight_partial_bf16", 512, 0, "32 columns x 256 rows"),
     launch("rmsnorm_dweight_partial_f32", 512, 0, "32 columns x 256 rows"),
     launch("rmsnorm_dweight_reduce", 256, 0, "a thread a column"),
+    // rope.cu (ops/rope.rs)
+    launch("rope_bf16", 256, 0, GRID_STRIDE),
+    launch("rope_f32", 256, 0, GRID_STRIDE),
     // swiglu.cu (ops/swiglu.rs)
     launch("swiglu_fwd_bf16", 256, 0, GRID_STRIDE),
     launch("swiglu_fwd_f32", 256, 0, GRID_STRIDE),

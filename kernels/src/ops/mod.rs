@@ -19,8 +19,6 @@ macro_rules! dispatch_float {
     };
 }
 
-pub(crate) use dispatch_float;
-
 pub mod adamw;
 pub mod attention;
 pub mod cast;
@@ -33,6 +31,7 @@ pub mod matmul;
 pub mod multi_tensor;
 pub mod norm;
 pub mod residual;
+pub mod rope;
 pub mod rmsnorm;
 pub mod swiglu;
 
