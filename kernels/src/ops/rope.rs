@@ -37,7 +37,7 @@ impl Rope {
         let &[b, t, w] = inp.shape() else {
             return Err(Error::Invalid { op, msg: format!("inp must be (B, T, W), got {:?}", inp.shape()) });
         };
-        if self.head_size == 0 || self.head_size % 2 != 0 {
+        if self.head_size == 0 || !self.head_size.is_multiple_of(2) {
             return Err(Error::Invalid { op, msg: format!("head_size must be even and > 0, got {}", self.head_size) });
         }
         if !(self.theta.is_finite() && self.theta > 1.0) {

@@ -16,7 +16,7 @@ const OP_BWD: &str = "swiglu_backward";
 /// (N, H) from the last dimension of `inp`, which must be even (= 2H).
 fn dims(op: &'static str, inp: &Tensor) -> Result<(usize, usize)> {
     let (n, w) = super::rows_cols(inp);
-    if w % 2 != 0 {
+    if !w.is_multiple_of(2) {
         return Err(Error::Invalid { op, msg: format!("the last dimension of inp ({w}) must be 2H: [gate | up]") });
     }
     Ok((n, w / 2))
