@@ -23,23 +23,14 @@
 
 #include "common.cuh"
 
-
 template <typename G>
 static __device__ void adamw_step(float* param, __nv_bfloat16* param_copy, const G* grad, float* m, float* v, u64 n,
                                   float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
                                   float bc2_sqrt, float eps, float decay) {
     const u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float g = to_f32(grad[i]);
-        float mi = m[i], vi = v[i], p = param[i];
-        mi += one_minus_beta1 * (g - mi);
-        vi = beta2 * vi + one_minus_beta2 * g * g;
-        p *= decay;
-        p -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-        m[i] = mi;
-        v[i] = vi;
-        param[i] = p;
-        if (param_copy != nullptr) param_copy[i] = __float2bfloat16_rn(p);
+        adamw_element(param, param_copy, m, v, i, to_f32(grad[i]), one_minus_beta1, beta2, one_minus_beta2, step_size,
+                      bc2_sqrt, eps, decay);
     }
 }
 

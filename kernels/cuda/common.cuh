@@ -1,7 +1,8 @@
 // The shared CUDA prelude: every kernels/cuda/*.cu starts with #include "common.cuh" (NVRTC
 // gets it as a named header; it is part of every kernel's cache key). What more than one
-// kernel file needs: dtype conversions, 16-byte vector packs, a block sum, the tensor-core
-// building blocks (cp.async, ldmatrix, mma.sync) and the GeLU formula.
+// kernel file needs: dtype conversions, 16-byte vector packs, a block sum, two-pass column
+// sums, the AdamW element update, the tensor-core building blocks (cp.async, ldmatrix,
+// mma.sync) and the GeLU formula.
 
 #pragma once
 
@@ -59,6 +60,61 @@ static __device__ float block_sum(float v) {
     if (threadIdx.x == 0)
         for (int w = 0; w < nwarps; w++) total += s_warp[w];
     return total;
+}
+
+// ---- column sums in two deterministic passes (bias and norm weight gradients) ----------------
+// Pass 1, grid (ceil(N / 32), ceil(M / rows)), block (32, 16): block (x, y) sums value(m, n)
+// over rows [y rows, (y + 1) rows) of its 32 columns (thread (tx, ty) rows ty, ty + 16, ...
+// in order, then the 16 partials in order) into partial[y * N + n].
+template <typename F>
+static __device__ void column_chunk_sums(float* partial, int M, int N, int rows, F value) {
+    __shared__ float part[16][33];
+    const int n = blockIdx.x * 32 + threadIdx.x;
+    const int r0 = blockIdx.y * rows, r1 = min(M, r0 + rows);
+    float sum = 0.0f;
+    if (n < N) {
+        for (int m = r0 + threadIdx.y; m < r1; m += 16) sum += value(m, n);
+    }
+    part[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && n < N) {
+        float total = 0.0f;
+#pragma unroll
+        for (int y = 0; y < 16; y++) total += part[y][threadIdx.x];
+        partial[(long)blockIdx.y * N + n] = total;
+    }
+}
+
+// Pass 2, one thread per column: dst[n] += sum over chunks y = 0 .. chunks - 1, in order, of
+// partial[y * N + n]; dst is fp32 when dst_f32, else bf16.
+static __device__ void add_column_chunks(void* dst, int dst_f32, const float* partial, int N, int chunks) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float total = 0.0f;
+    for (int y = 0; y < chunks; y++) total += partial[(long)y * N + n];
+    if (dst_f32) ((float*)dst)[n] += total;
+    else {
+        bf16* d = (bf16*)dst;
+        d[n] = __float2bfloat16_rn(__bfloat162float(d[n]) + total);
+    }
+}
+
+// ---- AdamW, one element (torch.optim.AdamW; CPU reference kernels/src/ops/adamw.rs) -----------
+// m += (1 - beta1)(g - m); v = beta2 v + (1 - beta2) g^2; p *= decay;
+// p -= step_size m / (sqrt(v) / bc2_sqrt + eps); the bf16 working copy (if any) rounded from p.
+// One definition for adamw.cu and multi_tensor.cu, so both give the same bits.
+static __device__ __forceinline__ void adamw_element(float* param, bf16* copy, float* m, float* v, u64 i, float g,
+                                                     float one_minus_beta1, float beta2, float one_minus_beta2,
+                                                     float step_size, float bc2_sqrt, float eps, float decay) {
+    float mi = m[i], vi = v[i], p = param[i];
+    mi += one_minus_beta1 * (g - mi);
+    vi = beta2 * vi + one_minus_beta2 * g * g;
+    p *= decay;
+    p -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = p;
+    if (copy != nullptr) copy[i] = __float2bfloat16_rn(p);
 }
 
 // ---- tensor cores: cp.async, ldmatrix, mma.sync m16n8k16 bf16 -> f32 --------------------------

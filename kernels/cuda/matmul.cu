@@ -431,27 +431,11 @@ extern "C" __global__ void __launch_bounds__(256) matmul_bwd_f32(float* c, int a
     simt::gemm<float>(ep, a, lda, a_kmajor, b, ldb, b_kmajor, M, N, K);
 }
 
-// dbias (N) += column sums of dout (M,N), deterministic, in two passes over many blocks.
-// Pass 1, grid (ceil(N / 32), ceil(M / rows)), block (32, 16): block (x, y) sums rows
-// [y rows, (y + 1) rows) of its 32 columns (thread (tx, ty) rows ty, ty + 16, ... in order,
-// then the 16 partials in order) into partial[y * N + n].
+// dbias (N) += column sums of dout (M,N), deterministic, in two passes over many blocks
+// (common.cuh's column_chunk_sums, then add_column_chunks).
 template <typename T>
 __device__ __forceinline__ void bias_partial(float* partial, const T* __restrict__ dout, int M, int N, int rows) {
-    __shared__ float part[16][33];
-    const int n = blockIdx.x * 32 + threadIdx.x;
-    const int r0 = blockIdx.y * rows, r1 = min(M, r0 + rows);
-    float sum = 0.0f;
-    if (n < N) {
-        for (int m = r0 + threadIdx.y; m < r1; m += 16) sum += load_f(dout + (long)m * N + n);
-    }
-    part[threadIdx.y][threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.y == 0 && n < N) {
-        float total = 0.0f;
-#pragma unroll
-        for (int y = 0; y < 16; y++) total += part[y][threadIdx.x];
-        partial[(long)blockIdx.y * N + n] = total;
-    }
+    column_chunk_sums(partial, M, N, rows, [&](int m, int n) { return load_f(dout + (long)m * N + n); });
 }
 
 extern "C" __global__ void __launch_bounds__(512) matmul_bias_partial_bf16(float* partial, const bf16* dout, int M,
@@ -464,17 +448,8 @@ extern "C" __global__ void __launch_bounds__(512) matmul_bias_partial_f32(float*
     bias_partial<float>(partial, dout, M, N, rows);
 }
 
-// Pass 2: dbias[n] += sum over the chunks y = 0 .. chunks - 1, in order, of partial[y * N + n].
-// dbias is fp32 when dbias_f32, else bf16. Grid ceil(N / 256), block 256.
+// Pass 2: dbias[n] += sum over the chunks, in order. Grid ceil(N / 256), block 256.
 extern "C" __global__ void __launch_bounds__(256) matmul_bias_reduce(void* dbias, int dbias_f32,
                                                                      const float* partial, int N, int chunks) {
-    const int n = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n >= N) return;
-    float total = 0.0f;
-    for (int y = 0; y < chunks; y++) total += partial[(long)y * N + n];
-    if (dbias_f32) ((float*)dbias)[n] += total;
-    else {
-        bf16* d = (bf16*)dbias;
-        d[n] = __float2bfloat16(__bfloat162float(d[n]) + total);
-    }
+    add_column_chunks(dbias, dbias_f32, partial, N, chunks);
 }

@@ -97,22 +97,11 @@ extern "C" __global__ void __launch_bounds__(256) multi_adamw(const Desc* table,
     const u64 stride = (u64)e.blocks * blockDim.x;
     const float s = max_norm > 0.0f ? fminf(max_norm / (norm[0] + 1e-6f), 1.0f) : 1.0f;
     const float dec = (e.flags & DECAYS) ? decay : 1.0f;
-    float* param = (float*)e.param;
-    float* m = (float*)e.m;
-    float* v = (float*)e.v;
-    __nv_bfloat16* copy = (__nv_bfloat16*)e.copy;
     for (u64 i = (u64)(blockIdx.x - e.block_begin) * blockDim.x + threadIdx.x; i < e.n; i += stride) {
         float g = grad_at(e, i);
         if (max_norm > 0.0f) g *= s;
-        float mi = m[i], vi = v[i], p = param[i];
-        mi += one_minus_beta1 * (g - mi);
-        vi = beta2 * vi + one_minus_beta2 * g * g;
-        p *= dec;
-        p -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-        m[i] = mi;
-        v[i] = vi;
-        param[i] = p;
-        if (copy != nullptr) copy[i] = __float2bfloat16_rn(p);
+        adamw_element((float*)e.param, (bf16*)e.copy, (float*)e.m, (float*)e.v, i, g, one_minus_beta1, beta2,
+                      one_minus_beta2, step_size, bc2_sqrt, eps, dec);
     }
 }
 

@@ -52,24 +52,10 @@ static __device__ void rmsnorm_bwd(T* dinp, const T* dout, const T* inp, const T
 template <typename T>
 static __device__ void dweight_partial(float* partial, const T* dout, const T* inp, const float* rstd, int N, int C,
                                        int rows) {
-    __shared__ float part[16][33];
-    const int n = blockIdx.x * 32 + threadIdx.x;
-    const int r0 = blockIdx.y * rows, r1 = min(N, r0 + rows);
-    float sum = 0.0f;
-    if (n < C) {
-        for (int m = r0 + threadIdx.y; m < r1; m += 16) {
-            const long idx = (long)m * C + n;
-            sum += to_f32(dout[idx]) * to_f32(inp[idx]) * rstd[m];
-        }
-    }
-    part[threadIdx.y][threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.y == 0 && n < C) {
-        float total = 0.0f;
-#pragma unroll
-        for (int y = 0; y < 16; y++) total += part[y][threadIdx.x];
-        partial[(long)blockIdx.y * C + n] = total;
-    }
+    column_chunk_sums(partial, N, C, rows, [&](int m, int n) {
+        const long idx = (long)m * C + n;
+        return to_f32(dout[idx]) * to_f32(inp[idx]) * rstd[m];
+    });
 }
 
 // out (N,C), rstd (N) from inp (N,C), weight (C). Grid ceil(N / 8), block 256.
@@ -105,17 +91,9 @@ extern "C" __global__ void __launch_bounds__(512) rmsnorm_dweight_partial_bf16(f
     dweight_partial(partial, dout, inp, rstd, N, C, rows);
 }
 
-// dweight[n] += sum over chunks y = 0 .. chunks - 1, in order, of partial[y * C + n];
-// dweight fp32 when dweight_f32, else bf16. Grid ceil(C / 256), block 256.
+// dweight[n] += sum over the chunks, in order; dweight fp32 when dweight_f32, else bf16.
+// Grid ceil(C / 256), block 256.
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_dweight_reduce(void* dweight, int dweight_f32,
                                                                          const float* partial, int C, int chunks) {
-    const int n = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n >= C) return;
-    float total = 0.0f;
-    for (int y = 0; y < chunks; y++) total += partial[(long)y * C + n];
-    if (dweight_f32) ((float*)dweight)[n] += total;
-    else {
-        bf16* d = (bf16*)dweight;
-        d[n] = __float2bfloat16_rn(__bfloat162float(d[n]) + total);
-    }
+    add_column_chunks(dweight, dweight_f32, partial, C, chunks);
 }
