@@ -5,8 +5,9 @@
 //!
 //! A [`TensorTable`] records, per tensor, its device pointers, length and flags, and the
 //! launch's blocks it owns (a count from its length only, the per-tensor norm's rule, so the
-//! norm is bit for bit the per-tensor one and the same on every GPU). Each launch uploads the
-//! table (64 bytes per tensor, an asynchronous copy into a pool buffer: no host wait).
+//! norm is bit for bit the per-tensor one and the same on every GPU). The first launch uploads
+//! the table (64 bytes per tensor, an asynchronous copy into a pool buffer: no host wait);
+//! later launches from the same table reuse it.
 //!
 //! The table holds raw device pointers, not borrows, so that a caller can fill it while
 //! visiting a model's parameters one at a time: the launches are `unsafe`, and their
@@ -53,6 +54,8 @@ pub struct TensorTable {
     descs: Vec<Desc>,
     blocks: usize,
     adamw: bool,
+    /// The table on the device, once a launch has uploaded it (cleared by a push).
+    uploaded: std::cell::OnceCell<Tensor>,
 }
 
 fn ptr<T: cu::CudaElement>(dev: &CudaDevice, t: &Tensor) -> Result<u64> {
@@ -92,6 +95,7 @@ impl TensorTable {
         if self.blocks + blocks > i32::MAX as usize || self.descs.len() >= i32::MAX as usize {
             return Err(Error::Invalid { op: OP, msg: format!("{} tensors need too many blocks", self.descs.len() + 1) });
         }
+        self.uploaded = std::cell::OnceCell::new();
         desc.block_begin = self.blocks as u32;
         desc.blocks = blocks as u32;
         self.blocks += blocks;
@@ -142,8 +146,12 @@ impl TensorTable {
         self.push(desc)
     }
 
-    /// The table on the device (a pool buffer of u32 words, freed in stream order).
-    fn upload(&self, dev: &CudaDevice) -> Result<Tensor> {
+    /// The table on the device (a pool buffer of u32 words, freed in stream order with the
+    /// table), uploaded by the first launch that needs it.
+    fn upload(&self, dev: &CudaDevice) -> Result<&Tensor> {
+        if let Some(t) = self.uploaded.get() {
+            return Ok(t);
+        }
         let words: Vec<u32> = self
             .descs
             .iter()
@@ -157,7 +165,8 @@ impl TensorTable {
             })
             .collect();
         let len = words.len();
-        Tensor::from_u32(&[len], words)?.to_device(dev.device())
+        let table = Tensor::from_u32(&[len], words)?.to_device(dev.device())?;
+        Ok(self.uploaded.get_or_init(|| table))
     }
 
     fn launch_cfg(&self) -> LaunchConfig {

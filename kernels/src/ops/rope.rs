@@ -20,8 +20,11 @@ const OP_BWD: &str = "rope_backward";
 /// base `theta` (Llama: 10000; Llama 3: 500000).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rope {
+    /// Heads rotated, from the start of each row (q and k heads of a fused [q | k | v] row).
     pub heads: usize,
+    /// Columns per head (even).
     pub head_size: usize,
+    /// The frequency base (above 1).
     pub theta: f32,
 }
 
