@@ -2,8 +2,10 @@
 //! within each rotated head of HS columns, dimension i < HS/2 pairs with i + HS/2, and at
 //! position t (the index along T) with angle a = t * theta^(-2i / HS):
 //!
+//! ```text
 //! forward:  y[i] = x[i] cos a - x[i + HS/2] sin a;   y[i + HS/2] = x[i + HS/2] cos a + x[i] sin a
 //! backward: the inverse rotation of dout (dinp overwritten)
+//! ```
 //!
 //! inp (B, T, W): the first `heads` heads of HS columns each are rotated and the rest of the
 //! row is copied, so a fused [q | k | v] row rotates q and k (heads = NH + KV) and passes v.
