@@ -88,6 +88,7 @@ pub mod cpu {
         }
     }
 
+    /// [`super::rmsnorm_forward`] on host slices (N*C, N, N*C, C).
     pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], eps: f32) {
         let c = weight.len();
         if c == 0 {
@@ -97,6 +98,7 @@ pub mod cpu {
         out.par_chunks_mut(c).zip(inp.par_chunks(c)).zip(rstd.par_iter_mut()).for_each(|((o, x), r)| *r = forward_row(o, x, weight, eps));
     }
 
+    /// [`super::rmsnorm_backward`] on host slices; dweight accumulates.
     pub fn rmsnorm_backward(dinp: &mut [f32], dweight: &mut [f32], dout: &[f32], inp: &[f32], weight: &[f32], rstd: &[f32]) {
         let c = weight.len();
         let rows = rstd.len();
@@ -139,6 +141,7 @@ pub mod cuda {
         Ok(LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
     }
 
+    /// [`super::rmsnorm_forward`] on CUDA tensors (f32 or bf16 activations, f32 rstd).
     pub fn rmsnorm_forward(out: &mut Tensor, rstd: &mut Tensor, inp: &Tensor, weight: &Tensor, eps: f32) -> Result<()> {
         expect_dtype(OP, "out", out, inp.dtype())?;
         expect_dtype(OP, "weight", weight, inp.dtype())?;
@@ -166,6 +169,7 @@ pub mod cuda {
         Ok(())
     }
 
+    /// [`super::rmsnorm_backward`] on CUDA tensors (dweight f32 or the activations' dtype).
     pub fn rmsnorm_backward(dinp: &mut Tensor, dweight: &mut Tensor, dout: &Tensor, inp: &Tensor, weight: &Tensor, rstd: &Tensor) -> Result<()> {
         for (arg, t) in [("dinp", &*dinp), ("dout", dout), ("weight", weight)] {
             expect_dtype(OP, arg, t, inp.dtype())?;

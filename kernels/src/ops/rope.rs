@@ -122,6 +122,7 @@ pub mod cuda {
 
     const OP: &str = "rope (cuda)";
 
+    /// The rotation (`inverse`: the backward) on CUDA tensors (f32 or bf16).
     pub fn rope(out: &mut Tensor, inp: &Tensor, rope: &Rope, inverse: bool) -> Result<()> {
         expect_dtype(OP, "out", out, inp.dtype())?;
         dispatch_float!(inp.dtype(), OP, "inp", typed(out, inp, rope, inverse))

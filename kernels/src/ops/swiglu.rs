@@ -65,6 +65,7 @@ pub mod cpu {
         1.0 / (1.0 + (-x).exp())
     }
 
+    /// [`super::swiglu_forward`] on host slices (N*H, N*2H).
     pub fn swiglu_forward(out: &mut [f32], inp: &[f32], h: usize) {
         if h == 0 {
             return;
@@ -77,6 +78,7 @@ pub mod cpu {
         });
     }
 
+    /// [`super::swiglu_backward`] on host slices (N*2H, N*H, N*2H).
     pub fn swiglu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32], h: usize) {
         if h == 0 {
             return;
@@ -102,6 +104,7 @@ pub mod cuda {
     const OP: &str = "swiglu (cuda)";
     const BLOCK: u32 = 256;
 
+    /// [`super::swiglu_forward`] on CUDA tensors (f32 or bf16).
     pub fn swiglu_forward(out: &mut Tensor, inp: &Tensor) -> Result<()> {
         expect_dtype(OP, "out", out, inp.dtype())?;
         dispatch_float!(inp.dtype(), OP, "inp", forward(out, inp))
@@ -125,6 +128,7 @@ pub mod cuda {
         Ok(())
     }
 
+    /// [`super::swiglu_backward`] on CUDA tensors (f32 or bf16).
     pub fn swiglu_backward(dinp: &mut Tensor, dout: &Tensor, inp: &Tensor) -> Result<()> {
         expect_dtype(OP, "dinp", dinp, inp.dtype())?;
         expect_dtype(OP, "dout", dout, inp.dtype())?;
