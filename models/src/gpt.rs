@@ -191,6 +191,10 @@ impl Model for Gpt {
         Ok(())
     }
 
+    fn recompute_candidates(&self) -> Vec<Recompute> {
+        Recompute::candidates(self.config.n_layer)
+    }
+
     fn logits(&self) -> Option<&Tensor> {
         match &self.head {
             Some((_, logits, false)) => Some(logits),

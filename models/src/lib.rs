@@ -22,5 +22,5 @@ pub use error::{Error, Result};
 pub use gpt::{Gpt, GptConfig};
 pub use layers::Layer;
 pub use model::Model;
-pub use param::{Param, Placement, Precision};
+pub use param::{Export, Param, Placement, Precision};
 pub use recompute::Recompute;

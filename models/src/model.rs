@@ -43,6 +43,13 @@ pub trait Model {
         }
     }
 
+    /// The policies a planner may choose from, least recomputation first (see
+    /// [`Recompute::candidates`]); each must be accepted by [`Model::set_recompute`]. The
+    /// default: only [`Recompute::None`].
+    fn recompute_candidates(&self) -> Vec<Recompute> {
+        vec![Recompute::None]
+    }
+
     /// Logits (B,T,V_stored) of the last forward run without targets, on the model's device
     /// in its compute dtype. Columns at and past [`Model::vocab_size`] are padding and must
     /// be ignored.

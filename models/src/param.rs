@@ -84,6 +84,22 @@ pub struct Param {
     /// padded for speed); the export is its leading `export_shape` block, so padding never
     /// leaks out.
     pub export_shape: Vec<usize>,
+    /// A parameter stored fused but exported as several tensors: the `export_shape` block
+    /// split along its first dimension into these `(name, rows)` parts, in order (rows
+    /// summing to `export_shape[0]`). A fused q|k|v projection, stored (out, in), is saved as
+    /// Hugging Face's `q_proj`, `k_proj` and `v_proj`. Empty: one tensor named `name`.
+    pub export_parts: Vec<(String, usize)>,
+}
+
+/// One tensor a parameter is exported as (see [`Param::exports`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Export {
+    /// The tensor's name in checkpoints.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its elements, as a range of the parameter's stored (row-major) values.
+    pub range: std::ops::Range<usize>,
 }
 
 impl Param {
@@ -98,7 +114,30 @@ impl Param {
             Precision::Fp32 => None,
             Precision::Bf16 => Some(value.to_dtype(DType::Bf16)?),
         };
-        Ok(Self { name: name.into(), value, working, grad, weight_decay, export_shape })
+        Ok(Self { name: name.into(), value, working, grad, weight_decay, export_shape, export_parts: Vec::new() })
+    }
+
+    /// The tensors this parameter is exported as, in order: one named [`Param::name`] of
+    /// [`Param::export_shape`], or one per [`Param::export_parts`] entry. Each is a
+    /// contiguous range of the stored values (the export block is the stored tensor's
+    /// leading block, so padding is never exported).
+    pub fn exports(&self) -> Vec<Export> {
+        let n: usize = self.export_shape.iter().product();
+        if self.export_parts.is_empty() {
+            return vec![Export { name: self.name.clone(), shape: self.export_shape.clone(), range: 0..n }];
+        }
+        let row: usize = self.export_shape[1..].iter().product();
+        let mut start = 0;
+        self.export_parts
+            .iter()
+            .map(|(name, rows)| {
+                let mut shape = self.export_shape.clone();
+                shape[0] = *rows;
+                let range = start..start + rows * row;
+                start = range.end;
+                Export { name: name.clone(), shape, range }
+            })
+            .collect()
     }
 
     /// The tensor forward and backward read: the working copy in bf16, else `value`.
