@@ -1,9 +1,11 @@
 //! Checkpoints: a directory holding
 //! - `model.safetensors`: every parameter under its (Hugging Face) name and export shape,
 //!   so padding never leaks out; f32 always (in bf16 precision, the fp32 master weights);
-//! - `config.json`: the Hugging Face config for that export (GPT-2);
+//! - `config.json`: the Hugging Face config for that export (GPT-2, Llama), so that the
+//!   directory loads with `transformers`' `from_pretrained`;
 //! - `optimizer.safetensors`: AdamW's m and v (`<name>.m`, `<name>.v`, stored shapes);
-//! - `state.json`: the step, the resolved run config, the last losses and the data sampler's position.
+//! - `state.json`: the step, the resolved run config (its `[model]` table records the model's
+//!   kind and every setting of it), the last losses and the data sampler's position.
 //!
 //! A checkpoint is written into a temporary directory and renamed into place, so a crash
 //! never leaves a half-written checkpoint under the final name.
@@ -13,7 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kernels::{Device, Tensor};
-use models::{Gpt, Model, Precision};
+use models::{Model, Precision};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::error::io;
 use crate::optim::AdamW;
+use crate::registry::{BuildContext, Registry, DEFAULT_KIND, KIND_KEY};
 use crate::{Error, Result};
 
 pub const FORMAT: u32 = 1;
@@ -98,8 +101,9 @@ pub fn save(run_dir: &Path, model: &dyn Model, opt: &AdamW, state: &CheckpointSt
         }
         copied = (|| -> Result<()> {
             let data = p.value.try_to_vec()?;
-            let n: usize = p.export_shape.iter().product();
-            weights.push((p.name.clone(), p.export_shape.clone(), f32_bytes(&data[..n])));
+            for e in p.exports() {
+                weights.push((e.name, e.shape, f32_bytes(&data[e.range])));
+            }
             moments.push((format!("{}.m", p.name), p.value.shape().to_vec(), f32_bytes(&m.try_to_vec()?)));
             moments.push((format!("{}.v", p.name), p.value.shape().to_vec(), f32_bytes(&v.try_to_vec()?)));
             Ok(())
@@ -145,15 +149,36 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     Err(ckpt_err(path, "not a checkpoint (no state.json) nor a run directory with checkpoints/latest"))
 }
 
-pub fn read_state(dir: &Path) -> Result<(CheckpointState, Config)> {
+/// A checkpoint's state and its run's config, `[model]` resolved by `registry`. A model kind
+/// `registry` does not know is an error naming it.
+pub fn read_state(dir: &Path, registry: &Registry) -> Result<(CheckpointState, Config)> {
     let path = dir.join("state.json");
     let text = fs::read_to_string(&path).map_err(|e| ckpt_err(dir, format!("cannot read state.json: {e}")))?;
     let state: CheckpointState = serde_json::from_str(&text).map_err(|e| ckpt_err(dir, format!("state.json is malformed: {e}")))?;
     if state.format != FORMAT {
         return Err(ckpt_err(dir, format!("format {} is not supported (expected {FORMAT})", state.format)));
     }
-    let config = Config::parse(&state.config_toml, &path.display().to_string(), &[])?;
+    let kind = recorded_kind(&state);
+    if registry.get(&kind).is_none() {
+        return Err(ckpt_err(
+            dir,
+            format!(
+                "holds a model of kind \"{kind}\", which this program does not know (it knows {}); read it with the program \
+                 that registered that kind (engine::cli::main_with)",
+                registry.names().iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let config = Config::parse_in(&state.config_toml, &path.display().to_string(), &[], registry)?;
     Ok((state, config))
+}
+
+/// The model kind a checkpoint's state records (`[model] kind`; checkpoints written before
+/// kinds existed hold GPT-2).
+pub fn recorded_kind(state: &CheckpointState) -> String {
+    let table: Option<toml::Table> = state.config_toml.parse().ok();
+    let kind = table.as_ref().and_then(|t| t.get("model")?.get(KIND_KEY)?.as_str().map(String::from));
+    kind.unwrap_or_else(|| DEFAULT_KIND.to_string())
 }
 
 fn read_file(dir: &Path, file: &str) -> Result<Vec<u8>> {
@@ -177,25 +202,32 @@ fn read_tensor(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, shape: 
     Ok(Tensor::from_vec(full_shape, data)?)
 }
 
-/// Loads a model's parameters from `dir/model.safetensors`; every parameter must be there
-/// with its export shape. Padding rows are zero.
+/// Loads a model's parameters from `dir/model.safetensors`; every tensor a parameter is
+/// exported as ([`models::Param::exports`]) must be there with its shape, and nothing else.
+/// Padding rows are zero.
 pub fn load_weights(dir: &Path, model: &mut dyn Model) -> Result<()> {
     let bytes = read_file(dir, "model.safetensors")?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(dir, format!("model.safetensors is malformed: {e}")))?;
     let mut result = Ok(());
-    let mut expected = 0;
+    let mut known = Vec::new();
     model.visit_params_mut(&mut |p| {
-        expected += 1;
-        if result.is_ok() {
-            // Read on the host, then uploaded; in bf16 the working copy is rounded from it.
-            result = read_tensor(dir, "model.safetensors", &st, &p.name, &p.export_shape, p.value.shape())
-                .and_then(|host| Ok(p.set_value(&host)?));
+        let exports = p.exports();
+        known.extend(exports.iter().map(|e| e.name.clone()));
+        if result.is_err() {
+            return;
         }
+        // Read on the host, then uploaded; in bf16 the working copy is rounded from it.
+        result = (|| -> Result<()> {
+            let mut data = vec![0.0f32; p.numel()];
+            for e in exports {
+                let part = read_tensor(dir, "model.safetensors", &st, &e.name, &e.shape, &e.shape)?;
+                data[e.range].copy_from_slice(part.f32()?);
+            }
+            Ok(p.set_value(&Tensor::from_vec(p.value.shape(), data)?)?)
+        })();
     });
     result?;
-    if st.len() != expected {
-        let mut known = Vec::new();
-        model.visit_params(&mut |p| known.push(p.name.clone()));
+    if st.len() != known.len() {
         let extra: Vec<String> = st.names().into_iter().filter(|n| !known.iter().any(|k| k == n)).map(String::from).collect();
         return Err(ckpt_err(dir, format!("model.safetensors has tensors the model does not: {extra:?}")));
     }
@@ -226,17 +258,25 @@ pub fn load_optimizer(dir: &Path, model: &dyn Model, opt: &mut AdamW, step: u64)
     Ok(())
 }
 
-/// A checkpoint's model with its config (for eval and sampling), in fp32 on `device`.
-pub fn load_model(path: &Path, device: Device) -> Result<(PathBuf, CheckpointState, Config, Gpt)> {
-    load_model_with(path, device, Precision::Fp32)
+/// A model read back from a checkpoint, with where it came from.
+pub struct LoadedModel {
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    pub state: CheckpointState,
+    /// The run's config (`[model]` says which model this is).
+    pub config: Config,
+    pub model: Box<dyn Model>,
+    pub precision: Precision,
 }
 
-/// A checkpoint's model in `precision` on `device` (the weights are read from the fp32
-/// values the checkpoint holds, uploaded, and rounded for the bf16 working copies).
-pub fn load_model_with(path: &Path, device: Device, precision: Precision) -> Result<(PathBuf, CheckpointState, Config, Gpt)> {
+/// A checkpoint's model (`path`: a checkpoint or a run directory) in `precision` on
+/// `device`, built by its `[model]` kind from `registry`: the weights are read from the f32
+/// values the checkpoint holds, uploaded, and rounded for the bf16 working copies.
+pub fn load_model(path: &Path, device: Device, precision: Precision, registry: &Registry) -> Result<LoadedModel> {
     let dir = resolve(path)?;
-    let (state, config) = read_state(&dir)?;
-    let mut model = Gpt::with_precision(config.gpt_config(state.vocab_size), device, precision, config.run.seed)?;
-    load_weights(&dir, &mut model)?;
-    Ok((dir, state, config, model))
+    let (state, config) = read_state(&dir, registry)?;
+    let at = BuildContext { vocab_size: state.vocab_size, device, precision, seed: config.run.seed };
+    let mut model = config.model.spec().build(&at)?;
+    load_weights(&dir, model.as_mut())?;
+    Ok(LoadedModel { dir, state, config, model, precision })
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::registry::{ModelSection, Registry};
 use crate::{Error, Result};
 
 /// Configs that would need more memory than this (see [`Config::min_memory_bytes`]) are
@@ -14,12 +15,15 @@ use crate::{Error, Result};
 pub const MAX_MEMORY_BYTES: f64 = 1024.0 * GIB;
 const GIB: f64 = (1u64 << 30) as f64;
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub run: RunConfig,
     pub data: DataConfig,
-    pub model: ModelConfig,
+    /// `[model]`: `kind` (default "gpt2") and that kind's own keys, validated by the kind
+    /// ([`crate::registry`]).
+    #[serde(skip)]
+    pub model: ModelSection,
     pub train: TrainConfig,
     pub batch: BatchConfig,
     pub memory: MemoryConfig,
@@ -28,6 +32,18 @@ pub struct Config {
     /// kept as given, the planner chooses the rest ([`crate::plan`]).
     #[serde(skip)]
     pub explicit: ExplicitKeys,
+    /// The model kinds the config was resolved with: checkpoints of the run are read back
+    /// with the same kinds.
+    #[serde(skip)]
+    pub registry: Registry,
+}
+
+impl PartialEq for Config {
+    /// Equal settings (the registry is not compared).
+    fn eq(&self, o: &Self) -> bool {
+        (&self.run, &self.data, &self.model, &self.train, &self.batch, &self.memory, &self.logs, self.explicit)
+            == (&o.run, &o.data, &o.model, &o.train, &o.batch, &o.memory, &o.logs, o.explicit)
+    }
 }
 
 /// The keys the memory planner would otherwise choose, as given explicitly.
@@ -154,22 +170,6 @@ impl Default for DataConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_embd: usize,
-    /// Longest sequence the model accepts (position embeddings).
-    pub context_length: usize,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self { n_layer: 4, n_head: 4, n_embd: 128, context_length: 128 }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// Sequences per micro-batch.
     pub batch_size: usize,
@@ -236,31 +236,54 @@ impl Config {
     /// Reads `path`, applies `key=value` overrides (values in TOML syntax; a bare word is
     /// taken as a string), then checks every value.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        Self::load_in(path, overrides, &Registry::builtin())
+    }
+
+    /// [`Config::load`] with the model kinds of `registry`.
+    pub fn load_in(path: &Path, overrides: &[String], registry: &Registry) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
             file: path.display().to_string(),
             msg: format!("cannot read config: {e}"),
         })?;
-        Self::parse(&text, &path.display().to_string(), overrides)
+        Self::parse_in(&text, &path.display().to_string(), overrides, registry)
     }
 
-    /// Parses config text; `file` names the source in errors.
+    /// Parses config text with the built-in model kinds; `file` names the source in errors.
     pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Self> {
+        Self::parse_in(text, file, overrides, &Registry::builtin())
+    }
+
+    /// Parses config text, `[model]` resolved by `registry`; `file` names the source in
+    /// errors, or the `--set` override a wrong value came from.
+    pub fn parse_in(text: &str, file: &str, overrides: &[String], registry: &Registry) -> Result<Self> {
         let err = |msg: String| Error::Config { file: file.to_string(), msg };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(toml_message(&e, text)))?;
         for o in overrides {
             apply_override(&mut table, o).map_err(|m| err(format!("--set {o}: {m}")))?;
         }
+        // A value that came from --set is named as such, not blamed on the file.
+        let blame = |key: &str, msg: String| match overrides.iter().rev().find(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key)) {
+            Some(o) => err(format!("--set {o}: {msg}")),
+            None => err(msg),
+        };
+        let model = match table.remove("model") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(other) => return Err(err(format!("key `model`: expected a table ([model]), got {other}"))),
+        };
+        let model = registry.resolve(&model).map_err(|msg| {
+            let key = msg.strip_prefix("key `").and_then(|m| m.split_once('`')).map(|(k, _)| k.to_string()).unwrap_or_default();
+            blame(&key, msg)
+        })?;
         let given = |key: &str| table.get("train").and_then(|t| t.as_table()).is_some_and(|t| t.contains_key(key));
         let explicit = ExplicitKeys { batch_size: given("batch_size"), grad_accum: given("grad_accum"), recompute: given("recompute") };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let msg = format!("key `{key}`: {}", e.into_inner().message().trim());
-            // A value that came from --set is named as such, not blamed on the file.
-            match overrides.iter().rev().find(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key)) {
-                Some(o) => err(format!("--set {o}: {msg}")),
-                None => err(msg),
-            }
+            blame(&key, msg)
         })?;
+        config.model = model;
+        config.registry = registry.clone();
         config.explicit = explicit;
         config.validate().map_err(err)?;
         Ok(config)
@@ -271,6 +294,7 @@ impl Config {
     /// text parses back to the same config and the same plan (run directory, checkpoints).
     pub fn to_toml(&self) -> String {
         let mut table = toml::Table::try_from(self).expect("config serializes");
+        table.insert("model".into(), toml::Value::Table(self.model.to_table()));
         if let Some(train) = table.get_mut("train").and_then(|t| t.as_table_mut()) {
             let e = self.explicit;
             for (key, given) in [("batch_size", e.batch_size), ("grad_accum", e.grad_accum), ("recompute", e.recompute)] {
@@ -284,12 +308,9 @@ impl Config {
 
     /// Impossible values, each named by its key.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let (m, t) = (&self.model, &self.train);
+        let t = &self.train;
+        let context = self.model.spec().context_length();
         let positive = [
-            ("model.n_layer", m.n_layer),
-            ("model.n_head", m.n_head),
-            ("model.n_embd", m.n_embd),
-            ("model.context_length", m.context_length),
             ("train.batch_size", t.batch_size),
             ("train.seq_len", t.seq_len),
             ("train.grad_accum", t.grad_accum),
@@ -300,23 +321,15 @@ impl Config {
                 return Err(format!("key `{key}`: must be at least 1, got 0"));
             }
         }
-        if m.n_embd % m.n_head != 0 {
-            return Err(format!("key `model.n_embd`: {} is not a multiple of model.n_head ({})", m.n_embd, m.n_head));
-        }
-        if t.seq_len > m.context_length {
-            return Err(format!(
-                "key `train.seq_len`: {} is larger than the model's context (model.context_length = {})",
-                t.seq_len, m.context_length
-            ));
+        if t.seq_len > context {
+            return Err(format!("key `train.seq_len`: {} is larger than the model's context (model.context_length = {context})", t.seq_len));
         }
         let bytes = self.min_memory_bytes();
         if bytes > MAX_MEMORY_BYTES {
+            let settings: Vec<String> = self.model.settings.iter().map(|(k, v)| format!("model.{k} = {v}")).collect();
             return Err(format!(
-                "too large: model.n_layer = {}, model.n_embd = {}, model.context_length = {}, train.batch_size = {}, \
-                 train.seq_len = {} need at least {:.0} GiB, more than the {:.0} GiB this engine accepts",
-                m.n_layer,
-                m.n_embd,
-                m.context_length,
+                "too large: {}, train.batch_size = {}, train.seq_len = {} need at least {:.0} GiB, more than the {:.0} GiB this engine accepts",
+                settings.join(", "),
                 t.batch_size,
                 t.seq_len,
                 bytes / GIB,
@@ -402,19 +415,13 @@ impl Config {
         Ok(())
     }
 
-    /// A rough lower bound, in bytes, of what training holds: the parameters with their
-    /// gradients and AdamW's m and v (4 f32 copies), plus one micro-batch's logits and the
-    /// (B, H, T, T) attention scores each layer keeps for backward. In f64, so absurd sizes
-    /// cannot overflow.
+    /// A rough lower bound, in bytes, of what training holds (the model kind's
+    /// [`crate::registry::ModelSpec::min_memory_bytes`]). In f64, so absurd sizes cannot
+    /// overflow.
     pub fn min_memory_bytes(&self) -> f64 {
-        let (m, t) = (&self.model, &self.train);
-        let (l, c, ctx, h) = (m.n_layer as f64, m.n_embd as f64, m.context_length as f64, m.n_head as f64);
-        let (b, seq) = (t.batch_size as f64, t.seq_len as f64);
         // The tokenizer's vocabulary padded to a multiple of 128.
         let vocab = if self.data.tokenizer == "gpt2" { 50304.0 } else { 256.0 };
-        let params = vocab * c + ctx * c + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
-        let activations = b * seq * vocab + l * b * h * seq * seq;
-        4.0 * (4.0 * params + activations)
+        self.model.spec().min_memory_bytes(vocab, self.train.batch_size as f64, self.train.seq_len as f64)
     }
 
     /// The precision to compute in on `device`: `train.precision`, with "auto" meaning bf16
@@ -499,16 +506,6 @@ impl Config {
 
     pub fn run_dir(&self) -> PathBuf {
         self.run.out_dir.join(&self.run.name)
-    }
-
-    pub fn gpt_config(&self, vocab_size: usize) -> models::GptConfig {
-        models::GptConfig {
-            vocab_size,
-            context_length: self.model.context_length,
-            n_layer: self.model.n_layer,
-            n_head: self.model.n_head,
-            n_embd: self.model.n_embd,
-        }
     }
 }
 

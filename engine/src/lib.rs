@@ -4,6 +4,7 @@
 //! Library users get the whole stack from here.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod bench;
 pub mod config;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod monitor;
 pub mod optim;
 pub mod plan;
 pub mod prepare;
+pub mod registry;
 pub mod report;
 pub mod sample;
 pub mod schedule;

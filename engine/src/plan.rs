@@ -337,6 +337,12 @@ impl ModelProbe {
         let (model, opt) = build()?;
         Ok(Self { model, opt, device, global_batch, seq_len, extra_bytes, baseline })
     }
+
+    /// The recomputation policies the probed model accepts, least recomputation first
+    /// ([`Model::recompute_candidates`]).
+    pub fn candidates(&self) -> Vec<Recompute> {
+        self.model.recompute_candidates()
+    }
 }
 
 impl PeakProbe for ModelProbe {

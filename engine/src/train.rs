@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use kernels::device::{select, DeviceRequest};
 use kernels::memory::{self, PoolStats};
 use kernels::timing::{self, Mark};
 use kernels::{DType, Device, Tensor};
-use models::{Gpt, Model, Precision, Recompute};
+use models::{Model, Precision, Recompute};
 
 use crate::checkpoint::{self, CheckpointState, SamplerCheckpoint};
 use crate::config::Config;
@@ -22,6 +22,7 @@ use crate::logs::{self, MemoryRecord, StepRecord};
 use crate::monitor::{Monitor, MonitorSetup};
 use crate::optim::{zero_grad, AdamW, AdamWConfig, GradNorm};
 use crate::plan::{self, ModelProbe, Plan, PlanRequest};
+use crate::registry::BuildContext;
 use crate::schedule::learning_rate;
 use crate::staging::{CopyTiming, Stager};
 use crate::{Error, Result};
@@ -164,9 +165,13 @@ pub fn resolve_device(config: &Config) -> Result<(Device, Precision, String)> {
     Ok((device, precision, format!("{note}; precision {}", precision.name())))
 }
 
-/// Trains as `config` says. An out-of-memory error names the budget's key and the ways out.
+/// Trains as `config` says, the model built by its `[model]` kind, on the engine's CPU
+/// worker pool (`kernels::ops::on_cpu_workers`, as the `engine` binary runs), so a library
+/// caller trains as fast as the binary. An out-of-memory error names the budget's key and
+/// the ways out; a run directory holding a model of another kind or shape is refused before
+/// anything is written.
 pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
-    train_run(config, options).map_err(|e| match e {
+    kernels::ops::on_cpu_workers(|| train_run(config, options)).map_err(|e| match e {
         oom if is_out_of_memory(&oom) => Error::Usage(format!(
             "{oom}; memory.budget = {}: raise it, or lower train.batch_size (with a larger train.grad_accum) or set train.recompute",
             config.memory.budget.as_deref().map_or("unset (unlimited)".into(), |b| format!("\"{b}\""))
@@ -207,9 +212,17 @@ pub fn adamw_config(config: &Config) -> AdamWConfig {
     }
 }
 
-/// The run's plan (crate::plan): with `budget`, measured on a throw-away GPT-2 of the
-/// config on `device` (with the budget lifted while measuring); without, the config's
-/// settings. A budget no plan fits is an error naming the numbers and the keys.
+/// The model `config`'s `[model]` kind builds for a vocabulary of `vocab_size`, in
+/// `precision` on `device`, its weights drawn from `run.seed`.
+pub fn build_model(config: &Config, vocab_size: usize, device: Device, precision: Precision) -> Result<Box<dyn Model>> {
+    let at = BuildContext { vocab_size, device, precision, seed: config.run.seed };
+    Ok(config.model.spec().build(&at)?)
+}
+
+/// The run's plan (crate::plan): with `budget`, measured on a throw-away model of the
+/// config on `device` (with the budget lifted while measuring), choosing among the
+/// recomputation policies the model accepts; without, the config's settings. A budget no
+/// plan fits is an error naming the numbers and the keys.
 pub fn plan_run(config: &Config, device: Device, precision: Precision, vocab_size: usize, budget: Option<usize>) -> Result<Plan> {
     let t = &config.train;
     let global = config.global_batch().map_err(Error::Usage)?;
@@ -217,28 +230,28 @@ pub fn plan_run(config: &Config, device: Device, precision: Precision, vocab_siz
     let Some(bytes) = budget else {
         return Ok(Plan::from_settings(global, t.seq_len, config.default_micro_batch(), policy));
     };
-    let request = PlanRequest {
-        global_batch: global,
-        seq_len: t.seq_len,
-        budget: Some(bytes),
-        micro_batch: config.fixed_micro_batch(),
-        policy: config.explicit.recompute.then_some(policy),
-        candidates: Recompute::candidates(config.model.n_layer),
-        min_micro_tokens: config.memory.min_micro_tokens,
-    };
     // The device ring holds DEVICE_SLOTS batches of inputs and targets; the probe one.
     let extra = match device {
         Device::Cuda(_) => (crate::staging::DEVICE_SLOTS - 1) * 2 * global * t.seq_len * DType::U32.size_in_bytes(),
         Device::Cpu => 0,
     };
     memory::set_budget(device, None);
-    let planned = {
+    let (planned, request) = {
         let mut probe = ModelProbe::new(device, global, t.seq_len, extra, || {
-            let model = Gpt::with_precision(config.gpt_config(vocab_size), device, precision, config.run.seed)?;
-            let opt = AdamW::try_new(adamw_config(config), &model)?;
-            Ok((Box::new(model) as Box<dyn Model>, opt))
+            let model = build_model(config, vocab_size, device, precision)?;
+            let opt = AdamW::try_new(adamw_config(config), model.as_ref())?;
+            Ok((model, opt))
         })?;
-        plan::plan(&mut probe, &request)?
+        let request = PlanRequest {
+            global_batch: global,
+            seq_len: t.seq_len,
+            budget: Some(bytes),
+            micro_batch: config.fixed_micro_batch(),
+            policy: config.explicit.recompute.then_some(policy),
+            candidates: probe.candidates(),
+            min_micro_tokens: config.memory.min_micro_tokens,
+        };
+        (plan::plan(&mut probe, &request)?, request)
     };
     planned.map_err(|no_fit| {
         let text = config.memory.budget.as_deref().unwrap_or_default();
@@ -359,86 +372,247 @@ pub fn peak_rate(config: &Config, device: Device) -> Result<(Option<f64>, String
     })
 }
 
+/// A checkpoint of the run directory, if it has one, and its state.
+type Previous = Option<(PathBuf, CheckpointState)>;
+
+/// The run directory's newest checkpoint, refused when it holds a model of another kind, of
+/// another shape, or over another vocabulary than this config's: training there would
+/// overwrite `checkpoints/latest` with an unrelated model. Checked before anything is written.
+fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<Previous> {
+    let Ok(dir) = checkpoint::resolve(run_dir) else { return Ok(None) };
+    let refuse = |what: String| {
+        Error::Usage(format!(
+            "run directory {} holds {what}; refusing to train there (nothing was written): set run.name (or run.out_dir) \
+             to train this config elsewhere, or remove the directory",
+            run_dir.display()
+        ))
+    };
+    let (state, previous) = match checkpoint::read_state(&dir, &config.registry) {
+        Ok(read) => read,
+        Err(e) => return Err(refuse(format!("a checkpoint this config cannot continue ({e})"))),
+    };
+    let (here, there) = (&config.model, &previous.model);
+    if here.kind != there.kind {
+        return Err(refuse(format!(
+            "a model of kind \"{}\" ({}), but this config trains kind \"{}\"",
+            there.kind,
+            dir.display(),
+            here.kind
+        )));
+    }
+    let differences = here.differences(there);
+    if !differences.is_empty() {
+        return Err(refuse(format!("a {} model of another shape ({}): {} (here vs there)", here.kind, dir.display(), differences.join(", "))));
+    }
+    if state.vocab_size != vocab_size {
+        return Err(refuse(format!(
+            "a model over a vocabulary of {} ({}), but the data ({}) has {vocab_size}",
+            state.vocab_size,
+            dir.display(),
+            config.data.tokenizer
+        )));
+    }
+    Ok(Some((dir, state)))
+}
+
+/// `--resume`: the newest checkpoint's weights, optimizer state and sampler position, so
+/// the run continues exactly as an uninterrupted one would. Returns the step to start from.
+fn resume(previous: &Previous, run_dir: &Path, model: &mut dyn Model, opt: &mut AdamW, sampler: &mut EpochSampler, global: usize, seq_len: usize) -> Result<u64> {
+    let Some((dir, state)) = previous else {
+        // No checkpoint: the error says what the directory holds instead.
+        checkpoint::resolve(run_dir)?;
+        unreachable!("check_run_dir found no checkpoint where resolve finds one");
+    };
+    checkpoint::load_weights(dir, model)?;
+    checkpoint::load_optimizer(dir, model, opt, state.step)?;
+    let resumed = match state.sampler {
+        Some(s) if s.windows != sampler.windows() || s.world_size != 1 || s.rank != 0 => {
+            return Err(Error::Usage(format!(
+                "cannot resume {}: its data sampler covered {} windows (rank {} of {}), the data now has {} windows \
+                 of train.seq_len + 1 = {} tokens; resume with the same data and train.seq_len",
+                dir.display(),
+                s.windows,
+                s.rank,
+                s.world_size,
+                sampler.windows(),
+                seq_len + 1
+            )))
+        }
+        Some(s) => datasets::SamplerState { epoch: s.epoch, position: s.position },
+        // Written before the state was recorded: every step read one global batch.
+        None => sampler.state_after(state.step * global as u64),
+    };
+    sampler.restore(resumed)?;
+    Ok(state.step)
+}
+
+/// What the run directory says about the run before it starts: config.toml and plan.json.
+fn write_run_files(config: &Config, run_dir: &Path, plan: &Plan) -> Result<()> {
+    fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let config_path = run_dir.join("config.toml");
+    fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
+    let plan_path = run_dir.join("plan.json");
+    fs::write(&plan_path, serde_json::to_string_pretty(plan).expect("serializable") + "\n").map_err(io(&plan_path))
+}
+
+/// A training run in progress: the model, its optimizer and plan, and what is recorded.
+struct Run<'a> {
+    config: &'a Config,
+    options: &'a TrainOptions,
+    device: Device,
+    model: Box<dyn Model>,
+    opt: AdamW,
+    plan: Plan,
+    /// The policies an out-of-memory retry may step through.
+    candidates: Vec<Recompute>,
+    monitor: Monitor,
+    summary: TrainSummary,
+    /// Trained steps whose loss and gradient norm are still on the device.
+    unread: Vec<Unread>,
+    run_started: Instant,
+    tokens_per_step: u64,
+    flops_per_token: f64,
+    peak: Option<f64>,
+    train_time: Duration,
+    last_val: Option<f32>,
+    vocab_size: usize,
+}
+
+impl Run<'_> {
+    /// The step's forward and backward passes; a step that runs out of memory is redone
+    /// from scratch, same samples, with the next smaller plan (logged as a plan change),
+    /// until one fits or none is left.
+    fn forward_backward(&mut self, step: u64, inputs: &Tensor, targets: &Tensor) -> Result<(StepLoss, Vec<[Mark; 3]>)> {
+        loop {
+            let before = |micro: usize| {
+                if let Some(hook) = &self.options.before_micro_batch {
+                    (hook.0)(step, micro);
+                }
+            };
+            let e = match accumulate(self.model.as_mut(), inputs, targets, &self.plan, before) {
+                Ok(done) => return Ok(done),
+                Err(e) if is_out_of_memory(&e) => e,
+                Err(e) => return Err(e),
+            };
+            // Nothing of the failed attempt is kept: redo the step, same samples,
+            // smaller micro-batches (or more recomputation).
+            self.model.release();
+            let plan = &self.plan;
+            let Some(next) = plan.shrink(&self.candidates) else {
+                return Err(Error::Usage(format!(
+                    "step {}: {e}, and no smaller plan is left (micro-batch {} with recompute {} was the last); \
+                     raise memory.budget or make the model or train.seq_len smaller",
+                    step + 1,
+                    plan.micro_batch,
+                    plan.policy
+                )));
+            };
+            let change = PlanChange {
+                step: step + 1,
+                error: e.to_string(),
+                from_policy: plan.policy,
+                from_micro_batch: plan.micro_batch,
+                to_policy: next.policy,
+                to_micro_batch: next.micro_batch,
+                to_grad_accum: next.grad_accum,
+            };
+            self.monitor.say(format!(
+                "step {}: out of memory ({e}); redoing the step with micro-batch {} x {} accumulation, recompute {} (was micro-batch {}, recompute {})",
+                step + 1,
+                next.micro_batch,
+                next.grad_accum,
+                next.policy,
+                plan.micro_batch,
+                plan.policy
+            ));
+            self.monitor.event("plan_change", "change", &change)?;
+            self.model.set_recompute(next.policy)?;
+            self.summary.plan_changes.push(change);
+            self.plan = next;
+        }
+    }
+
+    /// Step `done`'s record, but for what is read from the device later (loss, gradient
+    /// norm, device times).
+    fn record(&self, done: u64, lr: f32, elapsed: Duration, data_wait_ms: f64, val_loss: Option<f32>) -> StepRecord {
+        let pool = memory::stats(self.device);
+        let tok_s = self.tokens_per_step as f64 / elapsed.as_secs_f64();
+        StepRecord {
+            step: done,
+            time_s: self.run_started.elapsed().as_secs_f64(),
+            loss: f32::NAN,
+            val_loss,
+            lr,
+            grad_norm: f32::NAN,
+            tokens: self.tokens_per_step,
+            tokens_per_s: tok_s,
+            mfu: logs::mfu(self.flops_per_token, tok_s, self.peak),
+            step_ms: elapsed.as_secs_f64() * 1e3,
+            data_wait_ms,
+            forward_ms: None,
+            backward_ms: None,
+            optimizer_ms: None,
+            memory: MemoryRecord { in_use: pool.in_use, peak: pool.peak, reserved: pool.reserved, budget: pool.budget },
+            micro_batch: self.plan.micro_batch,
+            grad_accum: self.plan.grad_accum,
+            recompute: self.plan.policy.to_string(),
+        }
+    }
+
+    /// A checkpoint after step `done`, the sampler at `sampled` (where the next step reads).
+    fn checkpoint(&mut self, done: u64, sampled: datasets::SamplerState, windows: u64) -> Result<()> {
+        let state = CheckpointState {
+            format: checkpoint::FORMAT,
+            step: done,
+            train_loss: self.summary.losses.last().map(|&(_, l)| l),
+            val_loss: self.last_val,
+            vocab_size: self.vocab_size,
+            config_toml: self.config.to_toml(),
+            sampler: Some(SamplerCheckpoint { epoch: sampled.epoch, position: sampled.position, windows, rank: 0, world_size: 1 }),
+        };
+        self.summary.checkpoint = checkpoint::save(&self.config.run_dir(), self.model.as_ref(), &self.opt, &state)?;
+        self.monitor.checkpoint(done, &self.summary.checkpoint)
+    }
+}
+
 fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let run_started = Instant::now();
     let (device, precision, device_note) = resolve_device(config)?;
     let data = load_dataset(config)?;
+    let run_dir = config.run_dir();
+    let previous = check_run_dir(config, &run_dir, data.vocab_size)?;
     let budget = resolve_budget(config, device)?;
     let plan = plan_run(config, device, precision, data.vocab_size, budget)?;
     let memory_note = set_budget_line(config, device, budget);
     let t = &config.train;
-    let mut model = Gpt::with_precision(config.gpt_config(data.vocab_size), device, precision, config.run.seed)?;
-    model.set_recompute(plan.policy);
-    let mut opt = AdamW::try_new(adamw_config(config), &model)?;
-    let candidates = Recompute::candidates(config.model.n_layer);
+    let mut model = build_model(config, data.vocab_size, device, precision)?;
+    model.set_recompute(plan.policy)?;
+    let mut opt = AdamW::try_new(adamw_config(config), model.as_ref())?;
     let global = plan.global_batch;
-    let run_dir = config.run_dir();
     // Training windows: a fresh permutation every epoch, one rank of one.
     let train_index = data.train.windows(t.seq_len)?;
     let mut sampler = EpochSampler::new(config.run.seed, train_index.count(), 0, 1, Order::Shuffled)?;
-    let mut start_step = 0;
-    if options.resume {
-        let dir = checkpoint::resolve(&run_dir)?;
-        let (state, _) = checkpoint::read_state(&dir)?;
-        if state.vocab_size != data.vocab_size {
-            return Err(Error::Usage(format!(
-                "cannot resume {}: the checkpoint's model has vocabulary {}, the data ({}) has {}",
-                dir.display(),
-                state.vocab_size,
-                data.description,
-                data.vocab_size
-            )));
-        }
-        checkpoint::load_weights(&dir, &mut model)?;
-        checkpoint::load_optimizer(&dir, &model, &mut opt, state.step)?;
-        start_step = state.step;
-        let resumed = match state.sampler {
-            Some(s) if s.windows != sampler.windows() || s.world_size != 1 || s.rank != 0 => {
-                return Err(Error::Usage(format!(
-                    "cannot resume {}: its data sampler covered {} windows (rank {} of {}), the data now has {} windows \
-                     of train.seq_len + 1 = {} tokens; resume with the same data and train.seq_len",
-                    dir.display(),
-                    s.windows,
-                    s.rank,
-                    s.world_size,
-                    sampler.windows(),
-                    t.seq_len + 1
-                )))
-            }
-            Some(s) => datasets::SamplerState { epoch: s.epoch, position: s.position },
-            // Written before the state was recorded: every step read one global batch.
-            None => sampler.state_after(state.step * global as u64),
-        };
-        sampler.restore(resumed)?;
-    }
-    fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
-    let config_path = run_dir.join("config.toml");
-    fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
-    let plan_path = run_dir.join("plan.json");
-    fs::write(&plan_path, serde_json::to_string_pretty(&plan).expect("serializable") + "\n").map_err(io(&plan_path))?;
+    let start_step = match options.resume {
+        true => resume(&previous, &run_dir, model.as_mut(), &mut opt, &mut sampler, global, t.seq_len)?,
+        false => 0,
+    };
+    write_run_files(config, &run_dir, &plan)?;
     let peak = peak_rate(config, device)?;
-    let flops_per_token = model.flops_per_token(t.seq_len);
-    let mut monitor = Monitor::start(MonitorSetup {
+    let gpu = match device {
+        Device::Cuda(ordinal) => Some(kernels::cuda::device(ordinal)?),
+        Device::Cpu => None,
+    };
+    let monitor = Monitor::start(MonitorSetup {
         config,
         run_dir: &run_dir,
-        gpu_pci_bus_id: match device {
-            Device::Cuda(ordinal) => Some(kernels::cuda::device(ordinal)?.pci_bus_id().to_string()),
-            Device::Cpu => None,
-        },
+        gpu_pci_bus_id: gpu.as_ref().map(|g| g.pci_bus_id().to_string()),
         start_step,
         max_steps: t.max_steps,
         peak: peak.clone(),
         quiet: options.quiet,
-        device: (
-            match device {
-                Device::Cuda(ordinal) => format!("cuda:{ordinal} {}", kernels::cuda::device(ordinal)?.name()),
-                Device::Cpu => "cpu".into(),
-            },
-            precision.name().to_string(),
-        ),
+        device: (gpu.as_ref().map_or("cpu".into(), |g| format!("{device} {}", g.name())), precision.name().to_string()),
         started: run_started,
     })?;
-
     let tokens_per_step = (global * t.seq_len) as u64;
     monitor.say(device_note);
     monitor.say(memory_note);
@@ -446,11 +620,9 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         monitor.say(plan.table());
     }
     monitor.say(format!(
-        "model: GPT-2 {} layers, {} heads, {} wide, {} parameters; data {}: {} train / {} val tokens; {} tokens per step \
+        "model: {} ({} parameters); data {}: {} train / {} val tokens; {} tokens per step \
          (micro-batch {} x {} accumulation, recompute {})",
-        config.model.n_layer,
-        config.model.n_head,
-        config.model.n_embd,
+        config.model.spec().describe(),
         model.num_params(),
         data.description,
         data.train.len(),
@@ -463,12 +635,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let windows = sampler.windows();
     // The loader hands out whole steps: the trainer cuts them into micro-batches, so a
     // change of micro-batch never changes which samples a step sees.
-    let loader_config = LoaderConfig {
-        batch_size: global,
-        seq_len: t.seq_len,
-        num_workers: config.data.num_workers,
-        prefetch: config.data.prefetch,
-    };
+    let loader_config = LoaderConfig { batch_size: global, seq_len: t.seq_len, num_workers: config.data.num_workers, prefetch: config.data.prefetch };
     // On a GPU: pinned ring, copy stream and device ring (crate::staging); copy timings go
     // to copy.log beside metrics.log.
     let mut loader = Stager::new(device, Arc::clone(&data.train), train_index, sampler, loader_config)?;
@@ -483,7 +650,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         }
         Device::Cpu => None,
     };
-    let mut summary = TrainSummary {
+    let summary = TrainSummary {
         run_dir: run_dir.clone(),
         checkpoint: PathBuf::new(),
         steps: start_step,
@@ -500,12 +667,27 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         plan_changes: Vec::new(),
         perf: None,
     };
-    let mut plan = plan;
+    let mut run = Run {
+        config,
+        options,
+        device,
+        candidates: model.recompute_candidates(),
+        flops_per_token: model.flops_per_token(t.seq_len),
+        model,
+        opt,
+        plan,
+        monitor,
+        summary,
+        unread: Vec::new(),
+        run_started,
+        tokens_per_step,
+        peak: peak.0,
+        train_time: Duration::ZERO,
+        last_val: None,
+        vocab_size: data.vocab_size,
+    };
     // Validation always covers the same windows, whatever the micro-batch.
     let eval_windows = t.eval_batches * t.batch_size;
-    let mut train_time = Duration::ZERO;
-    let mut last_val = None;
-    let mut unread: Vec<Unread> = Vec::new();
     for step in start_step..t.max_steps {
         let started = Instant::now();
         let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;
@@ -513,54 +695,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         // being copied) by the copy stream, which the compute stream waits for.
         let staged = loader.next_batch()?;
         let data_wait = staged.waited;
-        let (loss, marks) = loop {
-            let before = |micro: usize| {
-                if let Some(hook) = &options.before_micro_batch {
-                    (hook.0)(step, micro);
-                }
-            };
-            match accumulate(&mut model, &staged.inputs, &staged.targets, &plan, before) {
-                Ok(done) => break done,
-                Err(e) if is_out_of_memory(&e) => {
-                    // Nothing of the failed attempt is kept: redo the step, same samples,
-                    // smaller micro-batches (or more recomputation).
-                    model.release();
-                    let Some(next) = plan.shrink(&candidates) else {
-                        return Err(Error::Usage(format!(
-                            "step {}: {e}, and no smaller plan is left (micro-batch {} with recompute {} was the last); \
-                             raise memory.budget or make the model or train.seq_len smaller",
-                            step + 1,
-                            plan.micro_batch,
-                            plan.policy
-                        )));
-                    };
-                    let change = PlanChange {
-                        step: step + 1,
-                        error: e.to_string(),
-                        from_policy: plan.policy,
-                        from_micro_batch: plan.micro_batch,
-                        to_policy: next.policy,
-                        to_micro_batch: next.micro_batch,
-                        to_grad_accum: next.grad_accum,
-                    };
-                    let line = format!(
-                        "step {}: out of memory ({e}); redoing the step with micro-batch {} x {} accumulation, recompute {} (was micro-batch {}, recompute {})",
-                        step + 1,
-                        next.micro_batch,
-                        next.grad_accum,
-                        next.policy,
-                        plan.micro_batch,
-                        plan.policy
-                    );
-                    monitor.say(line);
-                    monitor.event("plan_change", "change", &change)?;
-                    model.set_recompute(next.policy);
-                    summary.plan_changes.push(change);
-                    plan = next;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let (loss, marks) = run.forward_backward(step, &staged.inputs, &staged.targets)?;
         drop(staged);
         let done = step + 1;
         let last = done == t.max_steps;
@@ -573,16 +708,16 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let reads = device == Device::Cpu || evaluates || checkpoints || done == start_step + 1 || done % t.log_interval.max(1) == 0;
         if reads {
             // A diverged step ends the run before the optimizer applies its gradients.
-            let result = read_back(&mut unread, &mut summary, &mut monitor).and_then(|()| {
+            let result = read_back(&mut run.unread, &mut run.summary, &mut run.monitor).and_then(|()| {
                 let value = loss.read()?;
                 if value.is_finite() {
                     return Ok(());
                 }
-                monitor.alert(logs::nonfinite_loss_alert(done, value))?;
+                run.monitor.alert(logs::nonfinite_loss_alert(done, value))?;
                 Err(Error::Diverged { step, loss: value })
             });
             if let Err(e) = result {
-                monitor.finish()?;
+                run.monitor.finish()?;
                 return Err(e);
             }
         }
@@ -590,16 +725,15 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         // On a GPU the clipping reads the norm on the device; nothing waits for it here. The
         // AdamW update may still be running when the step is recorded: the monitor reads its
         // marks once they have completed (crate::monitor).
-        let grad_norm = opt.step_queued(&mut model, lr)?;
+        let grad_norm = run.opt.step_queued(run.model.as_mut(), lr)?;
         let optimizer_done = timing::mark(device)?;
         let elapsed = started.elapsed();
-        train_time += elapsed;
-        monitor.trained(done);
-        let tok_s = tokens_per_step as f64 / elapsed.as_secs_f64();
-        summary.steps = done;
+        run.train_time += elapsed;
+        run.monitor.trained(done);
+        run.summary.steps = done;
         let wait_ms = data_wait.as_secs_f64() * 1e3;
-        summary.data_wait_ms.push((done, wait_ms));
-        summary.data_wait_seconds += data_wait.as_secs_f64();
+        run.summary.data_wait_ms.push((done, wait_ms));
+        run.summary.data_wait_seconds += data_wait.as_secs_f64();
         // A step's batches are one group of copy timings; on a GPU they are read once their
         // events have completed (waiting only on steps that read back anyway), so a step's
         // line may come a few steps later, still in step order. Called once per step, so
@@ -610,58 +744,26 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
                 let overlap = copy.overlap().map_or("-".to_string(), |o| format!("{o:.3}"));
                 writeln!(file, "{copied} {:.3} {overlap} {:.3}", copy.copy_ms, copy.stall_ms).map_err(io(&*path))?;
             }
-            summary.copy_timings.push((copied, copy));
+            run.summary.copy_timings.push((copied, copy));
         }
-
         let mut val = None;
         if evaluates {
-            let (v, _) = evaluate_windows(&mut model, &data.val, eval_windows, plan.micro_batch, t.seq_len)?;
-            summary.val_losses.push((done, v));
+            let (v, _) = evaluate_windows(run.model.as_mut(), &data.val, eval_windows, run.plan.micro_batch, t.seq_len)?;
+            run.summary.val_losses.push((done, v));
             val = Some(v);
-            last_val = Some(v);
+            run.last_val = Some(v);
         }
-        let pool = memory::stats(device);
-        let record = StepRecord {
-            step: done,
-            time_s: run_started.elapsed().as_secs_f64(),
-            loss: f32::NAN,
-            val_loss: val,
-            lr,
-            grad_norm: f32::NAN,
-            tokens: tokens_per_step,
-            tokens_per_s: tok_s,
-            mfu: logs::mfu(flops_per_token, tok_s, peak.0),
-            step_ms: elapsed.as_secs_f64() * 1e3,
-            data_wait_ms: wait_ms,
-            forward_ms: None,
-            backward_ms: None,
-            optimizer_ms: None,
-            memory: MemoryRecord { in_use: pool.in_use, peak: pool.peak, reserved: pool.reserved, budget: pool.budget },
-            micro_batch: plan.micro_batch,
-            grad_accum: plan.grad_accum,
-            recompute: plan.policy.to_string(),
-        };
-        unread.push(Unread { record, loss, grad_norm, marks, optimizer: (optimizer_started, optimizer_done) });
+        let record = run.record(done, lr, elapsed, wait_ms, val);
+        run.unread.push(Unread { record, loss, grad_norm, marks, optimizer: (optimizer_started, optimizer_done) });
         if reads {
-            read_back(&mut unread, &mut summary, &mut monitor)?;
+            read_back(&mut run.unread, &mut run.summary, &mut run.monitor)?;
         }
         if checkpoints {
-            let loss = summary.losses.last().map(|&(_, l)| l);
             // Every batch of this step has been consumed: this is where the next step reads.
-            let sampled = loader.state();
-            let state = CheckpointState {
-                format: checkpoint::FORMAT,
-                step: done,
-                train_loss: loss,
-                val_loss: last_val,
-                vocab_size: data.vocab_size,
-                config_toml: config.to_toml(),
-                sampler: Some(SamplerCheckpoint { epoch: sampled.epoch, position: sampled.position, windows, rank: 0, world_size: 1 }),
-            };
-            summary.checkpoint = checkpoint::save(&run_dir, &model, &opt, &state)?;
-            monitor.checkpoint(done, &summary.checkpoint)?;
+            run.checkpoint(done, loader.state(), windows)?;
         }
     }
+    let Run { monitor, mut summary, plan, train_time, .. } = run;
     summary.perf = monitor.finish()?;
     let trained = summary.losses.len() as u64;
     summary.memory = memory::stats(device);

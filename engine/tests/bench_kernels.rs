@@ -6,7 +6,7 @@ use engine::bench::{env, kernels, BenchOptions, Results};
 use engine::kernels::Device;
 
 fn quick_run() -> Results {
-    let options = BenchOptions { configs: Vec::new(), overrides: Vec::new(), device: "cpu".into(), quick: true, quiet: true };
+    let options = BenchOptions { configs: Vec::new(), overrides: Vec::new(), device: "cpu".into(), quick: true, quiet: true, registry: Default::default() };
     let mut results = Results::new("kernels", env::capture(Device::Cpu).unwrap());
     kernels::run(&mut results, Device::Cpu, &options).unwrap();
     results

@@ -350,12 +350,81 @@ fn resume_without_a_checkpoint_fails() {
     assert_fails(&out, &["checkpoint", "tiny", "no such file or directory"]);
 }
 
+/// Every file under `dir` with its bytes, to show that a refused command wrote nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.clone(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 #[test]
 fn resume_with_a_different_model_names_the_shape() {
     let dir = TempDir::new().unwrap();
-    trained_run(dir.path());
+    let run = trained_run(dir.path());
+    let before = snapshot(&run);
     let out = train(dir.path(), 5, &["--resume", "--set", "model.context_length=32"]);
-    assert_fails(&out, &["model.safetensors", "wpe.weight", "[16, 16]", "[32, 16]"]);
+    assert_fails(&out, &["run directory", "tiny", "another shape", "model.context_length = 32 vs 16", "nothing was written", "run.name"]);
+    assert!(snapshot(&run) == before, "a refused resume changed the run directory");
+}
+
+#[test]
+fn training_over_a_run_of_another_shape_is_refused_and_overwrites_nothing() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let before = snapshot(&run);
+    // Without --resume too: the run directory's checkpoints/latest would move to a model
+    // that has nothing to do with the one there.
+    let out = train(dir.path(), 5, &["--set", "model.n_layer=2"]);
+    assert_fails(&out, &["run directory", "another shape", "model.n_layer = 2 vs 1", "refusing"]);
+    assert!(snapshot(&run) == before, "a refused run changed the run directory");
+    // The same model may start over there.
+    assert_succeeds(&train(dir.path(), 2, &[]));
+}
+
+#[test]
+fn training_over_a_run_of_another_kind_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    // As if another program (engine::cli::main_with) had trained a model of its own kind there.
+    edit_state_config(&checkpoint_dir(&run, 3), |t| t.replace("kind = \"gpt2\"", "kind = \"retnet\""));
+    let before = snapshot(&run);
+    let out = train(dir.path(), 5, &[]);
+    assert_fails(&out, &["run directory", "tiny", "kind \"retnet\"", "does not know", "refusing"]);
+    assert!(snapshot(&run) == before, "a refused run changed the run directory");
+    // eval and sample say the same about the checkpoint.
+    let out = engine_in(dir.path(), &["eval", s(&run)]);
+    assert_fails(&out, &["step-000003", "kind \"retnet\"", "does not know", "\"gpt2\""]);
+}
+
+#[test]
+fn unknown_model_kind_is_named_with_the_known_ones() {
+    let (_dir, out) = train_config("kind.toml", "[model]\nkind = \"mamba\"\n");
+    assert_fails(&out, &["kind.toml", "key `model.kind`", "unknown model kind \"mamba\"", "\"gpt2\""]);
+    let (_dir, out) = train_config("kind.toml", "[model]\nkind = 3\n");
+    assert_fails(&out, &["kind.toml", "key `model.kind`", "expected a string"]);
+}
+
+#[test]
+fn a_key_of_another_kind_is_named() {
+    let (_dir, out) = train_config("gqa.toml", "[model]\nn_kv_head = 2\n");
+    assert_fails(&out, &["gqa.toml", "key `model.n_kv_head`", "not a key of kind = \"gpt2\"", "n_layer"]);
+    // From --set too, blamed on the override.
+    let dir = TempDir::new().unwrap();
+    let out = engine_in(dir.path(), &["train", SHIPPED_CONFIG, "--set", "model.n_kv_head=2"]);
+    assert_fails(&out, &["--set model.n_kv_head=2", "not a key of kind"]);
+    let (_dir, out) = train_config("type.toml", "[model]\nn_layer = \"two\"\n");
+    assert_fails(&out, &["type.toml", "key `model.n_layer`"]);
 }
 
 // ---- working runs ----

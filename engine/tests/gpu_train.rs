@@ -243,9 +243,9 @@ eval_batches = 2
     // device, the model gives the same validation loss (the working copies are the same
     // rounding of the same masters, and the kernels are deterministic).
     let (dev, prec, _) = engine::train::resolve_device(&config).unwrap();
-    let (_, _, _, mut model) = engine::checkpoint::load_model_with(&summary.checkpoint, dev, prec).unwrap();
+    let mut model = engine::checkpoint::load_model(&summary.checkpoint, dev, prec, &Default::default()).unwrap().model;
     let data = engine::train::load_dataset(&config).unwrap();
-    let (reloaded, _) = engine::train::evaluate(&mut model, &data.val, 16, 64, 2).unwrap();
+    let (reloaded, _) = engine::train::evaluate(model.as_mut(), &data.val, 16, 64, 2).unwrap();
     assert!((reloaded - val).abs() <= 1e-6 * val.abs(), "reloaded checkpoint: val loss {reloaded} vs {val} at the end of the run");
 }
 

@@ -135,8 +135,8 @@ fn mfu_from_an_explicit_peak_rate() {
     let text = std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap();
     // flops per token = 6N + 6LCT for this model
     let n = {
-        let (_, _, _, m) = engine::checkpoint::load_model_with(&s.checkpoint, engine::kernels::Device::Cpu, engine::models::Precision::Fp32).unwrap();
-        engine::models::Model::num_params(&m) as f64
+        let m = engine::checkpoint::load_model(&s.checkpoint, engine::kernels::Device::Cpu, engine::models::Precision::Fp32, &Default::default()).unwrap().model;
+        m.num_params() as f64
     };
     let flops = 6.0 * n + 6.0 * 1.0 * 32.0 * 32.0;
     for line in text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()) {

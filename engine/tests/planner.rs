@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use engine::config::Config;
 use engine::kernels::memory;
 use engine::kernels::Device;
-use engine::models::{Gpt, Model, Precision, Recompute};
+use engine::models::{Precision, Recompute};
 use engine::optim::AdamW;
 use engine::plan::{ModelProbe, PeakProbe};
 use engine::train::{adamw_config, plan_run, train, StepHook, TrainOptions, TrainSummary};
@@ -73,16 +73,16 @@ eval_batches = 1
 fn step_peak(config: &Config, policy: Recompute, micro: usize) -> usize {
     let g = config.global_batch().unwrap();
     let mut probe = ModelProbe::new(Device::Cpu, g, config.train.seq_len, 0, || {
-        let model = Gpt::with_precision(config.gpt_config(256), Device::Cpu, Precision::Fp32, config.run.seed)?;
-        let opt = AdamW::try_new(adamw_config(config), &model)?;
-        Ok((Box::new(model) as Box<dyn Model>, opt))
+        let model = engine::train::build_model(config, 256, Device::Cpu, Precision::Fp32)?;
+        let opt = AdamW::try_new(adamw_config(config), model.as_ref())?;
+        Ok((model, opt))
     })
     .unwrap();
     probe.step_peak(policy, micro).unwrap()
 }
 
 fn weights(summary: &TrainSummary) -> Vec<u32> {
-    let (_, _, _, model) = engine::checkpoint::load_model_with(&summary.checkpoint, Device::Cpu, Precision::Fp32).unwrap();
+    let model = engine::checkpoint::load_model(&summary.checkpoint, Device::Cpu, Precision::Fp32, &Default::default()).unwrap().model;
     let mut w = Vec::new();
     model.visit_params(&mut |p| w.extend(p.value.to_vec().iter().map(|v| v.to_bits())));
     w

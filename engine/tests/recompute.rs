@@ -34,9 +34,9 @@ eval_batches = 1
     let summary = engine::train::train(&config, &engine::train::TrainOptions { quiet: true, ..Default::default() }).unwrap();
     assert_eq!(summary.losses.len(), 2);
     let losses = summary.losses.iter().map(|&(_, l)| l.to_bits()).collect();
-    let (_, _, _, model) = engine::checkpoint::load_model_with(&summary.checkpoint, kernels::Device::Cpu, models::Precision::Fp32).unwrap();
+    let model = engine::checkpoint::load_model(&summary.checkpoint, kernels::Device::Cpu, models::Precision::Fp32, &Default::default()).unwrap().model;
     let mut weights = Vec::new();
-    models::Model::visit_params(&model, &mut |p| weights.extend(p.value.to_vec().iter().map(|v| v.to_bits())));
+    models::Model::visit_params(model.as_ref(), &mut |p| weights.extend(p.value.to_vec().iter().map(|v| v.to_bits())));
     (losses, weights)
 }
 

@@ -253,6 +253,8 @@ pub struct BenchOptions {
     /// Fewer, shorter repeats: a check that the suite runs, not a measurement.
     pub quick: bool,
     pub quiet: bool,
+    /// The model kinds the train suite's configs may name.
+    pub registry: crate::registry::Registry,
 }
 
 /// Runs `suite` and returns its results.

@@ -33,10 +33,10 @@ fn configs(options: &BenchOptions) -> Vec<(String, Option<&Path>)> {
 }
 
 /// The config at `path` (`None`: the embedded default) with `sets` applied.
-fn load(path: Option<&Path>, sets: &[String]) -> Result<Config> {
+fn load(path: Option<&Path>, sets: &[String], registry: &crate::registry::Registry) -> Result<Config> {
     match path {
-        Some(path) => Config::load(path, sets),
-        None => Config::parse(DEFAULT_CONFIG, "configs/shakespeare-char.toml (embedded)", sets),
+        Some(path) => Config::load_in(path, sets, registry),
+        None => Config::parse_in(DEFAULT_CONFIG, "configs/shakespeare-char.toml (embedded)", sets, registry),
     }
 }
 
@@ -54,11 +54,18 @@ pub struct RunShape<'a> {
 
 /// The settings that define a training workload (the same keys benches/reference writes).
 pub fn workload_settings(config: &Config, run: &RunShape<'_>) -> serde_json::Value {
-    let (m, t) = (&config.model, &config.train);
+    let t = &config.train;
     let RunShape { vocab_size, micro_batch, grad_accum, recompute, precision, steps, warmup } = *run;
+    // The model's settings as configs write them, with the vocabulary; a kind other than
+    // GPT-2 is named (GPT-2 workloads keep the keys benches/reference writes).
+    let mut model = serde_json::to_value(&config.model.settings).expect("settings are JSON");
+    model["vocab_size"] = vocab_size.into();
+    if config.model.kind != crate::registry::DEFAULT_KIND {
+        model["kind"] = config.model.kind.clone().into();
+    }
     serde_json::json!({
         "suite": "train",
-        "model": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "context_length": m.context_length, "vocab_size": vocab_size},
+        "model": model,
         "seq_len": t.seq_len,
         "micro_batch": micro_batch,
         "grad_accum": grad_accum,
@@ -78,7 +85,7 @@ pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
     let scratch = tempdir()?;
     // A bad config or --set fails here, before anything trains.
     for (_, path) in configs(options) {
-        load(path, &options.overrides)?;
+        load(path, &options.overrides, &options.registry)?;
     }
     for (stem, path) in configs(options) {
         for policy in policies {
@@ -93,13 +100,13 @@ pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
                 format!("train.recompute={policy}"),
                 format!("logs.warmup_steps={warmup}"),
             ]);
-            let config = load(path, &sets)?;
+            let config = load(path, &sets, &options.registry)?;
             if !options.quiet {
                 eprintln!("bench train: {stem}, recompute {policy}, {steps} steps");
             }
             let s = train(&config, &TrainOptions { quiet: true, ..Default::default() })?;
             let perf = s.perf.as_ref().ok_or_else(|| Error::Usage("the train suite needs logs.enabled = true".into()))?;
-            let vocab = crate::checkpoint::read_state(&s.checkpoint).map(|(state, _)| state.vocab_size).unwrap_or(0);
+            let vocab = crate::checkpoint::read_state(&s.checkpoint, &config.registry).map(|(state, _)| state.vocab_size).unwrap_or(0);
             let settings = workload_settings(
                 &config,
                 &RunShape {

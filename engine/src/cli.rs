@@ -1,0 +1,376 @@
+//! The `engine` command line, for any set of model kinds: `engine train`, `plan`, `eval`,
+//! `sample`, `report`, `bench`, `prepare` and `kernels`. The `engine` binary is
+//! `main_with(Registry::builtin())`; a library user's binary registers its own kinds and
+//! gets the same commands for them:
+//!
+//! ```no_run
+//! use engine::registry::Registry;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let registry = Registry::builtin();
+//!     // registry.register::<MyModelSpec>("my-model");
+//!     engine::cli::main_with(registry)
+//! }
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kernels::device::{select, DeviceRequest};
+use models::Precision;
+
+use crate::bench::BenchOptions;
+use crate::checkpoint::{self, LoadedModel};
+use crate::config::Config;
+use crate::prepare::{prepare, PrepareOptions, DEFAULT_SHARD_TOKENS};
+use crate::registry::Registry;
+use crate::sample::{sample, SampleOptions};
+use crate::train::{evaluate, load_dataset, plan_run, resolve_budget, resolve_device, train, TrainOptions};
+use crate::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "engine", version, about = "A standalone training engine for GPT-2-class transformers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a TOML config.
+    Train {
+        config: PathBuf,
+        /// Override a config value, e.g. --set train.max_steps=100 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Print only alerts and the final summary (no progress).
+        #[arg(long)]
+        quiet: bool,
+        /// Continue from the run directory's newest checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Show the memory plan (micro-batch, gradient accumulation, recomputation) that fits
+    /// memory.budget, measured on the device, without training.
+    Plan {
+        config: PathBuf,
+        /// Override a config value, e.g. --set memory.budget=2GiB (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Print the plan as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark: `engine bench kernels|loader|train|all [--out results.json]`, or
+    /// `engine bench compare A.json B.json` (the ratio of every entry both contain).
+    Bench {
+        /// kernels, loader, train, all, or compare.
+        suite: String,
+        /// For compare: the two results files (A, then B).
+        #[arg(value_name = "RESULTS")]
+        files: Vec<PathBuf>,
+        /// A config for the train suite (repeatable; default: the embedded default config).
+        #[arg(long = "config", value_name = "CONFIG")]
+        configs: Vec<PathBuf>,
+        /// Override a config value of the train suite's configs (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Where to write the results (default: bench-<suite>.json in the current directory).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// "auto", "cpu", "cuda" or "cuda:N".
+        #[arg(long, default_value = "auto", value_name = "DEVICE")]
+        device: String,
+        /// Few, short repeats: checks that the suite runs; not a measurement.
+        #[arg(long)]
+        quick: bool,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write RUN_DIR/report.html again from the run's logs (train writes it at the end of
+    /// every run): charts of loss, throughput, MFU, memory, the step-time split and
+    /// telemetry, the summary table and the alerts; one self-contained file.
+    Report {
+        /// A run directory (`<run.out_dir>/<run.name>`).
+        run_dir: PathBuf,
+    },
+    /// Tokenize text files into a data set directory (llm.c shards + dataset.json) for `data.path`.
+    Prepare {
+        /// Text files (UTF-8 for gpt2), concatenated in order.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+        /// "byte" (vocab 256) or "gpt2" (GPT-2 BPE, vocab 50257).
+        #[arg(long, value_parser = ["byte", "gpt2"])]
+        tokenizer: String,
+        /// The data set directory to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The last fraction of all tokens becomes the validation split; in (0, 1).
+        #[arg(long, default_value_t = 0.1, value_name = "F")]
+        val_fraction: f64,
+        /// Tokens per shard file at most.
+        #[arg(long, default_value_t = DEFAULT_SHARD_TOKENS, value_name = "N")]
+        shard_tokens: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Generate text from a checkpoint (a checkpoint directory or a run directory).
+    Sample {
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        #[arg(long, default_value_t = 500)]
+        tokens: usize,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// "auto" (the GPU when usable, else the CPU), "cpu", "cuda" or "cuda:N".
+        #[arg(long, default_value = "auto", value_name = "DEVICE")]
+        device: String,
+    },
+    /// The CUDA kernels: `engine kernels build --arch sm_90 [--arch sm_80] --out DIR`
+    /// precompiles them (needs NVRTC); copy DIR to a machine with only the NVIDIA driver and
+    /// set ENGINE_KERNEL_CACHE=DIR there: it runs with no NVRTC. `engine kernels resources
+    /// [--arch sm_90] [--markdown]` prints every kernel's registers, shared memory, spills and
+    /// blocks per SM (needs NVRTC, no GPU).
+    Kernels {
+        #[command(subcommand)]
+        action: KernelsCommand,
+    },
+    /// Print a checkpoint's validation loss.
+    Eval {
+        checkpoint: PathBuf,
+        /// Validation batches (default: the run's train.eval_batches).
+        #[arg(long)]
+        batches: Option<usize>,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also write the evaluated windows, as safetensors `tokens` int32 [windows, T+1].
+        #[arg(long, value_name = "FILE")]
+        dump_tokens: Option<PathBuf>,
+        /// "auto" (the GPU when usable, else the CPU), "cpu", "cuda" or "cuda:N".
+        #[arg(long, default_value = "auto", value_name = "DEVICE")]
+        device: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KernelsCommand {
+    /// Compile every embedded kernel file for each --arch into DIR (a kernel cache directory).
+    Build {
+        /// A GPU architecture such as sm_80 or sm_90 (repeatable).
+        #[arg(long = "arch", required = true, value_name = "ARCH")]
+        archs: Vec<String>,
+        /// The cache directory to fill (created if needed).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Compile every kernel with ptxas's report (needs NVRTC, no GPU) and print each kernel's
+    /// registers, static shared memory, stack frame, spills, barriers and blocks per SM at
+    /// its launch configuration (kernels/src/cuda/launches.rs). Exits non-zero, naming the
+    /// kernel, if one spills, cannot launch, breaks its budget, or is missing from the table.
+    Resources {
+        /// sm_80 or sm_90 (repeatable; default both).
+        #[arg(long = "arch", value_name = "ARCH")]
+        archs: Vec<String>,
+        /// Print Markdown tables (as in docs/BENCHMARKS.md).
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+/// Parses the command line and runs it with the model kinds of `registry`; prints an error
+/// as one line and returns a failure exit code.
+pub fn main_with(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    match kernels::ops::on_cpu_workers(|| run(cli, &registry)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli, registry: &Registry) -> Result<()> {
+    match cli.command {
+        Command::Train { config, overrides, quiet, resume } => {
+            let config = Config::load_in(&config, &overrides, registry)?;
+            let s = train(&config, &TrainOptions { quiet, resume, ..Default::default() })?;
+            let val = s.val_losses.last().map_or("-".into(), |(_, v)| format!("{v:.4}"));
+            let m = &s.memory;
+            println!(
+                "trained {} steps in {:.1}s ({:.0} tokens/s); final val loss {val}; memory peak {}, reserved {}, cache hit rate {:.1}%; checkpoint {}",
+                s.steps,
+                s.train_seconds,
+                s.tokens_per_sec,
+                kernels::memory::fmt_bytes(m.peak),
+                kernels::memory::fmt_bytes(m.reserved),
+                100.0 * m.hit_rate(),
+                s.checkpoint.display()
+            );
+            Ok(())
+        }
+        Command::Bench { suite, files, configs, overrides, out, device, quick, quiet } => {
+            bench(suite, files, BenchOptions { configs, overrides, device, quick, quiet, registry: registry.clone() }, out)
+        }
+        Command::Report { run_dir } => {
+            println!("{}", crate::report::write_report(&run_dir)?.display());
+            Ok(())
+        }
+        Command::Plan { config, overrides, json } => {
+            let config = Config::load_in(&config, &overrides, registry)?;
+            let (device, precision, note) = resolve_device(&config)?;
+            let data = load_dataset(&config)?;
+            let budget = resolve_budget(&config, device)?;
+            let plan = plan_run(&config, device, precision, data.vocab_size, budget)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan).expect("serializable"));
+            } else {
+                println!("{note}");
+                if budget.is_none() {
+                    println!(
+                        "memory.budget is unset, so nothing is planned: the run uses micro-batch {} x {} accumulation, recompute {} \
+                         (set memory.budget, e.g. --set memory.budget=90%, to plan within a budget)",
+                        plan.micro_batch, plan.grad_accum, plan.policy
+                    );
+                } else {
+                    println!("{}", plan.table());
+                }
+            }
+            Ok(())
+        }
+        Command::Prepare { inputs, tokenizer, out, val_fraction, shard_tokens, quiet } => {
+            let s = prepare(&PrepareOptions { tokenizer, inputs, out, val_fraction, shard_tokens, progress: !quiet })?;
+            let m = &s.meta;
+            println!(
+                "prepared {} in {:.1}s: {} tokenizer (vocab {}), {} train tokens in {} shard(s), {} val tokens in {} shard(s), from {} files ({} bytes)",
+                s.out.display(),
+                s.seconds,
+                m.tokenizer,
+                m.vocab_size,
+                m.train.tokens,
+                m.train.shards.len(),
+                m.val.tokens,
+                m.val.shards.len(),
+                m.sources.len(),
+                m.sources.iter().map(|x| x.bytes).sum::<u64>()
+            );
+            Ok(())
+        }
+        Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, device } => {
+            if !(temperature.is_finite() && temperature >= 0.0) {
+                return Err(Error::Usage(format!("--temperature must be a number >= 0, got {temperature}")));
+            }
+            let LoadedModel { config, mut model, .. } = load_checkpoint_on(&checkpoint, &device, registry)?;
+            let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
+            let text = sample(model.as_mut(), tokenizer.as_ref(), &SampleOptions { prompt, tokens, temperature, top_k, seed })?;
+            println!("{text}");
+            Ok(())
+        }
+        Command::Kernels { action: KernelsCommand::Build { archs, out } } => {
+            let written = kernels::cuda::build_kernel_cache(&out, &archs)?;
+            for path in &written {
+                println!("{}", path.display());
+            }
+            println!(
+                "{} cubins for {} in {}; on a machine with only the NVIDIA driver, set ENGINE_KERNEL_CACHE={}",
+                written.len(),
+                archs.join(", "),
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Kernels { action: KernelsCommand::Resources { archs, markdown } } => {
+            let archs: Vec<&str> = if archs.is_empty() { vec!["sm_80", "sm_90"] } else { archs.iter().map(String::as_str).collect() };
+            let report = kernels::cuda::resources::report(&archs)?;
+            print!("{}", report.table(markdown));
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(report.ok()?)
+        }
+        Command::Eval { checkpoint, batches, json, dump_tokens, device } => {
+            let LoadedModel { dir, state, config, mut model, precision } = load_checkpoint_on(&checkpoint, &device, registry)?;
+            let data = load_dataset(&config)?;
+            let t = &config.train;
+            let batches = batches.unwrap_or(t.eval_batches);
+            if batches == 0 {
+                return Err(Error::Usage("--batches must be at least 1".into()));
+            }
+            let (loss, windows) = evaluate(model.as_mut(), &data.val, t.batch_size, t.seq_len, batches)?;
+            if let Some(path) = dump_tokens {
+                let index = data.val.windows(t.seq_len)?;
+                dump_windows(&path, &data.val.sequential_windows(&index, windows), windows, t.seq_len)?;
+            }
+            let (device, precision) = (model.device().to_string(), precision.name());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"val_loss": loss, "windows": windows, "seq_len": t.seq_len, "step": state.step, "device": device, "precision": precision})
+                );
+            } else {
+                println!(
+                    "val loss {loss:.4} ({windows} windows of {} tokens; checkpoint {}, step {}; {device}, {precision})",
+                    t.seq_len,
+                    dir.display(),
+                    state.step
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A checkpoint's model on the device `--device` asks for, in the precision its run's
+/// `train.precision` gives there, except that bf16 on the CPU becomes fp32 (checkpoints hold
+/// fp32 weights, and the CPU computes in fp32 only).
+fn load_checkpoint_on(path: &Path, device: &str, registry: &Registry) -> Result<LoadedModel> {
+    let request = DeviceRequest::parse(device)
+        .ok_or_else(|| Error::Usage(format!("--device: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"{device}\"")))?;
+    let dir = checkpoint::resolve(path)?;
+    let (_, config) = checkpoint::read_state(&dir, registry)?;
+    let (device, _) = select(request)?;
+    let precision = config.precision(device).unwrap_or(Precision::Fp32);
+    checkpoint::load_model(&dir, device, precision, registry)
+}
+
+/// Writes the evaluated windows, `rows` (windows, T+1), as int32.
+fn dump_windows(path: &Path, rows: &[u32], windows: usize, seq_len: usize) -> Result<()> {
+    let bytes: Vec<u8> = rows.iter().flat_map(|&id| (id as i32).to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![windows, seq_len + 1], &bytes).expect("sizes match");
+    safetensors::serialize_to_file([("tokens", view)], None::<HashMap<String, String>>, path)
+        .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
+}
+
+fn bench(suite: String, files: Vec<PathBuf>, options: BenchOptions, out: Option<PathBuf>) -> Result<()> {
+    use crate::bench::{self, compare, Results, Suite};
+    if suite == "compare" {
+        let [a, b] = files.as_slice() else {
+            return Err(Error::Usage(format!("engine bench compare takes two results files (A.json B.json), got {}", files.len())));
+        };
+        let (ra, rb) = (Results::read(a)?, Results::read(b)?);
+        let comparison = compare::compare(&ra, &rb, a, b)?;
+        print!("{}", comparison.table(&ra, &rb));
+        return Ok(());
+    }
+    let parsed = Suite::parse(&suite).map_err(|e| Error::Usage(format!("{e}, or compare")))?;
+    if !files.is_empty() {
+        return Err(Error::Usage(format!("engine bench {suite} takes no file arguments (got {}); write the results with --out FILE", files[0].display())));
+    }
+    let results = bench::run(parsed, &options)?;
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("bench-{suite}.json")));
+    results.write(&path)?;
+    print!("{}", results.table());
+    println!("results: {}", path.display());
+    Ok(())
+}

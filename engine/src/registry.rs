@@ -1,0 +1,357 @@
+//! Model kinds: what `[model] kind = "..."` names, and how the engine builds that model.
+//!
+//! A [`Registry`] maps each kind to a [`ModelKind`], which validates the kind's own keys of the
+//! `[model]` table and returns a [`ModelSpec`]: the kind's settings, able to build the model.
+//! Everything that makes a model (the trainer, the planner's probe, checkpoint loading,
+//! `engine eval` and `engine sample`) builds it through the spec, so GPT-2 is one entry of
+//! [`Registry::builtin`], not a special case, and a library user's model gets the whole engine
+//! by registering its kind:
+//!
+//! ```
+//! use engine::registry::{BuildContext, ModelSpec, Registry};
+//! use engine::models::{Gpt, GptConfig, Model};
+//!
+//! /// `[model] kind = "small-gpt"`: a GPT-2 whose only setting is its width.
+//! #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+//! #[serde(default)]
+//! struct SmallGpt {
+//!     n_embd: usize,
+//! }
+//!
+//! impl Default for SmallGpt {
+//!     fn default() -> Self {
+//!         Self { n_embd: 32 }
+//!     }
+//! }
+//!
+//! impl ModelSpec for SmallGpt {
+//!     fn context_length(&self) -> usize {
+//!         64
+//!     }
+//!     fn describe(&self) -> String {
+//!         format!("small GPT, {} wide", self.n_embd)
+//!     }
+//!     fn build(&self, at: &BuildContext) -> engine::models::Result<Box<dyn Model>> {
+//!         let config = GptConfig { vocab_size: at.vocab_size, context_length: 64, n_layer: 1, n_head: 2, n_embd: self.n_embd };
+//!         Ok(Box::new(Gpt::with_precision(config, at.device, at.precision, at.seed)?))
+//!     }
+//! }
+//!
+//! let mut registry = Registry::builtin();
+//! registry.register::<SmallGpt>("small-gpt");
+//! let text = "[model]\nkind = \"small-gpt\"\nn_embd = 16\n[train]\nseq_len = 64\n";
+//! let config = engine::config::Config::parse_in(text, "small.toml", &[], &registry).unwrap();
+//! assert_eq!(config.model.spec().describe(), "small GPT, 16 wide");
+//! // A key the kind does not have is an error naming it.
+//! let err = engine::config::Config::parse_in("[model]\nkind = \"small-gpt\"\nn_layer = 2\n", "small.toml", &[], &registry).unwrap_err();
+//! assert!(err.to_string().contains("key `model.n_layer`: not a key of kind = \"small-gpt\""), "{err}");
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use kernels::Device;
+use models::{Gpt, GptConfig, Model, Precision};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The key of `[model]` that names the kind.
+pub const KIND_KEY: &str = "kind";
+/// The kind of a `[model]` table without a `kind` key.
+pub const DEFAULT_KIND: &str = "gpt2";
+
+/// What a [`ModelSpec`] builds a model with: the data's vocabulary, where and in which
+/// precision, and the run's seed (initial weights drawn from it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildContext {
+    /// The tokenizer's vocabulary (the data's).
+    pub vocab_size: usize,
+    pub device: Device,
+    pub precision: Precision,
+    /// `run.seed`: the same seed gives the same initial weights on every device.
+    pub seed: u64,
+}
+
+/// One kind's validated settings (the `[model]` table without `kind`): what the engine asks
+/// of a model before it exists, and how to build it.
+pub trait ModelSpec: fmt::Debug + Send + Sync {
+    /// The longest sequence the model accepts (`train.seq_len` may not exceed it).
+    fn context_length(&self) -> usize;
+
+    /// A few words for the run's first lines, e.g. "GPT-2, 12 layers, 12 heads, 768 wide".
+    fn describe(&self) -> String;
+
+    /// Builds the model, its weights initialised from `at.seed`.
+    fn build(&self, at: &BuildContext) -> models::Result<Box<dyn Model>>;
+
+    /// Values that cannot work together (the kind's serde types already checked each value's
+    /// type). The message names the key, e.g. "key `model.n_embd`: ...".
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A lower bound in bytes of what training holds with `batch` sequences of `seq_len`
+    /// tokens and the vocabulary padded to `vocab_padded` (parameters, gradients, AdamW
+    /// state, one micro-batch's logits), in f64 so that absurd sizes cannot overflow. The
+    /// config rejects sizes beyond [`crate::config::MAX_MEMORY_BYTES`] with it before anything
+    /// is allocated. The default, 0, skips that check.
+    fn min_memory_bytes(&self, _vocab_padded: f64, _batch: f64, _seq_len: f64) -> f64 {
+        0.0
+    }
+}
+
+/// A kind of model: turns its `[model]` keys into a [`ModelSpec`]. [`Registry::register`]
+/// makes one from any serde type; implement it directly for more control.
+pub trait ModelKind: Send + Sync {
+    /// The kind's settings from `settings` (the `[model]` table without `kind`), and those
+    /// settings in full (every key, defaults filled in): what configs, run directories and
+    /// checkpoints record, so a checkpoint never depends on a default that may change. An
+    /// error names the key (`key `model.x`: ...`).
+    fn parse(&self, kind: &str, settings: &toml::Table) -> Result<(Arc<dyn ModelSpec>, toml::Table), String>;
+
+    /// Every key the kind accepts (for error messages).
+    fn keys(&self) -> Vec<String>;
+}
+
+/// [`ModelKind`] for a serde type `S`: its fields are the kind's keys, each with a default
+/// (`#[serde(default)]` and [`Default`]), so a config names only what it changes.
+struct Typed<S>(PhantomData<fn() -> S>);
+
+fn table_of<S: Serialize>(value: &S) -> Result<toml::Table, String> {
+    toml::Table::try_from(value).map_err(|e| format!("the settings do not serialize as a TOML table: {e}"))
+}
+
+impl<S> ModelKind for Typed<S>
+where
+    S: ModelSpec + Serialize + DeserializeOwned + Default + 'static,
+{
+    fn parse(&self, kind: &str, settings: &toml::Table) -> Result<(Arc<dyn ModelSpec>, toml::Table), String> {
+        let mut ignored = Vec::new();
+        let value = toml::Value::Table(settings.clone());
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_path_to_error::Deserializer::new(value, &mut track);
+        let parsed: Result<S, _> = serde_ignored::deserialize(de, |path| ignored.push(path.to_string()));
+        let spec = parsed.map_err(|e| {
+            let path = track.path().to_string();
+            // serde's message for a type S with deny_unknown_fields names the key itself.
+            let msg = e.message().trim().to_string();
+            match path.as_str() {
+                "." | "" => format!("[model] kind = \"{kind}\": {msg}"),
+                _ => format!("key `model.{path}`: {msg}"),
+            }
+        })?;
+        if let Some(key) = ignored.first() {
+            return Err(format!(
+                "key `model.{key}`: not a key of kind = \"{kind}\" (its keys: {})",
+                self.keys().join(", ")
+            ));
+        }
+        spec.validate()?;
+        let full = table_of(&spec)?;
+        Ok((Arc::new(spec), full))
+    }
+
+    fn keys(&self) -> Vec<String> {
+        table_of(&S::default()).map(|t| t.keys().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// The model kinds a program knows, by name. Cheap to clone (the kinds are shared).
+#[derive(Clone)]
+pub struct Registry {
+    kinds: Vec<(String, Arc<dyn ModelKind>)>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Default for Registry {
+    /// [`Registry::builtin`].
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Registry {
+    /// No kinds at all.
+    pub fn empty() -> Self {
+        Self { kinds: Vec::new() }
+    }
+
+    /// The engine's own kinds: `gpt2` ([`GptSpec`]).
+    pub fn builtin() -> Self {
+        let mut r = Self::empty();
+        r.register::<GptSpec>(DEFAULT_KIND);
+        r
+    }
+
+    /// Registers (or replaces) kind `name`, whose keys are the fields of `S`.
+    pub fn register<S>(&mut self, name: &str) -> &mut Self
+    where
+        S: ModelSpec + Serialize + DeserializeOwned + Default + 'static,
+    {
+        self.register_kind(name, Arc::new(Typed::<S>(PhantomData)))
+    }
+
+    /// Registers (or replaces) kind `name` with a hand-written [`ModelKind`].
+    pub fn register_kind(&mut self, name: &str, kind: Arc<dyn ModelKind>) -> &mut Self {
+        self.kinds.retain(|(n, _)| n != name);
+        self.kinds.push((name.to_string(), kind));
+        self
+    }
+
+    /// The kinds' names, in registration order.
+    pub fn names(&self) -> Vec<&str> {
+        self.kinds.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Kind `name`, if registered.
+    pub fn get(&self, name: &str) -> Option<&dyn ModelKind> {
+        self.kinds.iter().find(|(n, _)| n == name).map(|(_, k)| k.as_ref())
+    }
+
+    /// The `[model]` table resolved: its kind (default [`DEFAULT_KIND`]) looked up and its
+    /// other keys validated by that kind. Errors name the key.
+    pub fn resolve(&self, table: &toml::Table) -> Result<ModelSection, String> {
+        let mut settings = table.clone();
+        let kind = match settings.remove(KIND_KEY) {
+            None => DEFAULT_KIND.to_string(),
+            Some(toml::Value::String(s)) => s,
+            Some(other) => return Err(format!("key `model.kind`: expected a string (the model's kind), got {other}")),
+        };
+        let Some(entry) = self.get(&kind) else {
+            return Err(format!(
+                "key `model.kind`: unknown model kind \"{kind}\" (this program knows {}; a library registers its own kinds \
+                 with engine::registry::Registry::register and runs them with engine::cli::main_with)",
+                self.names().iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+            ));
+        };
+        let (spec, settings) = entry.parse(&kind, &settings)?;
+        Ok(ModelSection { kind, settings, spec })
+    }
+}
+
+/// `[model]`, resolved by a [`Registry`]: the kind, its settings in full, and its spec.
+#[derive(Clone)]
+pub struct ModelSection {
+    /// The kind's name (`[model] kind`).
+    pub kind: String,
+    /// The kind's keys, every one (defaults filled in).
+    pub settings: toml::Table,
+    spec: Arc<dyn ModelSpec>,
+}
+
+impl ModelSection {
+    /// The kind's spec: builds the model.
+    pub fn spec(&self) -> &dyn ModelSpec {
+        self.spec.as_ref()
+    }
+
+    /// The table as configs write it: `kind` and every setting.
+    pub fn to_table(&self) -> toml::Table {
+        let mut t = self.settings.clone();
+        t.insert(KIND_KEY.into(), toml::Value::String(self.kind.clone()));
+        t
+    }
+
+    /// The settings that differ from `other`'s, as "model.key = a (here) vs b", for messages.
+    pub fn differences(&self, other: &ModelSection) -> Vec<String> {
+        let keys: BTreeSet<&String> = self.settings.keys().chain(other.settings.keys()).collect();
+        keys.into_iter()
+            .filter(|k| self.settings.get(*k) != other.settings.get(*k))
+            .map(|k| {
+                let show = |t: &toml::Table| t.get(k).map_or("unset".to_string(), |v| v.to_string());
+                format!("model.{k} = {} vs {}", show(&self.settings), show(&other.settings))
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for ModelSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelSection").field("kind", &self.kind).field("settings", &self.settings).finish()
+    }
+}
+
+impl PartialEq for ModelSection {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.settings == other.settings
+    }
+}
+
+impl Default for ModelSection {
+    /// GPT-2 with [`GptSpec`]'s defaults.
+    fn default() -> Self {
+        let spec = GptSpec::default();
+        let settings = table_of(&spec).expect("GptSpec serializes");
+        Self { kind: DEFAULT_KIND.into(), settings, spec: Arc::new(spec) }
+    }
+}
+
+/// `[model] kind = "gpt2"`: GPT-2 ([`models::Gpt`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GptSpec {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// Longest sequence the model accepts (position embeddings).
+    pub context_length: usize,
+}
+
+impl Default for GptSpec {
+    fn default() -> Self {
+        Self { n_layer: 4, n_head: 4, n_embd: 128, context_length: 128 }
+    }
+}
+
+impl GptSpec {
+    /// The model's config for a vocabulary of `vocab_size`.
+    pub fn gpt_config(&self, vocab_size: usize) -> GptConfig {
+        GptConfig { vocab_size, context_length: self.context_length, n_layer: self.n_layer, n_head: self.n_head, n_embd: self.n_embd }
+    }
+}
+
+/// Errors for the keys of `values` that are 0, in order.
+pub fn positive(values: &[(&str, usize)]) -> Result<(), String> {
+    match values.iter().find(|(_, v)| *v == 0) {
+        Some((key, _)) => Err(format!("key `model.{key}`: must be at least 1, got 0")),
+        None => Ok(()),
+    }
+}
+
+impl ModelSpec for GptSpec {
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn describe(&self) -> String {
+        format!("GPT-2 {} layers, {} heads, {} wide", self.n_layer, self.n_head, self.n_embd)
+    }
+
+    fn build(&self, at: &BuildContext) -> models::Result<Box<dyn Model>> {
+        Ok(Box::new(Gpt::with_precision(self.gpt_config(at.vocab_size), at.device, at.precision, at.seed)?))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        positive(&[("n_layer", self.n_layer), ("n_head", self.n_head), ("n_embd", self.n_embd), ("context_length", self.context_length)])?;
+        if self.n_embd % self.n_head != 0 {
+            return Err(format!("key `model.n_embd`: {} is not a multiple of model.n_head ({})", self.n_embd, self.n_head));
+        }
+        Ok(())
+    }
+
+    /// Parameters with their gradients and AdamW's m and v (4 f32 copies), plus one
+    /// micro-batch's logits and the (B, H, T, T) attention scores each layer keeps on the CPU.
+    fn min_memory_bytes(&self, vocab: f64, b: f64, seq: f64) -> f64 {
+        let (l, c, ctx, h) = (self.n_layer as f64, self.n_embd as f64, self.context_length as f64, self.n_head as f64);
+        let params = vocab * c + ctx * c + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
+        let activations = b * seq * vocab + l * b * h * seq * seq;
+        4.0 * (4.0 * params + activations)
+    }
+}
