@@ -3,12 +3,14 @@
 //   forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]          tokens (B,T) u32, out (B,T,C)
 //   backward: dwte[tokens[b,t],:] += dout[b,t,:];  dwpe[t,:] += sum_b dout[b,t,:]
 //             (both are parameter gradients: they accumulate; token ids have no gradient)
+//   Without learned positions (Llama): embedding_fwd_nopos_<dtype> writes out = wte[tokens]
+//   (the same loop with the wpe term compiled out), and the launcher skips the dwpe kernel.
 //   A token id >= V (the CPU reference refuses it with an error) makes its output row NaN in the
 //   forward and is skipped by the backward: loud, without a device-to-host check in the launcher.
 //
 // Forward threads: a grid-stride loop over 16-byte packs (8 bf16 / 4 f32) of out; each thread
-// reads the matching packs of wte and wpe. Traffic: out written once, wpe rows (T*C) and the used
-// wte rows read once per use, mostly from L2 for repeated tokens/positions.
+// reads the matching packs of wte and (with positions) wpe. Traffic: out written once, wpe rows
+// (T*C) and the used wte rows read once per use, mostly from L2 for repeated tokens/positions.
 //
 // Backward, deterministic, no float atomics, and in the CPU's exact summation order:
 //   dwpe: embedding_bwd_dwpe_<dtype>: one thread per (t, pack of columns) walks b = 0..B in
@@ -42,13 +44,14 @@
 // ---------------------------------------------------------------------------------------------
 // forward
 
-template <typename T>
+// POS: add wpe[t]; without it wpe is not read (the nopos kernels pass nullptr and Tlen = 1).
+template <typename T, bool POS>
 static __device__ void embedding_fwd(T* out, const unsigned* tokens, const T* wte, const T* wpe, u64 N, int Tlen, int C,
                                      unsigned V) {
     constexpr int P = Pack<T>::N;
     const u64 stride = (u64)gridDim.x * blockDim.x;
     const u64 tid = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if ((C % P == 0) && aligned16(out) && aligned16(wte) && aligned16(wpe)) {
+    if ((C % P == 0) && aligned16(out) && aligned16(wte) && (!POS || aligned16(wpe))) {
         const int cp = C / P;
         for (u64 i = tid; i < N * cp; i += stride) {
             const u64 row = i / cp;
@@ -56,13 +59,15 @@ static __device__ void embedding_fwd(T* out, const unsigned* tokens, const T* wt
             const unsigned tok = tokens[row];
             const int t = (int)(row % Tlen);
             Pack<T> o;
-            if (tok < V) {
+            if (tok >= V) {
+#pragma unroll
+                for (int k = 0; k < P; k++) o.v[k] = from_f32<T>(NAN_F);
+            } else if (POS) {
                 Pack<T> a = load_pack(wte + (u64)tok * C + c), b = load_pack(wpe + (u64)t * C + c);
 #pragma unroll
                 for (int k = 0; k < P; k++) o.v[k] = from_f32<T>(to_f32(a.v[k]) + to_f32(b.v[k]));
             } else {
-#pragma unroll
-                for (int k = 0; k < P; k++) o.v[k] = from_f32<T>(NAN_F);
+                o = load_pack(wte + (u64)tok * C + c);
             }
             store_pack(out + row * C + c, o);
         }
@@ -72,7 +77,9 @@ static __device__ void embedding_fwd(T* out, const unsigned* tokens, const T* wt
             const int c = (int)(i - row * C);
             const unsigned tok = tokens[row];
             const int t = (int)(row % Tlen);
-            out[i] = tok < V ? from_f32<T>(to_f32(wte[(u64)tok * C + c]) + to_f32(wpe[(u64)t * C + c])) : from_f32<T>(NAN_F);
+            if (tok >= V) out[i] = from_f32<T>(NAN_F);
+            else if (POS) out[i] = from_f32<T>(to_f32(wte[(u64)tok * C + c]) + to_f32(wpe[(u64)t * C + c]));
+            else out[i] = wte[(u64)tok * C + c];
         }
     }
 }
@@ -80,11 +87,21 @@ static __device__ void embedding_fwd(T* out, const unsigned* tokens, const T* wt
 // out (N=B*T, C) <- tokens (N), wte (V,C), wpe (maxT,C); T = sequence length (position = row % T)
 extern "C" __global__ void embedding_fwd_f32(float* out, const unsigned* tokens, const float* wte, const float* wpe, u64 N,
                                              int T, int C, unsigned V) {
-    embedding_fwd(out, tokens, wte, wpe, N, T, C, V);
+    embedding_fwd<float, true>(out, tokens, wte, wpe, N, T, C, V);
 }
 extern "C" __global__ void embedding_fwd_bf16(__nv_bfloat16* out, const unsigned* tokens, const __nv_bfloat16* wte,
                                               const __nv_bfloat16* wpe, u64 N, int T, int C, unsigned V) {
-    embedding_fwd(out, tokens, wte, wpe, N, T, C, V);
+    embedding_fwd<__nv_bfloat16, true>(out, tokens, wte, wpe, N, T, C, V);
+}
+
+// out (N=B*T, C) <- tokens (N), wte (V,C): no position table
+extern "C" __global__ void embedding_fwd_nopos_f32(float* out, const unsigned* tokens, const float* wte, u64 N, int C,
+                                                   unsigned V) {
+    embedding_fwd<float, false>(out, tokens, wte, nullptr, N, 1, C, V);
+}
+extern "C" __global__ void embedding_fwd_nopos_bf16(__nv_bfloat16* out, const unsigned* tokens, const __nv_bfloat16* wte,
+                                                    u64 N, int C, unsigned V) {
+    embedding_fwd<__nv_bfloat16, false>(out, tokens, wte, nullptr, N, 1, C, V);
 }
 
 // ---------------------------------------------------------------------------------------------

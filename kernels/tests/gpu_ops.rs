@@ -1,5 +1,5 @@
 //! Every elementwise / normalisation / loss / optimizer op on the GPU against the CPU
-//! reference (BRIEF §5): embedding, LayerNorm (+ fused residual), GeLU, residual,
+//! reference (BRIEF §5): embedding (with and without positions), LayerNorm (+ fused residual), GeLU, residual,
 //! cross-entropy, AdamW, global norm; forward and backward; f32 and bf16; GPT-2 124M shapes
 //! (B=4, T=1024, C=768, V=50257 padded to 50304) and odd sizes (C=40 and C=37 to hit the
 //! scalar paths, N=37, V=300 padded to 384). Fresh random inputs, outputs poisoned (NaN)
@@ -18,6 +18,7 @@ use kernels::ops::adamw::{adamw_update, adamw_update_with_copy, AdamWStep};
 use kernels::ops::crossentropy::{crossentropy_forward, loss_mean};
 use kernels::ops::embedding::{embedding_backward, embedding_forward};
 use kernels::ops::gelu::{gelu_backward, gelu_forward};
+use kernels::ops::kv_expand::{kv_expand_backward, kv_expand_forward};
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
 use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use kernels::ops::rope::{rope_backward, rope_forward, Rope};
@@ -118,9 +119,9 @@ fn embedding_forward_backward_match_cpu() {
             let (wpe_g, wpe_c) = random_pair(dev, &[max_t, c], seed + 2, 1.0, dtype);
 
             let mut out_g = poisoned(dev, dtype, &[b, t, c]);
-            embedding_forward(&mut out_g, &tok_g, &wte_g, &wpe_g).unwrap();
+            embedding_forward(&mut out_g, &tok_g, &wte_g, Some(&wpe_g)).unwrap();
             let mut out_c = Tensor::zeros(Device::Cpu, &[b, t, c]);
-            embedding_forward(&mut out_c, &tok_c, &wte_c, &wpe_c).unwrap();
+            embedding_forward(&mut out_c, &tok_c, &wte_c, Some(&wpe_c)).unwrap();
             check(&name("forward"), dtype, &out_g, &out_c);
 
             // parameter gradients accumulate onto random values
@@ -128,18 +129,56 @@ fn embedding_forward_backward_match_cpu() {
             let (dwte0_g, mut dwte_c) = random_pair(dev, &[v, c], seed + 4, 0.5, dtype);
             let (dwpe0_g, mut dwpe_c) = random_pair(dev, &[max_t, c], seed + 5, 0.5, dtype);
             let (mut dwte_g, mut dwpe_g) = (dwte0_g.clone(), dwpe0_g.clone());
-            embedding_backward(&mut dwte_g, &mut dwpe_g, &dout_g, &tok_g).unwrap();
-            embedding_backward(&mut dwte_c, &mut dwpe_c, &dout_c, &tok_c).unwrap();
+            embedding_backward(&mut dwte_g, Some(&mut dwpe_g), &dout_g, &tok_g).unwrap();
+            embedding_backward(&mut dwte_c, Some(&mut dwpe_c), &dout_c, &tok_c).unwrap();
             check(&name("dwte"), dtype, &dwte_g, &dwte_c);
             check(&name("dwpe"), dtype, &dwpe_g, &dwpe_c);
 
             // deterministic: the same inputs give the same bits
             let (mut dwte_2, mut dwpe_2) = (dwte0_g.clone(), dwpe0_g.clone());
-            embedding_backward(&mut dwte_2, &mut dwpe_2, &dout_g, &tok_g).unwrap();
+            embedding_backward(&mut dwte_2, Some(&mut dwpe_2), &dout_g, &tok_g).unwrap();
             assert_eq!(bits(&dwte_g), bits(&dwte_2), "{}: not bitwise reproducible", name("dwte"));
             assert_eq!(bits(&dwpe_g), bits(&dwpe_2), "{}: not bitwise reproducible", name("dwpe"));
             if dtype == DType::F32 {
                 // the CPU adds in row order; so does the GPU (stable sort): bitwise equal
+                assert_eq!(bits(&dwte_g), bits(&dwte_c), "{}: f32 sum order differs from the CPU", name("dwte"));
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_without_positions_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dev = gpu.device();
+    for (case, &(b, t, c, v, below)) in EMBEDDING_CASES.iter().enumerate() {
+        for dtype in DTYPES {
+            let name = |what: &str| format!("embedding (no positions) {what} {dtype} B={b} T={t} C={c} V={v} ids<{below}");
+            if b * t >= 4096 && common::skip_full_size(&gpu, &name("forward/backward")) {
+                continue;
+            }
+            let seed = 150 + case as u64 * 10;
+            let (tok_g, tok_c) = tokens(dev, &[b, t], seed, below);
+            let (wte_g, wte_c) = random_pair(dev, &[v, c], seed + 1, 1.0, dtype);
+
+            let mut out_g = poisoned(dev, dtype, &[b, t, c]);
+            embedding_forward(&mut out_g, &tok_g, &wte_g, None).unwrap();
+            let mut out_c = Tensor::zeros(Device::Cpu, &[b, t, c]);
+            embedding_forward(&mut out_c, &tok_c, &wte_c, None).unwrap();
+            // a gather: exact in both dtypes
+            assert_eq!(bits(&out_g), bits(&out_c), "{}: not the rows of wte", name("forward"));
+
+            // dwte accumulates onto random values
+            let (dout_g, dout_c) = random_pair(dev, &[b, t, c], seed + 3, 1.0, dtype);
+            let (dwte0_g, mut dwte_c) = random_pair(dev, &[v, c], seed + 4, 0.5, dtype);
+            let mut dwte_g = dwte0_g.clone();
+            embedding_backward(&mut dwte_g, None, &dout_g, &tok_g).unwrap();
+            embedding_backward(&mut dwte_c, None, &dout_c, &tok_c).unwrap();
+            check(&name("dwte"), dtype, &dwte_g, &dwte_c);
+            let mut dwte_2 = dwte0_g.clone();
+            embedding_backward(&mut dwte_2, None, &dout_g, &tok_g).unwrap();
+            assert_eq!(bits(&dwte_g), bits(&dwte_2), "{}: not bitwise reproducible", name("dwte"));
+            if dtype == DType::F32 {
                 assert_eq!(bits(&dwte_g), bits(&dwte_c), "{}: f32 sum order differs from the CPU", name("dwte"));
             }
         }
@@ -158,7 +197,7 @@ fn embedding_bad_token_gives_nan_row_on_gpu() {
     let (wte, _) = random_pair(dev, &[300, 16], 7, 1.0, DType::F32);
     let (wpe, _) = random_pair(dev, &[3, 16], 8, 1.0, DType::F32);
     let mut out = poisoned(dev, DType::F32, &[1, 3, 16]);
-    embedding_forward(&mut out, &tok, &wte, &wpe).unwrap();
+    embedding_forward(&mut out, &tok, &wte, Some(&wpe)).unwrap();
     let o = out.to_vec();
     assert!(o[..16].iter().all(|x| x.is_finite()) && o[32..].iter().all(|x| x.is_finite()), "valid rows written");
     assert!(o[16..32].iter().all(|x| x.is_nan()), "the row of token 300 (>= V) is NaN");
@@ -302,6 +341,51 @@ fn rope_forward_backward_match_cpu() {
         }
     }
 }
+
+// kv_expand
+
+/// `reference` (the CPU op on the values the GPU saw) rounded to `dtype`, as the GPU stores it.
+fn rounded(reference: &Tensor, dtype: DType) -> Vec<u32> {
+    let r = reference.to_vec();
+    match dtype {
+        DType::Bf16 => r.iter().map(|&x| bf16::from_f32(x).to_f32().to_bits()).collect(),
+        _ => r.iter().map(|x| x.to_bits()).collect(),
+    }
+}
+
+#[test]
+fn kv_expand_forward_backward_match_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dev = gpu.device();
+    // (B, T, NH, KV, HS): TinyLlama's attention (32 query heads of 64 over 4 kv heads) at
+    // T = 256, an odd head size, KV = NH (a copy), KV = 1 (multi-query)
+    let cases = [(1, 256, 32, 4, 64), (2, 37, 8, 2, 5), (3, 5, 6, 6, 3), (1, 7, 4, 1, 7)];
+    for (case, &(b, t, nh, kv, hs)) in cases.iter().enumerate() {
+        for dtype in DTYPES {
+            let name = |what: &str| format!("kv_expand {what} {dtype} B={b} T={t} NH={nh} KV={kv} HS={hs}");
+            let seed = 950 + case as u64 * 10;
+            let (w_in, w_out) = ((nh + 2 * kv) * hs, 3 * nh * hs);
+            let (x_g, x_c) = random_pair(dev, &[b, t, w_in], seed, 1.0, dtype);
+            let mut out_g = poisoned(dev, dtype, &[b, t, w_out]);
+            kv_expand_forward(&mut out_g, &x_g, nh, kv).unwrap();
+            let mut out_c = Tensor::zeros(Device::Cpu, &[b, t, w_out]);
+            kv_expand_forward(&mut out_c, &x_c, nh, kv).unwrap();
+            // copies: exact in both dtypes
+            assert_eq!(bits(&out_g), rounded(&out_c, dtype), "{}", name("out"));
+
+            // the same f32 sums in the same order, rounded once: bitwise equal in both dtypes
+            let (dout_g, dout_c) = random_pair(dev, &[b, t, w_out], seed + 1, 1.0, dtype);
+            let mut dinp_g = poisoned(dev, dtype, &[b, t, w_in]);
+            kv_expand_backward(&mut dinp_g, &dout_g, nh, kv).unwrap();
+            let mut dinp_c = Tensor::zeros(Device::Cpu, &[b, t, w_in]);
+            kv_expand_backward(&mut dinp_c, &dout_c, nh, kv).unwrap();
+            check(&name("dinp"), dtype, &dinp_g, &dinp_c);
+            assert_eq!(bits(&dinp_g), rounded(&dinp_c, dtype), "{}: not the CPU's sums rounded once", name("dinp"));
+        }
+    }
+}
+
+// swiglu
 
 // swiglu
 

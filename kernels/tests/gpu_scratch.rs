@@ -90,23 +90,26 @@ fn launcher_scratch_is_pooled_and_inside_the_budget() {
     let (mut dwte, mut dwpe) = (to_gpu(&dwte_c), to_gpu(&dwpe_c));
     let (offsets, sorted) = (size_class((v + 1) * 4), size_class(b * t * 4));
     assert_ne!(offsets, sorted, "distinct classes, so the refusal below names which one");
-    let rose = scratch_peak(gpu, || embedding_backward(&mut dwte, &mut dwpe, &dout, &tokens).unwrap());
+    let rose = scratch_peak(gpu, || embedding_backward(&mut dwte, Some(&mut dwpe), &dout, &tokens).unwrap());
     assert_eq!(rose, offsets + sorted, "embedding_backward's offsets and sorted positions are charged to the pool");
     // the second call gets the first call's offsets block back, full of prefix sums: it is
     // cleared before counting, or the gradients below would be wrong
     let hits = memory::stats(gpu).hits;
-    embedding_backward(&mut dwte, &mut dwpe, &dout, &tokens).unwrap();
+    embedding_backward(&mut dwte, Some(&mut dwpe), &dout, &tokens).unwrap();
     assert_eq!(memory::stats(gpu).hits - hits, 2, "both scratch buffers reused");
     for _ in 0..2 {
-        embedding_backward(&mut dwte_c, &mut dwpe_c, &dout_c, &tokens_c).unwrap();
+        embedding_backward(&mut dwte_c, Some(&mut dwpe_c), &dout_c, &tokens_c).unwrap();
     }
     assert_close("embedding dwte", &dwte.to_vec(), &dwte_c.to_vec(), 1e-5, 1e-5);
     assert_close("embedding dwpe", &dwpe.to_vec(), &dwpe_c.to_vec(), 1e-5, 1e-5);
 
-    // room for the offsets only: the sorted positions are refused
+    // room for the offsets only: the sorted positions are refused, before any launch
+    let (dwte_before, dwpe_before) = (dwte.to_vec(), dwpe.to_vec());
     let in_use = memory::in_use(gpu);
     memory::set_budget(gpu, Some(in_use + offsets));
-    let err = embedding_backward(&mut dwte, &mut dwpe, &dout, &tokens).unwrap_err();
+    let err = embedding_backward(&mut dwte, Some(&mut dwpe), &dout, &tokens).unwrap_err();
     expect_oom(err, gpu, sorted, in_use + offsets, in_use + offsets);
     memory::set_budget(gpu, None);
+    assert_eq!(dwte.to_vec(), dwte_before, "a refused embedding_backward leaves dwte untouched");
+    assert_eq!(dwpe.to_vec(), dwpe_before, "a refused embedding_backward leaves dwpe untouched");
 }

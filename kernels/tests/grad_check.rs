@@ -7,6 +7,7 @@ use kernels::ops::attention::{attention_backward, attention_forward};
 use kernels::ops::crossentropy::crossentropy_forward;
 use kernels::ops::embedding::{embedding_backward, embedding_forward};
 use kernels::ops::gelu::{gelu_backward, gelu_forward};
+use kernels::ops::kv_expand::{kv_expand_backward, kv_expand_forward};
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward};
 use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
 use kernels::ops::norm::{clip_coefficient, global_norm};
@@ -80,12 +81,12 @@ fn embedding_backward_matches_finite_differences() {
     let r = randn(&mut rng, &[b, t, c], 1.0);
     let fwd = |wte: &Tensor, wpe: &Tensor| {
         let mut out = Tensor::zeros(CPU, &[b, t, c]);
-        embedding_forward(&mut out, &tokens, wte, wpe).unwrap();
+        embedding_forward(&mut out, &tokens, wte, Some(wpe)).unwrap();
         dot(out.f32().unwrap(), r.f32().unwrap())
     };
     let mut dwte = Tensor::zeros(CPU, &[v, c]);
     let mut dwpe = Tensor::zeros(CPU, &[max_t, c]);
-    embedding_backward(&mut dwte, &mut dwpe, &r, &tokens).unwrap();
+    embedding_backward(&mut dwte, Some(&mut dwpe), &r, &tokens).unwrap();
     check_grad("embedding dwte", &wte, &dwte, |x| fwd(x, &wpe));
     check_grad("embedding dwpe", &wpe, &dwpe, |x| fwd(&wte, x));
 }
@@ -95,7 +96,7 @@ fn embedding_rejects_token_outside_vocab() {
     let tokens = Tensor::from_u32(&[1, 2], vec![0, 5]).unwrap();
     let (wte, wpe) = (Tensor::zeros(CPU, &[5, 4]), Tensor::zeros(CPU, &[2, 4]));
     let mut out = Tensor::zeros(CPU, &[1, 2, 4]);
-    let err = embedding_forward(&mut out, &tokens, &wte, &wpe).unwrap_err().to_string();
+    let err = embedding_forward(&mut out, &tokens, &wte, Some(&wpe)).unwrap_err().to_string();
     assert!(err.contains("token id 5 is outside the vocabulary (size 5)"), "{err}");
 }
 
@@ -305,6 +306,117 @@ fn rope_backward_matches_finite_differences_and_keeps_the_norm() {
     let wide = Rope { heads: 4, ..rope };
     let err = rope_forward(&mut Tensor::zeros(CPU, &[b, t, w]), &inp, &wide).unwrap_err();
     assert!(err.to_string().contains("do not fit rows of 24"), "{err}");
+}
+
+#[test]
+fn kv_expand_backward_matches_finite_differences() {
+    let mut rng = fastrand::Rng::with_seed(24);
+    // (B, T) = (2, 5), NH = 8 query heads of 4 sharing KV = 2 key/value heads (G = 4)
+    let (b, t, nh, kv, hs) = (2, 5, 8, 2, 4);
+    let inp = randn(&mut rng, &[b, t, (nh + 2 * kv) * hs], 1.0);
+    let r = randn(&mut rng, &[b, t, 3 * nh * hs], 1.0);
+    let fwd = |x: &Tensor| {
+        let mut out = poisoned(&[b, t, 3 * nh * hs]);
+        kv_expand_forward(&mut out, x, nh, kv).unwrap();
+        dot(out.f32().unwrap(), r.f32().unwrap())
+    };
+    let mut dinp = poisoned(&[b, t, (nh + 2 * kv) * hs]);
+    kv_expand_backward(&mut dinp, &r, nh, kv).unwrap();
+    assert!(dinp.f32().unwrap().iter().all(|x| x.is_finite()), "dinp has unwritten (NaN) elements");
+    check_grad("kv_expand dinp", &inp, &dinp, fwd);
+}
+
+/// out[row] = [q | k' | v'] with k' head h = k head h / G, written element by element.
+fn kv_expand_reference(inp: &[f32], nh: usize, kv: usize, hs: usize) -> Vec<f32> {
+    let (w_in, g) = ((nh + 2 * kv) * hs, nh / kv);
+    let mut out = Vec::new();
+    for row in inp.chunks(w_in) {
+        out.extend_from_slice(&row[..nh * hs]);
+        for part in 0..2 {
+            for h in 0..nh {
+                for d in 0..hs {
+                    out.push(row[nh * hs + part * kv * hs + (h / g) * hs + d]);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn kv_expand_matches_a_direct_reference_and_sums_groups_in_order() {
+    let mut rng = fastrand::Rng::with_seed(25);
+    let (n, nh, hs) = (7, 8, 6);
+    for kv in [2, nh, 1] {
+        let (w_in, w_out, g) = ((nh + 2 * kv) * hs, 3 * nh * hs, nh / kv);
+        let inp = randn(&mut rng, &[n, w_in], 1.0);
+        let mut out = poisoned(&[n, w_out]);
+        kv_expand_forward(&mut out, &inp, nh, kv).unwrap();
+        assert_eq!(out.f32().unwrap(), &kv_expand_reference(inp.f32().unwrap(), nh, kv, hs)[..], "forward, KV = {kv}");
+        // backward: dq copied, dk/dv head j = dout's heads jG .. jG + G - 1 added in order
+        let dout = randn(&mut rng, &[n, w_out], 1.0);
+        let mut dinp = poisoned(&[n, w_in]);
+        kv_expand_backward(&mut dinp, &dout, nh, kv).unwrap();
+        let (d, di) = (dout.f32().unwrap(), dinp.f32().unwrap());
+        for row in 0..n {
+            let (d, di) = (&d[row * w_out..][..w_out], &di[row * w_in..][..w_in]);
+            assert_eq!(&di[..nh * hs], &d[..nh * hs], "dq, KV = {kv}, row {row}");
+            for part in 0..2 {
+                for j in 0..kv {
+                    for c in 0..hs {
+                        let terms = (0..g).map(|r| d[(1 + part) * nh * hs + (j * g + r) * hs + c]);
+                        let want = terms.reduce(|a, x| a + x).unwrap();
+                        let got = di[nh * hs + part * kv * hs + j * hs + c];
+                        assert_eq!(got.to_bits(), want.to_bits(), "KV = {kv}, row {row}, part {part}, head {j}, column {c}");
+                    }
+                }
+            }
+        }
+        if kv == nh {
+            assert_eq!(out.f32().unwrap(), inp.f32().unwrap(), "KV = NH is a copy");
+        }
+    }
+}
+
+#[test]
+fn kv_expand_rejects_bad_head_counts() {
+    let inp = Tensor::zeros(CPU, &[3, 48]);
+    let mut out = Tensor::zeros(CPU, &[3, 72]);
+    for (nh, kv) in [(8, 3), (8, 0), (0, 2)] {
+        let err = kv_expand_forward(&mut out, &inp, nh, kv).unwrap_err().to_string();
+        assert!(err.contains(&format!("n_head ({nh}) must be a positive multiple of n_kv_head ({kv})")), "{err}");
+    }
+    // 8 + 2*2 = 12 heads do not divide rows of 50
+    let err = kv_expand_forward(&mut out, &Tensor::zeros(CPU, &[3, 50]), 8, 2).unwrap_err().to_string();
+    assert!(err.contains("(50) is not (n_head + 2 * n_kv_head) * HS = (8 + 2 * 2) * HS"), "{err}");
+    let err = kv_expand_backward(&mut Tensor::zeros(CPU, &[3, 50]), &out, 8, 2).unwrap_err().to_string();
+    assert!(err.contains("kv_expand_backward") && err.contains("(50)"), "{err}");
+    // rows of 48 = 12 heads of 4: out must be (3, 3 * 8 * 4)
+    let err = kv_expand_forward(&mut Tensor::zeros(CPU, &[3, 48]), &inp, 8, 2).unwrap_err().to_string();
+    assert!(err.contains("out"), "{err}");
+    kv_expand_forward(&mut Tensor::zeros(CPU, &[3, 96]), &inp, 8, 2).unwrap();
+}
+
+#[test]
+fn embedding_without_positions_matches_finite_differences() {
+    let mut rng = fastrand::Rng::with_seed(26);
+    let (b, t, c, v) = (3, 7, 16, 11);
+    let tokens = Tensor::from_u32(&[b, t], (0..b * t).map(|_| rng.u32(0..v as u32)).collect()).unwrap();
+    let wte = randn(&mut rng, &[v, c], 1.0);
+    let r = randn(&mut rng, &[b, t, c], 1.0);
+    let fwd = |wte: &Tensor| {
+        let mut out = poisoned(&[b, t, c]);
+        embedding_forward(&mut out, &tokens, wte, None).unwrap();
+        (dot(out.f32().unwrap(), r.f32().unwrap()), out)
+    };
+    let (_, out) = fwd(&wte);
+    let (o, w, ids) = (out.f32().unwrap(), wte.f32().unwrap(), tokens.u32().unwrap());
+    for (row, &id) in ids.iter().enumerate() {
+        assert_eq!(&o[row * c..][..c], &w[id as usize * c..][..c], "row {row} is wte[{id}]");
+    }
+    let mut dwte = Tensor::zeros(CPU, &[v, c]);
+    embedding_backward(&mut dwte, None, &r, &tokens).unwrap();
+    check_grad("embedding (no positions) dwte", &wte, &dwte, |x| fwd(x).0);
 }
 
 #[test]

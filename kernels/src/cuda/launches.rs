@@ -79,6 +79,8 @@ pub const LAUNCHES: &[Launch] = &[
     // embedding.cu
     launch("embedding_fwd_bf16", 256, 0, GRID_STRIDE),
     launch("embedding_fwd_f32", 256, 0, GRID_STRIDE),
+    launch("embedding_fwd_nopos_bf16", 256, 0, GRID_STRIDE),
+    launch("embedding_fwd_nopos_f32", 256, 0, GRID_STRIDE),
     launch("embedding_bwd_dwpe_bf16", 256, 0, GRID_STRIDE),
     launch("embedding_bwd_dwpe_f32", 256, 0, GRID_STRIDE),
     launch("embedding_bwd_count", 256, 0, GRID_STRIDE),
@@ -94,6 +96,11 @@ pub const LAUNCHES: &[Launch] = &[
     launch("gelu_fwd_f32", 256, 0, GRID_STRIDE),
     launch("gelu_bwd_bf16", 256, 0, GRID_STRIDE),
     launch("gelu_bwd_f32", 256, 0, GRID_STRIDE),
+    // kv_expand.cu (ops/kv_expand.rs)
+    launch("kv_expand_fwd_bf16", 256, 0, GRID_STRIDE),
+    launch("kv_expand_fwd_f32", 256, 0, GRID_STRIDE),
+    launch("kv_expand_bwd_bf16", 256, 0, GRID_STRIDE),
+    launch("kv_expand_bwd_f32", 256, 0, GRID_STRIDE),
     // layernorm.cu
     launch("layernorm_fwd_bf16", 256, 0, "grid-stride, a warp a row"),
     launch("layernorm_fwd_f32", 256, 0, "grid-stride, a warp a row"),

@@ -1,8 +1,12 @@
-//! Token + position embedding.
+//! Token embedding, plus a learned position embedding when there is one (GPT-2 has one;
+//! Llama has none, its positions come from RoPE).
 //!
-//! forward:  out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]          out (B,T,C)
-//! backward: dwte[tokens[b,t],:] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:]
-//! (parameter gradients accumulate; token ids have no gradient).
+//! ```text
+//! forward:  out[b,t,:] = wte[tokens[b,t],:] (+ wpe[t,:])          out (B,T,C)
+//! backward: dwte[tokens[b,t],:] += dout[b,t,:]; (dwpe[t,:] += sum_b dout[b,t,:])
+//! ```
+//!
+//! Parameter gradients accumulate; token ids have no gradient.
 
 use super::{expect_dtype, same_device};
 use crate::{DType, Device, Error, Result, Tensor};
@@ -10,29 +14,38 @@ use crate::{DType, Device, Error, Result, Tensor};
 const OP_FWD: &str = "embedding_forward";
 const OP_BWD: &str = "embedding_backward";
 
-/// tokens (B,T) u32, wte (V,C), wpe (maxT,C) -> out (B,T,C). Errors on a token id >= V.
-pub fn embedding_forward(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &Tensor) -> Result<()> {
+/// tokens (B,T) u32, wte (V,C), wpe (maxT,C) or `None` (no learned positions) -> out (B,T,C).
+/// Errors on a token id >= V.
+pub fn embedding_forward(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: Option<&Tensor>) -> Result<()> {
     let (b, t, c) = check(OP_FWD, tokens, wte, wpe)?;
     out.expect_shape(OP_FWD, "out", &[b, t, c])?;
-    match same_device(OP_FWD, &[out, tokens, wte, wpe])? {
+    let mut all = vec![&*out, tokens, wte];
+    all.extend(wpe);
+    match same_device(OP_FWD, &all)? {
         Device::Cuda(_) => cuda::embedding_forward(out, tokens, wte, wpe, b, t, c),
-        Device::Cpu => cpu::embedding_forward(out.f32_mut()?, tokens.u32()?, wte.f32()?, wpe.f32()?, t, c),
-    }
-}
-
-/// dout (B,T,C) -> dwte (V,C) +=, dwpe (maxT,C) +=.
-pub fn embedding_backward(dwte: &mut Tensor, dwpe: &mut Tensor, dout: &Tensor, tokens: &Tensor) -> Result<()> {
-    let (b, t, c) = check(OP_BWD, tokens, dwte, dwpe)?;
-    dout.expect_shape(OP_BWD, "dout", &[b, t, c])?;
-    match same_device(OP_BWD, &[dwte, dwpe, dout, tokens])? {
-        Device::Cuda(_) => cuda::embedding_backward(dwte, dwpe, dout, tokens, b, t, c),
         Device::Cpu => {
-            cpu::embedding_backward(dwte.f32_mut()?, dwpe.f32_mut()?, dout.f32()?, tokens.u32()?, t, c)
+            let wpe = wpe.map(Tensor::f32).transpose()?;
+            cpu::embedding_forward(out.f32_mut()?, tokens.u32()?, wte.f32()?, wpe, t, c)
         }
     }
 }
 
-fn check(op: &'static str, tokens: &Tensor, wte: &Tensor, wpe: &Tensor) -> Result<(usize, usize, usize)> {
+/// dout (B,T,C) -> dwte (V,C) +=, dwpe (maxT,C) += (when there is a position table).
+pub fn embedding_backward(dwte: &mut Tensor, mut dwpe: Option<&mut Tensor>, dout: &Tensor, tokens: &Tensor) -> Result<()> {
+    let (b, t, c) = check(OP_BWD, tokens, dwte, dwpe.as_deref())?;
+    dout.expect_shape(OP_BWD, "dout", &[b, t, c])?;
+    let mut all = vec![&*dwte, dout, tokens];
+    all.extend(dwpe.as_deref());
+    match same_device(OP_BWD, &all)? {
+        Device::Cuda(_) => cuda::embedding_backward(dwte, dwpe, dout, tokens, b, t, c),
+        Device::Cpu => {
+            let dwpe = dwpe.as_mut().map(|d| d.f32_mut()).transpose()?;
+            cpu::embedding_backward(dwte.f32_mut()?, dwpe, dout.f32()?, tokens.u32()?, t, c)
+        }
+    }
+}
+
+fn check(op: &'static str, tokens: &Tensor, wte: &Tensor, wpe: Option<&Tensor>) -> Result<(usize, usize, usize)> {
     expect_dtype(op, "tokens", tokens, DType::U32)?;
     let &[b, t] = tokens.shape() else {
         return Err(Error::Invalid { op, msg: format!("tokens must be (B,T), got {:?}", tokens.shape()) });
@@ -40,6 +53,7 @@ fn check(op: &'static str, tokens: &Tensor, wte: &Tensor, wpe: &Tensor) -> Resul
     let &[_, c] = wte.shape() else {
         return Err(Error::Invalid { op, msg: format!("wte must be (V,C), got {:?}", wte.shape()) });
     };
+    let Some(wpe) = wpe else { return Ok((b, t, c)) };
     let &[max_t, c2] = wpe.shape() else {
         return Err(Error::Invalid { op, msg: format!("wpe must be (maxT,C), got {:?}", wpe.shape()) });
     };
@@ -50,11 +64,14 @@ fn check(op: &'static str, tokens: &Tensor, wte: &Tensor, wpe: &Tensor) -> Resul
 }
 
 pub mod cpu {
+    //! The reference: forward rows in parallel, backward sequential (a deterministic sum).
     use rayon::prelude::*;
 
     use crate::{Error, Result};
 
-    pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) -> Result<()> {
+    /// [`super::embedding_forward`] on host slices: out (B*T*C), tokens (B*T), wte (V*C),
+    /// wpe (maxT*C) or `None`.
+    pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: Option<&[f32]>, t: usize, c: usize) -> Result<()> {
         let v = wte.len() / c;
         if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= v) {
             return Err(Error::Invalid {
@@ -64,17 +81,24 @@ pub mod cpu {
         }
         out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().for_each(|(row, (o, &id))| {
             let te = &wte[id as usize * c..][..c];
-            let pe = &wpe[(row % t) * c..][..c];
-            for i in 0..c {
-                o[i] = te[i] + pe[i];
+            match wpe {
+                Some(wpe) => {
+                    let pe = &wpe[(row % t) * c..][..c];
+                    for i in 0..c {
+                        o[i] = te[i] + pe[i];
+                    }
+                }
+                None => o.copy_from_slice(te),
             }
         });
         Ok(())
     }
 
+    /// [`super::embedding_backward`] on host slices: dwte (V*C), dwpe (maxT*C) or `None`,
+    /// dout (B*T*C), tokens (B*T).
     pub fn embedding_backward(
         dwte: &mut [f32],
-        dwpe: &mut [f32],
+        mut dwpe: Option<&mut [f32]>,
         dout: &[f32],
         tokens: &[u32],
         t: usize,
@@ -87,9 +111,11 @@ pub mod cpu {
             for i in 0..c {
                 te[i] += d[i];
             }
-            let pe = &mut dwpe[(row % t) * c..][..c];
-            for i in 0..c {
-                pe[i] += d[i];
+            if let Some(dwpe) = dwpe.as_deref_mut() {
+                let pe = &mut dwpe[(row % t) * c..][..c];
+                for i in 0..c {
+                    pe[i] += d[i];
+                }
             }
         }
         Ok(())
@@ -121,23 +147,51 @@ pub mod cuda {
         Ok(())
     }
 
-    /// tokens (B,T) -> out (B,T,C) = wte[tokens] + wpe[t]. A token id >= V gives a NaN row
+    /// tokens (B,T) -> out (B,T,C) = `wte[tokens]` (+ `wpe[t]`). A token id >= V gives a NaN row
     /// (the CPU reference returns an error; checking here would need a device-to-host copy).
-    pub fn embedding_forward(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &Tensor, b: usize, t: usize, c: usize) -> Result<()> {
+    pub fn embedding_forward(
+        out: &mut Tensor,
+        tokens: &Tensor,
+        wte: &Tensor,
+        wpe: Option<&Tensor>,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
         expect_dtype(OP_FWD, "out", out, wte.dtype())?;
-        expect_dtype(OP_FWD, "wpe", wpe, wte.dtype())?;
+        if let Some(wpe) = wpe {
+            expect_dtype(OP_FWD, "wpe", wpe, wte.dtype())?;
+        }
         dispatch_float!(wte.dtype(), OP_FWD, "wte", forward(out, tokens, wte, wpe, b, t, c))
     }
 
-    fn forward<T: CudaElement>(out: &mut Tensor, tokens: &Tensor, wte: &Tensor, wpe: &Tensor, b: usize, t: usize, c: usize) -> Result<()> {
+    fn forward<T: CudaElement>(
+        out: &mut Tensor,
+        tokens: &Tensor,
+        wte: &Tensor,
+        wpe: Option<&Tensor>,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
         let v = wte.shape()[0];
         ranges(OP_FWD, b, t, c, v)?;
         let dev = device_of(OP_FWD, wte)?;
-        let kernel = format!("embedding_fwd_{}", T::NAME);
-        let f = dev.function("embedding", &kernel)?;
         let n = b * t;
         let cfg = dev.grid_stride((n * c).div_ceil(16 / std::mem::size_of::<T>()), BLOCK)?;
         let (ti, ci, vu) = (t as i32, c as i32, v as u32);
+        let Some(wpe) = wpe else {
+            let kernel = format!("embedding_fwd_nopos_{}", T::NAME);
+            let f = dev.function("embedding", &kernel)?;
+            let mut launch = dev.stream().launch_builder(&f);
+            launch.arg(out.cuda_slice_mut::<T>()?).arg(tokens.cuda_slice::<u32>()?).arg(wte.cuda_slice::<T>()?).arg(&n).arg(&ci).arg(&vu);
+            // SAFETY: matches embedding.cu `embedding_fwd_nopos_<T>(T* out, const unsigned* tokens, const T* wte,
+            // u64 N, int C, unsigned V)`; out (N,C), tokens (N), wte (V,C) checked by the caller.
+            unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+            return Ok(());
+        };
+        let kernel = format!("embedding_fwd_{}", T::NAME);
+        let f = dev.function("embedding", &kernel)?;
         let mut launch = dev.stream().launch_builder(&f);
         launch
             .arg(out.cuda_slice_mut::<T>()?)
@@ -154,26 +208,29 @@ pub mod cuda {
         Ok(())
     }
 
-    /// dwte (V,C) +=, dwpe (maxT,C) += from dout (B,T,C); deterministic (see embedding.cu).
+    /// dwte (V,C) +=, dwpe (maxT,C) += (when there is one) from dout (B,T,C); deterministic
+    /// (see embedding.cu).
     /// Token ids >= V are skipped.
     #[allow(clippy::too_many_arguments)]
     pub fn embedding_backward(
         dwte: &mut Tensor,
-        dwpe: &mut Tensor,
+        dwpe: Option<&mut Tensor>,
         dout: &Tensor,
         tokens: &Tensor,
         b: usize,
         t: usize,
         c: usize,
     ) -> Result<()> {
-        expect_dtype(OP_BWD, "dwpe", dwpe, dwte.dtype())?;
+        if let Some(dwpe) = dwpe.as_deref() {
+            expect_dtype(OP_BWD, "dwpe", dwpe, dwte.dtype())?;
+        }
         expect_dtype(OP_BWD, "dout", dout, dwte.dtype())?;
         dispatch_float!(dwte.dtype(), OP_BWD, "dwte", backward(dwte, dwpe, dout, tokens, b, t, c))
     }
 
     fn backward<T: CudaElement>(
         dwte: &mut Tensor,
-        dwpe: &mut Tensor,
+        dwpe: Option<&mut Tensor>,
         dout: &Tensor,
         tokens: &Tensor,
         b: usize,
@@ -190,26 +247,29 @@ pub mod cuda {
         let pack = 16 / std::mem::size_of::<T>();
         let (bi, ti, ci, vu) = (b as i32, t as i32, c as i32, v as u32);
 
-        // dwpe: one thread per (t, pack of columns), b in order
-        let kernel = format!("embedding_bwd_dwpe_{}", T::NAME);
-        let f = dev.function("embedding", &kernel)?;
-        let cfg = dev.grid_stride((t * c).div_ceil(pack), BLOCK)?;
-        let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(dwpe.cuda_slice_mut::<T>()?).arg(dout.cuda_slice::<T>()?).arg(&bi).arg(&ti).arg(&ci);
-        // SAFETY: matches embedding.cu `embedding_bwd_dwpe_<T>(T* dwpe, const T* dout, int B, int T, int C)`;
-        // dwpe holds >= T*C elements, dout B*T*C.
-        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
-
-        // dwte: stable counting sort of positions by token, then one in-order owner per token.
-        // Scratch from the pool, so the budget sees it and steps reuse it. offsets is cleared
-        // (a memset on the stream: step 1 counts into it); sorted is not, as step 4 reads
-        // only sorted[0 .. offsets[V]), which step 3 writes.
+        // Scratch for dwte's counting sort, from the pool, so the budget sees it and steps reuse
+        // it; taken before the first launch, so a refusal (OutOfMemory) leaves both gradients
+        // untouched. offsets is cleared (a memset on the stream: step 1 counts into it); sorted
+        // is not, as step 4 reads only sorted[0 .. offsets[V]), which step 3 writes.
         let mut offsets_t = Tensor::try_zeros(dev.device(), DType::U32, &[v + 1])?;
         let mut sorted_t = Tensor::try_empty(dev.device(), DType::U32, &[n])?;
         let offsets = offsets_t.cuda_slice_mut::<u32>()?;
         let sorted = sorted_t.cuda_slice_mut::<u32>()?;
         let toks = tokens.cuda_slice::<u32>()?;
 
+        // dwpe: one thread per (t, pack of columns), b in order
+        if let Some(dwpe) = dwpe {
+            let kernel = format!("embedding_bwd_dwpe_{}", T::NAME);
+            let f = dev.function("embedding", &kernel)?;
+            let cfg = dev.grid_stride((t * c).div_ceil(pack), BLOCK)?;
+            let mut launch = dev.stream().launch_builder(&f);
+            launch.arg(dwpe.cuda_slice_mut::<T>()?).arg(dout.cuda_slice::<T>()?).arg(&bi).arg(&ti).arg(&ci);
+            // SAFETY: matches embedding.cu `embedding_bwd_dwpe_<T>(T* dwpe, const T* dout, int B, int T, int C)`;
+            // dwpe holds >= T*C elements, dout B*T*C.
+            unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+        }
+
+        // dwte: stable counting sort of positions by token, then one in-order owner per token.
         let f = dev.function("embedding", "embedding_bwd_count")?;
         let cfg = dev.grid_stride(n, BLOCK)?;
         let mut launch = dev.stream().launch_builder(&f);

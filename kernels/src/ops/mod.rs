@@ -26,6 +26,7 @@ pub mod crossentropy;
 pub mod embedding;
 pub mod fill;
 pub mod gelu;
+pub mod kv_expand;
 pub mod layernorm;
 pub mod matmul;
 pub mod multi_tensor;

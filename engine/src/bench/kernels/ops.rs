@@ -271,8 +271,8 @@ fn embedding(bench: &mut Bench) -> Result<()> {
     let wte = &wte;
     let dwte = &mut dwte;
     let passes: Vec<Pass<EmbeddingSet>> = vec![
-        ("forward", Work::Bytes(fwd_bytes), Box::new(move |s| Ok(embedding_forward(&mut s.out, &s.tokens, wte, &s.wpe)?))),
-        ("backward", Work::Bytes(bwd_bytes), Box::new(move |s| Ok(embedding_backward(dwte, &mut s.dwpe, &s.dout, &s.tokens)?))),
+        ("forward", Work::Bytes(fwd_bytes), Box::new(move |s| Ok(embedding_forward(&mut s.out, &s.tokens, wte, Some(&s.wpe))?))),
+        ("backward", Work::Bytes(bwd_bytes), Box::new(move |s| Ok(embedding_backward(dwte, Some(&mut s.dwpe), &s.dout, &s.tokens)?))),
     ];
     measure(bench, "embedding", set_bytes, serde_json::json!({"dout_dtype": "f32"}), make, passes)
 }
