@@ -4,12 +4,10 @@
 //! `transformers.GPT2LMHeadModel`. The vocabulary is padded to a multiple of 128 for speed;
 //! the padding is masked out of the softmax and cut from exports.
 
-use kernels::ops::crossentropy::{crossentropy_forward, loss_mean};
-use kernels::ops::matmul::{matmul_backward, matmul_forward, WeightLayout};
-use kernels::ops::residual::scale;
-use kernels::{DType, Device, Tensor};
+use kernels::{Device, Tensor};
 
 use crate::layers::{Block, Embedding, Layer, LayerNorm};
+use crate::lm_head::{check_batch, lm_model_methods, LmHead};
 use crate::param::{Placement, Precision};
 use crate::recompute::Recompute;
 use crate::{Error, Model, Param, Result};
@@ -50,8 +48,7 @@ pub struct Gpt {
     pub blocks: Vec<Block>,
     pub ln_f: LayerNorm,
     recompute: Recompute,
-    /// Set by forward: (final normalized activations (B,T,C), logits or dlogits (B,T,Vp), have_dlogits).
-    head: Option<(Tensor, Tensor, bool)>,
+    head: LmHead,
 }
 
 impl Gpt {
@@ -74,7 +71,7 @@ impl Gpt {
             .map(|i| Block::new(at, &format!("h.{i}"), c, config.n_head, std, proj_std, &mut rng))
             .collect::<Result<_>>()?;
         let ln_f = LayerNorm::new(at, "ln_f", c)?;
-        Ok(Self { embedding, blocks, ln_f, recompute: Recompute::None, head: None, config, precision })
+        Ok(Self { embedding, blocks, ln_f, recompute: Recompute::None, head: LmHead::default(), config, precision })
     }
 
     /// Sets the recomputation policy (see [`crate::recompute`]); it takes effect at the next
@@ -89,88 +86,27 @@ impl Gpt {
     pub fn recompute(&self) -> Recompute {
         self.recompute
     }
-
-    fn check_tokens(&self, what: &str, t: &Tensor) -> Result<(usize, usize)> {
-        let &[b, len] = t.shape() else {
-            return Err(Error::Input(format!("{what} must be (B,T), got shape {:?}", t.shape())));
-        };
-        if t.dtype() != DType::U32 {
-            return Err(Error::Input(format!("{what} must be token ids (u32)")));
-        }
-        if len == 0 || len > self.config.context_length {
-            return Err(Error::Input(format!(
-                "sequence length {len} must be in 1..={} (the model's context length)",
-                self.config.context_length
-            )));
-        }
-        Ok((b, len))
-    }
 }
 
 impl Gpt {
     /// The forward pass; with targets, the per-row losses (B*T) on the model's device, the
     /// logits turned into dlogits and kept for backward.
     fn forward_rows(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<Tensor>> {
-        let (b, t) = self.check_tokens("inputs", inputs)?;
-        if let Some(targets) = targets {
-            if self.check_tokens("targets", targets)? != (b, t) {
-                return Err(Error::Input(format!("targets {:?} must match inputs {:?}", targets.shape(), inputs.shape())));
-            }
-        }
-        let device = self.device();
-        if inputs.device() != device || targets.is_some_and(|t| t.device() != device) {
-            return Err(Error::Input(format!("inputs and targets must be on the model's device ({device})")));
-        }
+        check_batch(inputs, targets, self.config.context_length, self.device())?;
         let mut x = self.embedding.forward(inputs)?;
         for block in &mut self.blocks {
             x = block.forward(&x)?;
         }
         let x = self.ln_f.forward(&x)?;
-        let vp = self.config.padded_vocab();
-        let mut logits = Tensor::try_empty(x.device(), x.dtype(), &[b, t, vp])?;
-        matmul_forward(&mut logits, &x, self.embedding.wte.compute(), None, WeightLayout::OutIn)?;
-        let Some(targets) = targets else {
-            self.head = Some((x, logits, false));
-            return Ok(None);
-        };
-        // Loss and dlogits in one fused pass; the logits buffer becomes dlogits.
-        let n = b * t;
-        let mut losses = Tensor::try_empty(x.device(), DType::F32, &[n])?;
-        let targets = targets.reshape(&[n])?;
-        let mut logits2d = logits.reshape(&[n, vp])?;
-        drop(logits);
-        crossentropy_forward(&mut losses, &mut logits2d, &targets, self.config.vocab_size, Some(1.0 / n as f32))?;
-        self.head = Some((x, logits2d.reshape(&[b, t, vp])?, true));
-        Ok(Some(losses))
+        self.head.forward(x, self.embedding.wte.compute(), self.config.vocab_size, targets)
     }
 }
 
 impl Model for Gpt {
-    fn forward(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<f32>> {
-        let Some(losses) = self.forward_rows(inputs, targets)? else { return Ok(None) };
-        // The per-row losses (N floats, not the logits) come to the host for the mean: on a
-        // GPU the host waits for the forward here (`forward_loss` keeps the mean on the device).
-        let n = losses.numel();
-        Ok(Some((losses.try_to_vec()?.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32))
-    }
-
-    fn forward_loss(&mut self, inputs: &Tensor, targets: &Tensor, loss: &mut Tensor, scale: f32, accumulate: bool) -> Result<()> {
-        let losses = self.forward_rows(inputs, Some(targets))?.expect("targets given");
-        loss_mean(loss, &losses, scale / losses.numel() as f32, accumulate)?;
-        Ok(())
-    }
+    lm_model_methods!();
 
     fn backward(&mut self, loss_scale: f32) -> Result<()> {
-        let Some((x, mut dlogits, true)) = self.head.take() else {
-            return Err(Error::NoForward { layer: "Gpt (forward with targets)" });
-        };
-        if loss_scale != 1.0 {
-            scale(&mut dlogits, loss_scale)?;
-        }
-        let mut dx = Tensor::try_empty(x.device(), x.dtype(), x.shape())?;
-        let (dwte, wte) = self.embedding.wte.grad_and_compute();
-        matmul_backward(&mut dx, dwte, None, &dlogits, &x, wte, WeightLayout::OutIn)?;
-        drop(dlogits);
+        let dx = self.head.backward(&mut self.embedding.wte, loss_scale, "Gpt (forward with targets)")?;
         let mut d = self.ln_f.backward(&dx)?;
         for block in self.blocks.iter_mut().rev() {
             d = block.backward(&d)?;
@@ -180,7 +116,7 @@ impl Model for Gpt {
     }
 
     fn release(&mut self) {
-        self.head = None;
+        self.head.release();
         self.embedding.release();
         self.blocks.iter_mut().for_each(Layer::release);
         self.ln_f.release();
@@ -193,13 +129,6 @@ impl Model for Gpt {
 
     fn recompute_candidates(&self) -> Vec<Recompute> {
         Recompute::candidates(self.config.n_layer)
-    }
-
-    fn logits(&self) -> Option<&Tensor> {
-        match &self.head {
-            Some((_, logits, false)) => Some(logits),
-            _ => None,
-        }
     }
 
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
@@ -216,20 +145,6 @@ impl Model for Gpt {
 
     fn device(&self) -> Device {
         self.embedding.wte.value.device()
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn context_length(&self) -> usize {
-        self.config.context_length
-    }
-
-    /// 6N + 6LCT (BRIEF §4), N counting the exported (unpadded) parameters.
-    fn flops_per_token(&self, seq_len: usize) -> f64 {
-        let (l, c) = (self.config.n_layer as f64, self.config.n_embd as f64);
-        6.0 * self.num_params() as f64 + 6.0 * l * c * seq_len as f64
     }
 
     fn hf_config_json(&self) -> Option<String> {

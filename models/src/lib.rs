@@ -4,7 +4,8 @@
 //!   backward cannot be written, so no parameter silently goes without a gradient.
 //! - [`Param`]: a named parameter with its gradient and its optimizer settings; in bf16
 //!   [`Precision`] it also holds the bf16 working copy of its fp32 master value.
-//! - [`Model`]: what the trainer drives (GPT-2 here; custom models implement it too).
+//! - [`Model`]: what the trainer drives ([`Gpt`] and [`Llama`] here; custom models implement
+//!   it too).
 //! - [`Recompute`]: activation checkpointing policies (none, selective, full, full:K).
 //!
 //! Nothing here knows how an op is computed or on which device: that is `kernels`' job.
@@ -14,6 +15,8 @@
 pub mod error;
 pub mod gpt;
 pub mod layers;
+pub mod llama;
+mod lm_head;
 pub mod model;
 pub mod param;
 pub mod recompute;
@@ -21,6 +24,7 @@ pub mod recompute;
 pub use error::{Error, Result};
 pub use gpt::{Gpt, GptConfig};
 pub use layers::Layer;
+pub use llama::{Llama, LlamaConfig};
 pub use model::Model;
 pub use param::{Export, Param, Placement, Precision};
 pub use recompute::Recompute;

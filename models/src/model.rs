@@ -3,8 +3,8 @@ use kernels::{Device, Tensor};
 use crate::recompute::Recompute;
 use crate::{Error, Param, Result};
 
-/// What the trainer drives. GPT-2 implements it; so can any model a library user builds
-/// from the engine's layers.
+/// What the trainer drives. GPT-2 and Llama implement it; so can any model a library user
+/// builds from the engine's layers.
 pub trait Model {
     /// Runs the model on token ids `inputs` (B,T), on the model's device. With `targets`
     /// (B,T) returns the mean cross-entropy loss and keeps what `backward` needs; without,

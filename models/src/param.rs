@@ -185,6 +185,17 @@ pub fn normal(rng: &mut fastrand::Rng, n: usize, std: f32) -> Vec<f32> {
         .collect()
 }
 
+/// A (padded_vocab, C) parameter named `name`, not decayed: `vocab` rows N(0, std^2), then
+/// zero padding rows, which no token and no target reaches (so they stay zero) and which
+/// exports cut (`export_shape` (vocab, C)).
+pub(crate) fn vocab_rows(at: Placement, name: &str, vocab: usize, padded_vocab: usize, c: usize, std: f32, rng: &mut fastrand::Rng) -> Result<Param> {
+    let mut data = normal(rng, vocab * c, std);
+    data.resize(padded_vocab * c, 0.0);
+    let mut p = Param::new(name, Tensor::from_vec(&[padded_vocab, c], data)?, false, at)?;
+    p.export_shape = vec![vocab, c];
+    Ok(p)
+}
+
 /// A host f32 tensor filled with `value` (initial values, uploaded by [`Param::new`]).
 pub fn constant(shape: &[usize], value: f32) -> Tensor {
     Tensor::from_vec(shape, vec![value; shape.iter().product()]).expect("length matches shape")

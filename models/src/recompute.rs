@@ -10,6 +10,9 @@
 //!   then backpropagates through it, so at most one block's activations exist at a time.
 //! - `full:K`: `full` on blocks 0, K, 2K, ... and `none` on the others.
 //!
+//! `selective` is GPT-2's: [`crate::Llama`]'s blocks (RMSNorm, SwiGLU) accept `none`, `full`
+//! and `full:K` only.
+//!
 //! Recomputation runs the same ops on the same inputs in the same order as the forward it
 //! repeats (there is no dropout, so no random state to replay), so gradients are
 //! bit-identical to `none` (`models/tests/recompute.rs`), with one exception on CUDA: under

@@ -12,26 +12,13 @@
 //! Without a GPU the tests print `skipped: no usable CUDA device (...)` and pass (with
 //! ENGINE_REQUIRE_GPU=1 they fail instead); CI runs them on the CUDA simulator.
 
+mod common;
+
+use common::gpu_or_skip;
 use kernels::{Device, Tensor};
 use models::{Gpt, GptConfig, Model, Precision, Recompute};
 
 const POLICIES: [&str; 4] = ["selective", "full", "full:2", "full:3"];
-
-fn gpu_or_skip() -> Option<Device> {
-    let found = kernels::cuda::probe(0)
-        .map_err(|reason| reason.to_string())
-        .and_then(|_| kernels::cuda::device(0).map_err(|e| e.to_string()));
-    match found {
-        Ok(dev) => Some(dev.device()),
-        Err(reason) if std::env::var("ENGINE_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("ENGINE_REQUIRE_GPU=1 but there is no usable CUDA device ({reason})")
-        }
-        Err(reason) => {
-            eprintln!("skipped: no usable CUDA device ({reason})");
-            None
-        }
-    }
-}
 
 /// 4 layers, HS = 32 (a head size the CUDA attention supports), C = 64 (the bf16 matmul's
 /// vector path), LayerNorm parameters and biases off their trivial initial values.

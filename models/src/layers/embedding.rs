@@ -2,26 +2,32 @@ use kernels::ops::embedding::{embedding_backward, embedding_forward};
 use kernels::Tensor;
 
 use super::{empty_like, take_saved, Layer};
-use crate::param::{normal, Placement};
+use crate::param::{normal, vocab_rows, Placement};
 use crate::{Param, Result};
 
-/// Token + position embedding: wte (V_stored, C) and wpe (context, C), both N(0, std^2).
-/// Rows of wte past `vocab` (padding) start at zero and, since no token and no target
-/// reaches them, stay there.
+/// Token embedding wte (V_stored, C), plus a learned position embedding wpe (context, C)
+/// where the model has one (GPT-2; Llama has none, its positions come from RoPE), both
+/// N(0, std^2). Rows of wte past `vocab` (padding) start at zero and, since no token and no
+/// target reaches them, stay there.
 pub struct Embedding {
+    /// Token embedding (V_stored, C), exported as (V, C).
     pub wte: Param,
-    pub wpe: Param,
+    /// Position embedding (context, C), if any.
+    pub wpe: Option<Param>,
     tokens: Option<Tensor>,
 }
 
 impl Embedding {
+    /// GPT-2's: `wte.weight` and `wpe.weight`.
     pub fn new(at: Placement, vocab: usize, padded_vocab: usize, context: usize, c: usize, std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
-        let mut wte_data = normal(rng, vocab * c, std);
-        wte_data.resize(padded_vocab * c, 0.0);
-        let mut wte = Param::new("wte.weight", Tensor::from_vec(&[padded_vocab, c], wte_data)?, false, at)?;
-        wte.export_shape = vec![vocab, c];
+        let wte = vocab_rows(at, "wte.weight", vocab, padded_vocab, c, std, rng)?;
         let wpe = Param::new("wpe.weight", Tensor::from_vec(&[context, c], normal(rng, context * c, std))?, false, at)?;
-        Ok(Self { wte, wpe, tokens: None })
+        Ok(Self { wte, wpe: Some(wpe), tokens: None })
+    }
+
+    /// Tokens only, the table named `name` (Llama: `model.embed_tokens.weight`).
+    pub fn tokens_only(at: Placement, name: &str, vocab: usize, padded_vocab: usize, c: usize, std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
+        Ok(Self { wte: vocab_rows(at, name, vocab, padded_vocab, c, std, rng)?, wpe: None, tokens: None })
     }
 }
 
@@ -33,7 +39,7 @@ impl Layer for Embedding {
         };
         let c = self.wte.value.shape()[1];
         let mut out = empty_like(self.wte.compute(), &[b, t, c])?;
-        embedding_forward(&mut out, x, self.wte.compute(), self.wpe.compute())?;
+        embedding_forward(&mut out, x, self.wte.compute(), self.wpe.as_ref().map(Param::compute))?;
         self.tokens = Some(x.clone());
         Ok(out)
     }
@@ -44,7 +50,7 @@ impl Layer for Embedding {
         // (B,T,C) is widened to the f32 gradients' dtype first (exact), which is far smaller
         // than keeping bf16 copies of the (V,C) gradients.
         let dout = dout.to_dtype(self.wte.grad.dtype())?;
-        embedding_backward(&mut self.wte.grad, &mut self.wpe.grad, &dout, &tokens)?;
+        embedding_backward(&mut self.wte.grad, self.wpe.as_mut().map(|p| &mut p.grad), &dout, &tokens)?;
         // Token ids have no gradient: an empty host tensor (no zero-sized device allocation).
         Ok(Tensor::from_vec(&[0], Vec::new())?)
     }
@@ -54,11 +60,15 @@ impl Layer for Embedding {
     }
     fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
         f(&self.wte);
-        f(&self.wpe);
+        if let Some(wpe) = &self.wpe {
+            f(wpe);
+        }
     }
 
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
         f(&mut self.wte);
-        f(&mut self.wpe);
+        if let Some(wpe) = &mut self.wpe {
+            f(wpe);
+        }
     }
 }

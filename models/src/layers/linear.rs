@@ -5,22 +5,58 @@ use super::{empty_like, take_saved, Layer};
 use crate::param::{constant, normal, Placement};
 use crate::{Param, Result};
 
-/// y = x @ W + b with W stored [in, out] (Hugging Face GPT-2's Conv1D layout).
+/// y = x @ W + b, with W stored [in, out] ([`WeightLayout::InOut`], Hugging Face GPT-2's
+/// Conv1D) or [out, in] ([`WeightLayout::OutIn`], torch `nn.Linear`, Hugging Face Llama).
 pub struct Linear {
     pub weight: Param,
     pub bias: Option<Param>,
+    layout: WeightLayout,
     input: Option<Tensor>,
 }
 
 impl Linear {
-    /// W ~ N(0, std^2) (decayed by AdamW), b = 0; drawn on the host, then placed.
+    /// W ~ N(0, std^2) stored [in, out] (decayed by AdamW), b = 0; drawn on the host, then placed.
     pub fn new(at: Placement, name: &str, c_in: usize, c_out: usize, bias: bool, std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
-        let w = Tensor::from_vec(&[c_in, c_out], normal(rng, c_in * c_out, std))?;
+        Self::with_layout(at, name, c_in, c_out, WeightLayout::InOut, bias, std, rng)
+    }
+
+    /// W ~ N(0, std^2) stored in `layout` (drawn in storage order), b = 0 when `bias`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_layout(
+        at: Placement,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        layout: WeightLayout,
+        bias: bool,
+        std: f32,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Self> {
+        let shape = match layout {
+            WeightLayout::InOut => [c_in, c_out],
+            WeightLayout::OutIn => [c_out, c_in],
+        };
+        let w = Tensor::from_vec(&shape, normal(rng, c_in * c_out, std))?;
         Ok(Self {
             weight: Param::new(format!("{name}.weight"), w, true, at)?,
             bias: bias.then(|| Param::new(format!("{name}.bias"), constant(&[c_out], 0.0), false, at)).transpose()?,
+            layout,
             input: None,
         })
+    }
+
+    /// How `weight` is stored.
+    pub fn layout(&self) -> WeightLayout {
+        self.layout
+    }
+
+    /// Output channels.
+    pub fn c_out(&self) -> usize {
+        let shape = self.weight.value.shape();
+        match self.layout {
+            WeightLayout::InOut => shape[1],
+            WeightLayout::OutIn => shape[0],
+        }
     }
 
     /// Drops the kept input (selective recomputation: it is recomputed before backward).
@@ -45,14 +81,14 @@ impl Linear {
     pub(crate) fn forward_gelu(&mut self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let shape = self.out_shape(x);
         let (mut pre, mut out) = (empty_like(x, &shape)?, empty_like(x, &shape)?);
-        matmul_gelu_forward(&mut out, Some(&mut pre), x, self.weight.compute(), self.bias.as_ref().map(|b| b.compute()), WeightLayout::InOut)?;
+        matmul_gelu_forward(&mut out, Some(&mut pre), x, self.weight.compute(), self.bias.as_ref().map(|b| b.compute()), self.layout)?;
         self.input = Some(x.clone());
         Ok((pre, out))
     }
 
     fn out_shape(&self, x: &Tensor) -> Vec<usize> {
         let mut s = x.shape().to_vec();
-        *s.last_mut().expect("input has a channel dimension") = self.weight.value.shape()[1];
+        *s.last_mut().expect("input has a channel dimension") = self.c_out();
         s
     }
 }
@@ -60,7 +96,7 @@ impl Linear {
 impl Layer for Linear {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let mut out = empty_like(x, &self.out_shape(x))?;
-        matmul_forward(&mut out, x, self.weight.compute(), self.bias.as_ref().map(|b| b.compute()), WeightLayout::InOut)?;
+        matmul_forward(&mut out, x, self.weight.compute(), self.bias.as_ref().map(|b| b.compute()), self.layout)?;
         self.input = Some(x.clone());
         Ok(out)
     }
@@ -69,7 +105,7 @@ impl Layer for Linear {
         let x = take_saved(&mut self.input, "Linear")?;
         let mut dx = empty_like(&x, x.shape())?;
         let (dweight, weight) = self.weight.grad_and_compute();
-        matmul_backward(&mut dx, dweight, self.bias.as_mut().map(|b| &mut b.grad), dout, &x, weight, WeightLayout::InOut)?;
+        matmul_backward(&mut dx, dweight, self.bias.as_mut().map(|b| &mut b.grad), dout, &x, weight, self.layout)?;
         Ok(dx)
     }
 

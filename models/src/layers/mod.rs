@@ -6,7 +6,11 @@ mod embedding;
 mod gelu;
 mod layernorm;
 mod linear;
+mod llama_attention;
+mod llama_block;
 mod mlp;
+mod rmsnorm;
+mod swiglu_mlp;
 
 pub use attention::CausalSelfAttention;
 pub use block::Block;
@@ -14,7 +18,11 @@ pub use embedding::Embedding;
 pub use gelu::Gelu;
 pub use layernorm::LayerNorm;
 pub use linear::Linear;
+pub use llama_attention::{AttentionShape, LlamaAttention};
+pub use llama_block::LlamaBlock;
 pub use mlp::Mlp;
+pub use rmsnorm::RmsNorm;
+pub use swiglu_mlp::SwigluMlp;
 
 use kernels::Tensor;
 
