@@ -53,7 +53,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use kernels::Device;
-use models::{Gpt, GptConfig, Model, Precision};
+use models::{Gpt, GptConfig, Llama, LlamaConfig, Model, Precision};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +100,25 @@ pub trait ModelSpec: fmt::Debug + Send + Sync {
     fn min_memory_bytes(&self, _vocab_padded: f64, _batch: f64, _seq_len: f64) -> f64 {
         0.0
     }
+
+    /// The Hugging Face architectures (`config.json`'s `architectures`, e.g.
+    /// `GPT2LMHeadModel`) this kind reads, for `model.init_from` and `engine eval`/`sample`
+    /// of a `save_pretrained` directory. None by default.
+    fn hf_architectures() -> &'static [&'static str]
+    where
+        Self: Sized,
+    {
+        &[]
+    }
+
+    /// The settings a Hugging Face `config.json` describes; a value this kind cannot
+    /// reproduce is an error naming the config key.
+    fn from_hf_config(_config: &serde_json::Value) -> Result<Self, String>
+    where
+        Self: Sized,
+    {
+        Err("this model kind does not read Hugging Face configs".into())
+    }
 }
 
 /// A kind of model: turns its `[model]` keys into a [`ModelSpec`]. [`Registry::register`]
@@ -113,6 +132,16 @@ pub trait ModelKind: Send + Sync {
 
     /// Every key the kind accepts (for error messages).
     fn keys(&self) -> Vec<String>;
+
+    /// The Hugging Face architectures the kind reads (see [`ModelSpec::hf_architectures`]).
+    fn hf_architectures(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The kind's settings, in full, from a Hugging Face `config.json`.
+    fn settings_from_hf(&self, _config: &serde_json::Value) -> Result<toml::Table, String> {
+        Err("this model kind does not read Hugging Face configs".into())
+    }
 }
 
 /// [`ModelKind`] for a serde type `S`: its fields are the kind's keys, each with a default
@@ -156,6 +185,14 @@ where
     fn keys(&self) -> Vec<String> {
         table_of(&S::default()).map(|t| t.keys().cloned().collect()).unwrap_or_default()
     }
+
+    fn hf_architectures(&self) -> Vec<String> {
+        S::hf_architectures().iter().map(|s| s.to_string()).collect()
+    }
+
+    fn settings_from_hf(&self, config: &serde_json::Value) -> Result<toml::Table, String> {
+        table_of(&S::from_hf_config(config)?)
+    }
 }
 
 /// The model kinds a program knows, by name. Cheap to clone (the kinds are shared).
@@ -183,10 +220,11 @@ impl Registry {
         Self { kinds: Vec::new() }
     }
 
-    /// The engine's own kinds: `gpt2` ([`GptSpec`]).
+    /// The engine's own kinds: `gpt2` ([`GptSpec`]) and `llama` ([`LlamaSpec`]).
     pub fn builtin() -> Self {
         let mut r = Self::empty();
         r.register::<GptSpec>(DEFAULT_KIND);
+        r.register::<LlamaSpec>("llama");
         r
     }
 
@@ -353,5 +391,213 @@ impl ModelSpec for GptSpec {
         let params = vocab * c + ctx * c + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
         let activations = b * seq * vocab + l * b * h * seq * seq;
         4.0 * (4.0 * params + activations)
+    }
+
+    fn hf_architectures() -> &'static [&'static str] {
+        &["GPT2LMHeadModel"]
+    }
+
+    fn from_hf_config(config: &serde_json::Value) -> Result<Self, String> {
+        let c = HfConfig(config);
+        c.one_of("activation_function", &["gelu_new".into(), "gelu_pytorch_tanh".into()])?;
+        c.one_of("scale_attn_weights", &[true.into()])?;
+        c.one_of("scale_attn_by_inverse_layer_idx", &[false.into()])?;
+        c.one_of("tie_word_embeddings", &[true.into()])?;
+        let eps = c.number("layer_norm_epsilon", Some(1e-5))?;
+        if (eps - kernels::ops::layernorm::EPS as f64).abs() > 1e-12 {
+            return Err(format!("config.json: `layer_norm_epsilon` = {eps} is not supported (this engine's LayerNorm uses {})", kernels::ops::layernorm::EPS));
+        }
+        let n_embd = c.count("n_embd", None)?;
+        let n_inner = c.count("n_inner", Some(4 * n_embd))?;
+        if n_inner != 4 * n_embd {
+            return Err(format!("config.json: `n_inner` = {n_inner} is not supported (this engine's GPT-2 MLP is 4 x n_embd = {})", 4 * n_embd));
+        }
+        Ok(Self { n_layer: c.count("n_layer", None)?, n_head: c.count("n_head", None)?, n_embd, context_length: c.count("n_positions", None)? })
+    }
+}
+
+/// A Hugging Face config value, named in errors.
+pub struct HfConfig<'a>(pub &'a serde_json::Value);
+
+impl HfConfig<'_> {
+    /// `key` as a count (usize); `default` when absent or null.
+    pub fn count(&self, key: &str, default: Option<usize>) -> Result<usize, String> {
+        match self.0.get(key) {
+            Some(v) if !v.is_null() => v.as_u64().map(|n| n as usize).ok_or_else(|| format!("config.json: `{key}` must be a count, got {v}")),
+            _ => default.ok_or_else(|| format!("config.json has no `{key}`")),
+        }
+    }
+
+    /// `key` as a number; `default` when absent or null.
+    pub fn number(&self, key: &str, default: Option<f64>) -> Result<f64, String> {
+        match self.0.get(key) {
+            Some(v) if !v.is_null() => v.as_f64().ok_or_else(|| format!("config.json: `{key}` must be a number, got {v}")),
+            _ => default.ok_or_else(|| format!("config.json has no `{key}`")),
+        }
+    }
+
+    /// `key` as a flag; `default` when absent or null.
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool, String> {
+        match self.0.get(key) {
+            Some(v) if !v.is_null() => v.as_bool().ok_or_else(|| format!("config.json: `{key}` must be true or false, got {v}")),
+            _ => Ok(default),
+        }
+    }
+
+    /// Errors unless `key` is absent, null or one of `allowed` (what this engine computes).
+    pub fn one_of(&self, key: &str, allowed: &[serde_json::Value]) -> Result<(), String> {
+        match self.0.get(key) {
+            Some(v) if !v.is_null() && !allowed.contains(v) => {
+                let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+                Err(format!("config.json: `{key}` = {v} is not supported (this engine computes {})", list.join(" or ")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `[model] kind = "llama"`: a Llama-family model ([`models::Llama`]): RMSNorm, RoPE,
+/// SwiGLU, grouped-query attention, no biases, tied or untied classifier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LlamaSpec {
+    pub n_layer: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (dividing n_head; n_head: multi-head attention).
+    pub n_kv_head: usize,
+    pub n_embd: usize,
+    /// The SwiGLU MLP's hidden width.
+    pub intermediate_size: usize,
+    pub context_length: usize,
+    /// RoPE's frequency base.
+    pub rope_theta: f32,
+    pub rms_norm_eps: f32,
+    /// The classifier reads the token embedding.
+    pub tie_embeddings: bool,
+}
+
+impl Default for LlamaSpec {
+    /// A tiny Llama about the size of the default GPT-2 (4 layers, 128 wide).
+    fn default() -> Self {
+        Self {
+            n_layer: 4,
+            n_head: 4,
+            n_kv_head: 2,
+            n_embd: 128,
+            intermediate_size: 344,
+            context_length: 128,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            tie_embeddings: true,
+        }
+    }
+}
+
+impl LlamaSpec {
+    /// The model's config for a vocabulary of `vocab_size`.
+    pub fn llama_config(&self, vocab_size: usize) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size,
+            context_length: self.context_length,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_kv_head: self.n_kv_head,
+            n_embd: self.n_embd,
+            intermediate_size: self.intermediate_size,
+            rope_theta: self.rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+            tie_embeddings: self.tie_embeddings,
+        }
+    }
+}
+
+impl ModelSpec for LlamaSpec {
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Llama {} layers, {} heads ({} key/value), {} wide, MLP {}, {} classifier",
+            self.n_layer,
+            self.n_head,
+            self.n_kv_head,
+            self.n_embd,
+            self.intermediate_size,
+            if self.tie_embeddings { "tied" } else { "untied" }
+        )
+    }
+
+    fn build(&self, at: &BuildContext) -> models::Result<Box<dyn Model>> {
+        Ok(Box::new(Llama::with_precision(self.llama_config(at.vocab_size), at.device, at.precision, at.seed)?))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        positive(&[
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_kv_head", self.n_kv_head),
+            ("n_embd", self.n_embd),
+            ("intermediate_size", self.intermediate_size),
+            ("context_length", self.context_length),
+        ])?;
+        // The model's own checks, their field names made keys.
+        self.llama_config(1).validate().map_err(|e| {
+            let msg = match e {
+                models::Error::Config(m) => m,
+                other => other.to_string(),
+            };
+            match msg.split_whitespace().next().filter(|w| self.keys_contain(w)) {
+                Some(key) => format!("key `model.{key}`: {msg}"),
+                None => format!("[model] kind = \"llama\": {msg}"),
+            }
+        })
+    }
+
+    fn min_memory_bytes(&self, vocab: f64, b: f64, seq: f64) -> f64 {
+        let (l, c, h, nh) = (self.n_layer as f64, self.n_embd as f64, self.intermediate_size as f64, self.n_head as f64);
+        let hs = c / nh;
+        let heads = if self.tie_embeddings { 1.0 } else { 2.0 };
+        let qkv = c * (nh + 2.0 * self.n_kv_head as f64) * hs;
+        let params = heads * vocab * c + l * (qkv + c * c + 3.0 * c * h + 2.0 * c) + c;
+        let activations = b * seq * vocab + l * b * nh * seq * seq;
+        4.0 * (4.0 * params + activations)
+    }
+
+    fn hf_architectures() -> &'static [&'static str] {
+        &["LlamaForCausalLM"]
+    }
+
+    fn from_hf_config(config: &serde_json::Value) -> Result<Self, String> {
+        let c = HfConfig(config);
+        c.one_of("hidden_act", &["silu".into()])?;
+        c.one_of("attention_bias", &[false.into()])?;
+        c.one_of("mlp_bias", &[false.into()])?;
+        c.one_of("rope_scaling", &[])?;
+        let n_embd = c.count("hidden_size", None)?;
+        let n_head = c.count("num_attention_heads", None)?;
+        if let Some(head_dim) = config.get("head_dim").and_then(|v| v.as_u64()) {
+            if n_head == 0 || head_dim as usize * n_head != n_embd {
+                return Err(format!("config.json: `head_dim` = {head_dim} is not hidden_size / num_attention_heads ({n_embd} / {n_head})"));
+            }
+        }
+        Ok(Self {
+            n_layer: c.count("num_hidden_layers", None)?,
+            n_head,
+            n_kv_head: c.count("num_key_value_heads", Some(n_head))?,
+            n_embd,
+            intermediate_size: c.count("intermediate_size", None)?,
+            context_length: c.count("max_position_embeddings", None)?,
+            rope_theta: c.number("rope_theta", Some(10000.0))? as f32,
+            rms_norm_eps: c.number("rms_norm_eps", Some(1e-6))? as f32,
+            tie_embeddings: c.flag("tie_word_embeddings", false)?,
+        })
+    }
+}
+
+impl LlamaSpec {
+    fn keys_contain(&self, word: &str) -> bool {
+        table_of(self).is_ok_and(|t| t.contains_key(word))
     }
 }
