@@ -169,7 +169,7 @@ pub fn read_state(dir: &Path, registry: &Registry) -> Result<(CheckpointState, C
             ),
         ));
     }
-    let config = Config::parse_in(&state.config_toml, &path.display().to_string(), &[], registry)?;
+    let config = Config::parse_recorded(&state.config_toml, &path.display().to_string(), registry)?;
     Ok((state, config))
 }
 
@@ -189,49 +189,103 @@ fn read_file(dir: &Path, file: &str) -> Result<Vec<u8>> {
 /// `full_shape` (the rest zero: vocabulary padding).
 fn read_tensor(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, shape: &[usize], full_shape: &[usize]) -> Result<Tensor> {
     let view = st.tensor(name).map_err(|_| ckpt_err(dir, format!("{file} has no tensor `{name}`")))?;
-    if view.dtype() != Dtype::F32 {
-        return Err(ckpt_err(dir, format!("{file}: `{name}` is {:?}, expected F32", view.dtype())));
-    }
     if view.shape() != shape {
         return Err(ckpt_err(dir, format!("{file}: `{name}` has shape {:?}, the model expects {shape:?}", view.shape())));
     }
-    let mut data = vec![0.0f32; full_shape.iter().product()];
-    for (o, chunk) in data.iter_mut().zip(view.data().chunks_exact(4)) {
-        *o = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-    }
+    let mut data = f32_values(dir, file, name, &view)?;
+    data.resize(full_shape.iter().product(), 0.0);
     Ok(Tensor::from_vec(full_shape, data)?)
+}
+
+/// A tensor's values as f32: F32 as stored, F16 and BF16 widened (exact).
+fn f32_values(dir: &Path, file: &str, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
+    let bytes = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => return Err(ckpt_err(dir, format!("{file}: `{name}` is {other:?}, expected F32, BF16 or F16"))),
+    })
 }
 
 /// Loads a model's parameters from `dir/model.safetensors`; every tensor a parameter is
 /// exported as ([`models::Param::exports`]) must be there with its shape, and nothing else.
 /// Padding rows are zero.
 pub fn load_weights(dir: &Path, model: &mut dyn Model) -> Result<()> {
-    let bytes = read_file(dir, "model.safetensors")?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(dir, format!("model.safetensors is malformed: {e}")))?;
+    load_weights_named(dir, model, Naming::Engine)
+}
+
+/// How the tensors of a `model.safetensors` are named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// As this engine writes them: exactly the parameters' export names, nothing else.
+    Engine,
+    /// As `transformers`' `save_pretrained` writes them: the export names, or those names
+    /// under `transformer.` (GPT2LMHeadModel); a `lm_head.weight` the model ties to its token
+    /// embedding is accepted when it equals it; the causal-mask and rotary buffers older
+    /// versions saved (`.attn.bias`, `.attn.masked_bias`, `rotary_emb.inv_freq`) are skipped.
+    HuggingFace,
+}
+
+/// The buffers `transformers` may save beside the weights (not parameters).
+fn is_hf_buffer(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq")
+}
+
+/// [`load_weights`] with tensors named as `naming` says. A missing tensor, a wrong shape or a
+/// tensor the model does not have is an error naming it; on error the model may hold some of
+/// the new weights (callers discard it).
+pub fn load_weights_named(dir: &Path, model: &mut dyn Model, naming: Naming) -> Result<()> {
+    let file = "model.safetensors";
+    let bytes = read_file(dir, file)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(dir, format!("{file} is malformed: {e}")))?;
+    let stored = st.names();
+    let lookup = |name: &str| -> String {
+        let prefixed = format!("transformer.{name}");
+        match naming {
+            Naming::HuggingFace if !stored.iter().any(|n| *n == name) && stored.iter().any(|n| **n == prefixed) => prefixed,
+            _ => name.to_string(),
+        }
+    };
     let mut result = Ok(());
-    let mut known = Vec::new();
+    let mut used: Vec<(String, Vec<f32>)> = Vec::new();
     model.visit_params_mut(&mut |p| {
-        let exports = p.exports();
-        known.extend(exports.iter().map(|e| e.name.clone()));
         if result.is_err() {
             return;
         }
         // Read on the host, then uploaded; in bf16 the working copy is rounded from it.
         result = (|| -> Result<()> {
             let mut data = vec![0.0f32; p.numel()];
-            for e in exports {
-                let part = read_tensor(dir, "model.safetensors", &st, &e.name, &e.shape, &e.shape)?;
+            for e in p.exports() {
+                let name = lookup(&e.name);
+                let part = read_tensor(dir, file, &st, &name, &e.shape, &e.shape)?;
                 data[e.range].copy_from_slice(part.f32()?);
+                used.push((name, part.f32()?.to_vec()));
             }
             Ok(p.set_value(&Tensor::from_vec(p.value.shape(), data)?)?)
         })();
     });
     result?;
-    if st.len() != known.len() {
-        let extra: Vec<String> = st.names().into_iter().filter(|n| !known.iter().any(|k| k == n)).map(String::from).collect();
-        return Err(ckpt_err(dir, format!("model.safetensors has tensors the model does not: {extra:?}")));
+    let mut extra = Vec::new();
+    for name in stored.iter().filter(|n| !used.iter().any(|(u, _)| u == **n)) {
+        let skipped = naming == Naming::HuggingFace
+            && (is_hf_buffer(name) || (*name == "lm_head.weight" && tied_copy(dir, file, &st, name, &used)?));
+        if !skipped {
+            extra.push(name.to_string());
+        }
+    }
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(ckpt_err(dir, format!("{file} has tensors the model does not: {extra:?}")));
     }
     Ok(())
+}
+
+/// Whether tensor `name` is a copy of one already loaded (a tied classifier saved twice).
+fn tied_copy(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, used: &[(String, Vec<f32>)]) -> Result<bool> {
+    let view = st.tensor(name).map_err(|e| ckpt_err(dir, format!("{file}: `{name}`: {e}")))?;
+    let values = f32_values(dir, file, name, &view)?;
+    Ok(used.iter().any(|(_, v)| *v == values))
 }
 
 /// Restores AdamW's state from `dir/optimizer.safetensors`.
@@ -260,23 +314,43 @@ pub fn load_optimizer(dir: &Path, model: &dyn Model, opt: &mut AdamW, step: u64)
 
 /// A model read back from a checkpoint, with where it came from.
 pub struct LoadedModel {
-    /// The checkpoint directory.
+    /// The checkpoint (or Hugging Face) directory.
     pub dir: PathBuf,
-    pub state: CheckpointState,
-    /// The run's config (`[model]` says which model this is).
+    /// The checkpoint's state; `None` for a Hugging Face directory.
+    pub state: Option<CheckpointState>,
+    /// The run's config (`[model]` says which model this is); for a Hugging Face directory,
+    /// the defaults with its model ([`crate::hf::config_for`]).
     pub config: Config,
     pub model: Box<dyn Model>,
     pub precision: Precision,
 }
 
-/// A checkpoint's model (`path`: a checkpoint or a run directory) in `precision` on
-/// `device`, built by its `[model]` kind from `registry`: the weights are read from the f32
-/// values the checkpoint holds, uploaded, and rounded for the bf16 working copies.
+/// What `path` holds: a checkpoint (`path` a checkpoint or a run directory) with its state
+/// and config, or a Hugging Face `save_pretrained` directory with a config for it.
+pub fn inspect(path: &Path, registry: &Registry) -> Result<(PathBuf, Option<CheckpointState>, Config)> {
+    match resolve(path) {
+        Ok(dir) => {
+            let (state, config) = read_state(&dir, registry)?;
+            Ok((dir, Some(state), config))
+        }
+        Err(_) if crate::hf::is_hf_dir(path) => Ok((path.to_path_buf(), None, crate::hf::config_for(path, registry)?)),
+        Err(e) => Err(e),
+    }
+}
+
+/// A checkpoint's model (`path`: a checkpoint, a run directory or a Hugging Face
+/// `save_pretrained` directory) in `precision` on `device`, built by its `[model]` kind from
+/// `registry`: the weights are read from the values the directory holds, uploaded, and
+/// rounded for the bf16 working copies.
 pub fn load_model(path: &Path, device: Device, precision: Precision, registry: &Registry) -> Result<LoadedModel> {
-    let dir = resolve(path)?;
-    let (state, config) = read_state(&dir, registry)?;
-    let at = BuildContext { vocab_size: state.vocab_size, device, precision, seed: config.run.seed };
+    let (dir, state, config) = inspect(path, registry)?;
+    let vocab_size = match &state {
+        Some(state) => state.vocab_size,
+        None => crate::hf::vocab_size(&dir, &crate::hf::read_config(&dir)?)?,
+    };
+    let at = BuildContext { vocab_size, device, precision, seed: config.run.seed };
     let mut model = config.model.spec().build(&at)?;
-    load_weights(&dir, model.as_mut())?;
+    let naming = if state.is_some() { Naming::Engine } else { Naming::HuggingFace };
+    load_weights_named(&dir, model.as_mut(), naming)?;
     Ok(LoadedModel { dir, state, config, model, precision })
 }

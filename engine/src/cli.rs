@@ -26,7 +26,7 @@ use crate::checkpoint::{self, LoadedModel};
 use crate::config::Config;
 use crate::prepare::{prepare, PrepareOptions, DEFAULT_SHARD_TOKENS};
 use crate::registry::Registry;
-use crate::sample::{sample, SampleOptions};
+use crate::sample::{sample_ids, SampleOptions};
 use crate::train::{evaluate, load_dataset, plan_run, resolve_budget, resolve_device, train, TrainOptions};
 use crate::{Error, Result};
 
@@ -118,7 +118,8 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Generate text from a checkpoint (a checkpoint directory or a run directory).
+    /// Generate text from a checkpoint (a checkpoint directory, a run directory, or a Hugging
+    /// Face `save_pretrained` directory of a kind this program reads: GPT-2, Llama).
     Sample {
         checkpoint: PathBuf,
         #[arg(long, default_value = "\n")]
@@ -134,6 +135,9 @@ enum Command {
         /// "auto" (the GPU when usable, else the CPU), "cpu", "cuda" or "cuda:N".
         #[arg(long, default_value = "auto", value_name = "DEVICE")]
         device: String,
+        /// Print one JSON line: the prompt's and the generated token ids, and the text.
+        #[arg(long)]
+        json: bool,
     },
     /// The CUDA kernels: `engine kernels build --arch sm_90 [--arch sm_80] --out DIR`
     /// precompiles them (needs NVRTC); copy DIR to a machine with only the NVIDIA driver and
@@ -144,7 +148,8 @@ enum Command {
         #[command(subcommand)]
         action: KernelsCommand,
     },
-    /// Print a checkpoint's validation loss.
+    /// Print a checkpoint's validation loss (a checkpoint, a run directory, or a Hugging Face
+    /// `save_pretrained` directory: its vocabulary picks the tokenizer).
     Eval {
         checkpoint: PathBuf,
         /// Validation batches (default: the run's train.eval_batches).
@@ -266,14 +271,21 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             );
             Ok(())
         }
-        Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, device } => {
+        Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, device, json } => {
             if !(temperature.is_finite() && temperature >= 0.0) {
                 return Err(Error::Usage(format!("--temperature must be a number >= 0, got {temperature}")));
             }
             let LoadedModel { config, mut model, .. } = load_checkpoint_on(&checkpoint, &device, registry)?;
             let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
-            let text = sample(model.as_mut(), tokenizer.as_ref(), &SampleOptions { prompt, tokens, temperature, top_k, seed })?;
-            println!("{text}");
+            let prompt_tokens = tokenizer.encode(prompt.as_bytes()).len().max(1);
+            let ids = sample_ids(model.as_mut(), tokenizer.as_ref(), &SampleOptions { prompt, tokens, temperature, top_k, seed })?;
+            let text = tokenizer.decode(&ids);
+            if json {
+                let (given, generated) = ids.split_at(prompt_tokens);
+                println!("{}", serde_json::json!({"prompt_tokens": given, "tokens": generated, "text": text}));
+            } else {
+                println!("{text}");
+            }
             Ok(())
         }
         Command::Kernels { action: KernelsCommand::Build { archs, out } } => {
@@ -316,15 +328,14 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"val_loss": loss, "windows": windows, "seq_len": t.seq_len, "step": state.step, "device": device, "precision": precision})
+                    serde_json::json!({"val_loss": loss, "windows": windows, "seq_len": t.seq_len, "step": state.as_ref().map(|s| s.step), "device": device, "precision": precision})
                 );
             } else {
-                println!(
-                    "val loss {loss:.4} ({windows} windows of {} tokens; checkpoint {}, step {}; {device}, {precision})",
-                    t.seq_len,
-                    dir.display(),
-                    state.step
-                );
+                let source = match &state {
+                    Some(state) => format!("checkpoint {}, step {}", dir.display(), state.step),
+                    None => format!("Hugging Face directory {}", dir.display()),
+                };
+                println!("val loss {loss:.4} ({windows} windows of {} tokens; {source}; {device}, {precision})", t.seq_len);
             }
             Ok(())
         }
@@ -337,8 +348,7 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
 fn load_checkpoint_on(path: &Path, device: &str, registry: &Registry) -> Result<LoadedModel> {
     let request = DeviceRequest::parse(device)
         .ok_or_else(|| Error::Usage(format!("--device: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"{device}\"")))?;
-    let dir = checkpoint::resolve(path)?;
-    let (_, config) = checkpoint::read_state(&dir, registry)?;
+    let (dir, _, config) = checkpoint::inspect(path, registry)?;
     let (device, _) = select(request)?;
     let precision = config.precision(device).unwrap_or(Precision::Fp32);
     checkpoint::load_model(&dir, device, precision, registry)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{ModelSection, Registry};
+use crate::registry::{ModelSection, Registry, INIT_FROM_KEY};
 use crate::{Error, Result};
 
 /// Configs that would need more memory than this (see [`Config::min_memory_bytes`]) are
@@ -256,6 +256,17 @@ impl Config {
     /// Parses config text, `[model]` resolved by `registry`; `file` names the source in
     /// errors, or the `--set` override a wrong value came from.
     pub fn parse_in(text: &str, file: &str, overrides: &[String], registry: &Registry) -> Result<Self> {
+        Self::parse_inner(text, file, overrides, registry, true)
+    }
+
+    /// A config a run recorded (config.toml, a checkpoint's state): its `[model]` holds every
+    /// setting already, so `model.init_from` (where the run started from) is not read again
+    /// and may be gone.
+    pub fn parse_recorded(text: &str, file: &str, registry: &Registry) -> Result<Self> {
+        Self::parse_inner(text, file, &[], registry, false)
+    }
+
+    fn parse_inner(text: &str, file: &str, overrides: &[String], registry: &Registry, read_init_from: bool) -> Result<Self> {
         let err = |msg: String| Error::Config { file: file.to_string(), msg };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(toml_message(&e, text)))?;
         for o in overrides {
@@ -266,15 +277,25 @@ impl Config {
             Some(o) => err(format!("--set {o}: {msg}")),
             None => err(msg),
         };
-        let model = match table.remove("model") {
+        let mut model = match table.remove("model") {
             None => toml::Table::new(),
             Some(toml::Value::Table(t)) => t,
             Some(other) => return Err(err(format!("key `model`: expected a table ([model]), got {other}"))),
         };
-        let model = registry.resolve(&model).map_err(|msg| {
+        let init_from = match model.remove(INIT_FROM_KEY) {
+            None => None,
+            Some(toml::Value::String(dir)) => Some(PathBuf::from(dir)),
+            Some(other) => return Err(blame("model.init_from", format!("key `model.init_from`: expected a directory path, got {other}"))),
+        };
+        let resolved = match &init_from {
+            Some(dir) if read_init_from => crate::hf::resolve_init_from(dir, &model, registry),
+            _ => registry.resolve(&model),
+        };
+        let mut model = resolved.map_err(|msg| {
             let key = msg.strip_prefix("key `").and_then(|m| m.split_once('`')).map(|(k, _)| k.to_string()).unwrap_or_default();
             blame(&key, msg)
         })?;
+        model.init_from = init_from;
         let given = |key: &str| table.get("train").and_then(|t| t.as_table()).is_some_and(|t| t.contains_key(key));
         let explicit = ExplicitKeys { batch_size: given("batch_size"), grad_accum: given("grad_accum"), recompute: given("recompute") };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {

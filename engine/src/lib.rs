@@ -8,6 +8,7 @@ pub mod cli;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod hf;
 pub mod logs;
 pub mod monitor;
 pub mod optim;

@@ -59,6 +59,8 @@ use serde::{Deserialize, Serialize};
 
 /// The key of `[model]` that names the kind.
 pub const KIND_KEY: &str = "kind";
+/// The key of `[model]` naming a directory of weights to start from (every kind has it).
+pub const INIT_FROM_KEY: &str = "init_from";
 /// The kind of a `[model]` table without a `kind` key.
 pub const DEFAULT_KIND: &str = "gpt2";
 
@@ -270,7 +272,7 @@ impl Registry {
             ));
         };
         let (spec, settings) = entry.parse(&kind, &settings)?;
-        Ok(ModelSection { kind, settings, spec })
+        Ok(ModelSection { kind, settings, init_from: None, spec })
     }
 }
 
@@ -281,6 +283,9 @@ pub struct ModelSection {
     pub kind: String,
     /// The kind's keys, every one (defaults filled in).
     pub settings: toml::Table,
+    /// `model.init_from`: a Hugging Face `save_pretrained` directory (or a checkpoint of
+    /// this engine) whose weights a new run starts from (crate::hf).
+    pub init_from: Option<std::path::PathBuf>,
     spec: Arc<dyn ModelSpec>,
 }
 
@@ -294,6 +299,9 @@ impl ModelSection {
     pub fn to_table(&self) -> toml::Table {
         let mut t = self.settings.clone();
         t.insert(KIND_KEY.into(), toml::Value::String(self.kind.clone()));
+        if let Some(dir) = &self.init_from {
+            t.insert(INIT_FROM_KEY.into(), toml::Value::String(dir.display().to_string()));
+        }
         t
     }
 
@@ -303,6 +311,7 @@ impl ModelSection {
         keys.into_iter()
             .filter(|k| self.settings.get(*k) != other.settings.get(*k))
             .map(|k| {
+                #[allow(clippy::redundant_closure_for_method_calls)]
                 let show = |t: &toml::Table| t.get(k).map_or("unset".to_string(), |v| v.to_string());
                 format!("model.{k} = {} vs {}", show(&self.settings), show(&other.settings))
             })
@@ -318,7 +327,7 @@ impl fmt::Debug for ModelSection {
 
 impl PartialEq for ModelSection {
     fn eq(&self, other: &Self) -> bool {
-        self.kind == other.kind && self.settings == other.settings
+        self.kind == other.kind && self.settings == other.settings && self.init_from == other.init_from
     }
 }
 
@@ -327,7 +336,7 @@ impl Default for ModelSection {
     fn default() -> Self {
         let spec = GptSpec::default();
         let settings = table_of(&spec).expect("GptSpec serializes");
-        Self { kind: DEFAULT_KIND.into(), settings, spec: Arc::new(spec) }
+        Self { kind: DEFAULT_KIND.into(), settings, init_from: None, spec: Arc::new(spec) }
     }
 }
 

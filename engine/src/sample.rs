@@ -4,7 +4,7 @@ use datasets::Tokenizer;
 use models::Model;
 use kernels::Tensor;
 
-use crate::Result;
+use crate::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
@@ -18,6 +18,12 @@ pub struct SampleOptions {
 
 /// Generates `options.tokens` tokens after the prompt; returns prompt + continuation.
 pub fn sample(model: &mut dyn Model, tokenizer: &dyn Tokenizer, options: &SampleOptions) -> Result<String> {
+    Ok(tokenizer.decode(&sample_ids(model, tokenizer, options)?))
+}
+
+/// [`sample`] as token ids: the prompt's (a newline for an empty prompt), then the
+/// `options.tokens` generated ones.
+pub fn sample_ids(model: &mut dyn Model, tokenizer: &dyn Tokenizer, options: &SampleOptions) -> Result<Vec<u32>> {
     let mut ids = tokenizer.encode(options.prompt.as_bytes());
     if ids.is_empty() {
         ids = tokenizer.encode(b"\n");
@@ -29,12 +35,12 @@ pub fn sample(model: &mut dyn Model, tokenizer: &dyn Tokenizer, options: &Sample
         let x = Tensor::from_u32(&[1, window.len()], window.to_vec())?.to_device(model.device())?;
         model.forward(&x, None)?;
         // The whole (1, T, Vp) logits come to the host as f32; only the last row is used.
-        let logits = model.logits().expect("forward without targets keeps logits").try_to_vec()?;
+        let logits = model.logits().ok_or_else(|| Error::Usage("the model kept no logits after a forward without targets (Model::logits)".into()))?.try_to_vec()?;
         let vp = logits.len() / window.len();
         let last = &logits[(window.len() - 1) * vp..][..vocab];
         ids.push(pick(last, options.temperature, options.top_k, &mut rng));
     }
-    Ok(tokenizer.decode(&ids))
+    Ok(ids)
 }
 
 /// Draws a token from logits with temperature and top-k (temperature 0: the argmax).

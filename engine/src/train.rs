@@ -446,6 +446,22 @@ fn resume(previous: &Previous, run_dir: &Path, model: &mut dyn Model, opt: &mut 
     Ok(state.step)
 }
 
+/// `model.init_from`: the weights of the Hugging Face (or checkpoint) directory `dir`, whose
+/// config the config's `[model]` was checked against when it was parsed. A vocabulary other
+/// than the data's is an error naming both.
+fn init_from(dir: &Path, model: &mut dyn Model, config: &Config, vocab_size: usize) -> Result<()> {
+    let theirs = crate::hf::vocab_size(dir, &crate::hf::read_config(dir)?)?;
+    if theirs != vocab_size {
+        return Err(Error::Usage(format!(
+            "model.init_from = {}: its vocabulary is {theirs} tokens, the data's (data.tokenizer = \"{}\") {vocab_size}; \
+             set data.tokenizer to the tokenizer the model was trained with",
+            dir.display(),
+            config.data.tokenizer
+        )));
+    }
+    checkpoint::load_weights_named(dir, model, checkpoint::Naming::HuggingFace)
+}
+
 /// What the run directory says about the run before it starts: config.toml and plan.json.
 fn write_run_files(config: &Config, run_dir: &Path, plan: &Plan) -> Result<()> {
     fs::create_dir_all(run_dir).map_err(io(run_dir))?;
@@ -594,7 +610,12 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let mut sampler = EpochSampler::new(config.run.seed, train_index.count(), 0, 1, Order::Shuffled)?;
     let start_step = match options.resume {
         true => resume(&previous, &run_dir, model.as_mut(), &mut opt, &mut sampler, global, t.seq_len)?,
-        false => 0,
+        false => {
+            if let Some(dir) = &config.model.init_from {
+                init_from(dir, model.as_mut(), config, data.vocab_size)?;
+            }
+            0
+        }
     };
     write_run_files(config, &run_dir, &plan)?;
     let peak = peak_rate(config, device)?;
@@ -618,6 +639,9 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     monitor.say(memory_note);
     if plan.source == "planner" {
         monitor.say(plan.table());
+    }
+    if let (Some(dir), false) = (&config.model.init_from, options.resume) {
+        monitor.say(format!("model: initialized from {} (model.init_from)", dir.display()));
     }
     monitor.say(format!(
         "model: {} ({} parameters); data {}: {} train / {} val tokens; {} tokens per step \
