@@ -517,3 +517,141 @@ fn kernels_resources_refuses_an_architecture_without_occupancy_figures() {
     let out = engine_in(dir.path(), &["kernels", "resources", "--arch", "sm_90", "--arch", "sm_86"]);
     assert_fails(&out, &["no occupancy figures for sm_86", "known: sm_80, sm_90"]);
 }
+
+// ---- model kinds and Hugging Face directories ----
+
+/// The tiny run's overrides for a Llama (GQA: 2 query heads per key/value head).
+const TINY_LLAMA: [&str; 6] =
+    ["--set", "model.kind=llama", "--set", "model.n_kv_head=1", "--set", "model.intermediate_size=24"];
+
+#[test]
+fn a_llama_trains_evaluates_samples_and_resumes() {
+    let dir = TempDir::new().unwrap();
+    assert_succeeds(&train(dir.path(), 2, &TINY_LLAMA));
+    let run = dir.path().join("tiny");
+    let config = fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("kind = \"llama\"") && config.contains("n_kv_head = 1"), "{config}");
+    let hf: serde_json::Value = serde_json::from_str(&fs::read_to_string(checkpoint_dir(&run, 2).join("config.json")).unwrap()).unwrap();
+    assert_eq!((hf["architectures"][0].as_str(), hf["num_key_value_heads"].as_u64()), (Some("LlamaForCausalLM"), Some(1)));
+    let out = engine_in(dir.path(), &["eval", s(&run), "--json"]);
+    assert_succeeds(&out);
+    let mut with_resume = TINY_LLAMA.to_vec();
+    with_resume.push("--resume");
+    assert_succeeds(&train(dir.path(), 3, &with_resume));
+    let out = engine_in(dir.path(), &["sample", s(&run), "--tokens", "5", "--json", "--temperature", "0"]);
+    assert_succeeds(&out);
+    let sampled: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(sampled["tokens"].as_array().map(Vec::len), Some(5), "{sampled}");
+    // A GPT-2 config aimed at the Llama's run directory is refused, naming both kinds.
+    let before = snapshot(&run);
+    let out = train(dir.path(), 5, &[]);
+    assert_fails(&out, &["run directory", "kind \"llama\"", "this config trains kind \"gpt2\"", "nothing was written"]);
+    assert!(snapshot(&run) == before, "a refused run changed the run directory");
+}
+
+/// Rewrites `src`'s model.safetensors into `dst` as `transformers` saves a GPT2LMHeadModel:
+/// every name under `transformer.`, the tied `lm_head.weight` saved too, the causal-mask
+/// buffers of older versions, and `extra` tensors; with the config.json beside it.
+fn hf_copy(src: &Path, dst: &Path, extra: &[(&str, Vec<f32>)]) {
+    use safetensors::tensor::TensorView;
+    fs::create_dir_all(dst).unwrap();
+    fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
+    let bytes = fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if name == "wte.weight" {
+            tensors.push(("lm_head.weight".into(), view.shape().to_vec(), view.data().to_vec()));
+        }
+        tensors.push((format!("transformer.{name}"), view.shape().to_vec(), view.data().to_vec()));
+    }
+    tensors.push(("transformer.h.0.attn.bias".into(), vec![1, 1, 2, 2], [1.0f32, 0.0, 1.0, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect()));
+    for (name, values) in extra {
+        tensors.push((name.to_string(), vec![values.len()], values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
+    let views: Vec<(String, TensorView<'_>)> =
+        tensors.iter().map(|(n, shape, data)| (n.clone(), TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+}
+
+fn eval_loss(dir: &Path, args: &[&str]) -> f64 {
+    let mut all = vec!["eval", "--json", "--device", "cpu"];
+    all.extend_from_slice(args);
+    let out = engine_in(dir, &all);
+    assert_succeeds(&out);
+    serde_json::from_str::<serde_json::Value>(text(&out.stdout).trim()).unwrap()["val_loss"].as_f64().unwrap()
+}
+
+#[test]
+fn a_hugging_face_directory_evaluates_like_the_checkpoint_and_fine_tunes() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let hf = dir.path().join("hf-gpt2");
+    hf_copy(&checkpoint_dir(&run, 3), &hf, &[]);
+    // The same 32 windows of 16 tokens: the run's batch of 2 x 16 batches, the directory's
+    // default batch of 32 x 1.
+    let (ours, theirs) = (eval_loss(dir.path(), &[s(&run), "--batches", "16"]), eval_loss(dir.path(), &[s(&hf), "--batches", "1"]));
+    assert!((ours - theirs).abs() <= 1e-5 * ours, "checkpoint {ours} vs its save_pretrained copy {theirs}");
+    let out = engine_in(dir.path(), &["sample", s(&hf), "--tokens", "4", "--temperature", "0"]);
+    assert_succeeds(&out);
+    // Fine-tuning: the settings come from the directory; the loss falls from the start.
+    let config = write(
+        dir.path(),
+        "finetune.toml",
+        &format!(
+            "[run]\nname = \"ft\"\nout_dir = '{}'\ndevice = \"cpu\"\n[model]\ninit_from = '{}'\n[train]\nseq_len = 16\nbatch_size = 8\nmax_steps = 8\nlr = 3e-3\nwarmup_steps = 0\neval_batches = 4\n",
+            dir.path().display(),
+            hf.display()
+        ),
+    );
+    let out = engine_in(dir.path(), &["train", s(&config)]);
+    assert_succeeds(&out);
+    assert!(text(&out.stderr).contains("initialized from") || text(&out.stdout).contains("initialized from"), "{}", text(&out.stderr));
+    let tuned = eval_loss(dir.path(), &[s(&dir.path().join("ft")), "--batches", "4"]);
+    let start = eval_loss(dir.path(), &[s(&hf), "--batches", "1"]);
+    assert!(tuned < start, "fine-tuned val loss {tuned} did not fall below the directory's {start}");
+}
+
+#[test]
+fn bad_hugging_face_directories_are_one_clear_error_each() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let ckpt = checkpoint_dir(&run, 3);
+    let init = |name: &str, model: &str| -> Output {
+        let config = write(dir.path(), &format!("{name}.toml"), &format!("[run]\nname = \"run-{name}\"\nout_dir = '{}'\n[model]\n{model}\n[train]\nseq_len = 16\n", dir.path().display()));
+        let out = engine_in(dir.path(), &["train", s(&config), "--quiet"]);
+        assert!(!dir.path().join(format!("run-{name}")).exists(), "{name}: a refused run wrote its run directory");
+        out
+    };
+    // Missing.
+    let out = init("missing", "init_from = 'no-such-dir'");
+    assert_fails(&out, &["missing.toml", "key `model.init_from`", "no-such-dir", "no such directory"]);
+    // A config that disagrees with the directory's, and another kind.
+    let out = init("shape", &format!("init_from = '{}'\nn_layer = 3", ckpt.display()));
+    assert_fails(&out, &["key `model.init_from`", "disagrees with [model]", "model.n_layer = 3 vs 1"]);
+    let out = init("kind", &format!("init_from = '{}'\nkind = \"llama\"", ckpt.display()));
+    assert_fails(&out, &["key `model.init_from`", "GPT2LMHeadModel (kind \"gpt2\")", "model.kind = \"llama\""]);
+    // Another architecture.
+    let bert = dir.path().join("bert");
+    fs::create_dir_all(&bert).unwrap();
+    fs::copy(ckpt.join("model.safetensors"), bert.join("model.safetensors")).unwrap();
+    fs::write(bert.join("config.json"), r#"{"architectures": ["BertForMaskedLM"], "vocab_size": 256}"#).unwrap();
+    let out = init("bert", &format!("init_from = '{}'", bert.display()));
+    assert_fails(&out, &["BertForMaskedLM", "not one this program reads", "GPT2LMHeadModel (kind \"gpt2\")", "LlamaForCausalLM (kind \"llama\")"]);
+    let out = engine_in(dir.path(), &["eval", s(&bert)]);
+    assert_fails(&out, &["bert", "BertForMaskedLM", "not one this program reads"]);
+    // Wrong shapes: config.json says 16 wide, the weights are 32 wide.
+    let wide = dir.path().join("wide-hf");
+    assert_succeeds(&train(dir.path(), 1, &["--set", "run.name=wide", "--set", "model.n_embd=32"]));
+    fs::create_dir_all(&wide).unwrap();
+    fs::copy(ckpt.join("config.json"), wide.join("config.json")).unwrap();
+    fs::copy(checkpoint_dir(&dir.path().join("wide"), 1).join("model.safetensors"), wide.join("model.safetensors")).unwrap();
+    fs::remove_dir_all(dir.path().join("wide")).ok();
+    let out = init("shapes", &format!("init_from = '{}'", wide.display()));
+    assert_fails(&out, &["model.safetensors", "has shape", "the model expects"]);
+    // A tensor the model does not have.
+    let odd = dir.path().join("odd");
+    hf_copy(&ckpt, &odd, &[("transformer.h.0.adapter.weight", vec![0.5; 4])]);
+    let out = engine_in(dir.path(), &["eval", s(&odd)]);
+    assert_fails(&out, &["odd", "model.safetensors has tensors the model does not", "transformer.h.0.adapter.weight"]);
+}
