@@ -9,7 +9,8 @@
 //! NVRTC, and an entry made by any NVRTC is used if the driver loads it (cuda/mod.rs tries
 //! the entries newest NVRTC first and compiles only when none loads). `engine kernels build`
 //! fills a directory with every embedded kernel for the architectures asked for, to copy to
-//! a driver-only machine. Files are written to a temporary name and renamed, so a reader
+//! a driver-only machine. A registered module (`cuda::register_module`) is cached the same way,
+//! under its module name. Files are written to a temporary name and renamed, so a reader
 //! never sees a partial cubin, and two processes compiling the same kernel at once both end
 //! with a whole file. A cache that cannot be read or written at run time is skipped
 //! silently: it only ever saves time (`build_into` reports its errors).
@@ -73,9 +74,10 @@ fn compile_in(dir: Option<&Path>, file: &str, source: &str, arch: &str) -> Resul
     Ok(cubin)
 }
 
-/// Compiles every embedded kernel file for each of `archs` into `dir` (created if needed),
-/// replacing entries of the same key and NVRTC version; returns the files written, in order.
-/// Unlike the run-time cache, an unwritable directory is an error.
+/// Compiles every embedded kernel file, then every module registered so far
+/// (`cuda::register_module`), for each of `archs` into `dir` (created if needed), replacing
+/// entries of the same key and NVRTC version; returns the files written, in order. Unlike
+/// the run-time cache, an unwritable directory is an error.
 pub fn build_into(dir: &Path, archs: &[String]) -> Result<Vec<PathBuf>> {
     for arch in archs {
         let digits = arch.strip_prefix("sm_").unwrap_or_default();
@@ -86,7 +88,9 @@ pub fn build_into(dir: &Path, archs: &[String]) -> Result<Vec<PathBuf>> {
     let version = nvrtc::nvrtc()?.version;
     let mut written = Vec::new();
     for arch in archs {
-        for (file, source) in super::sources::SOURCES {
+        let registered = super::registered::all();
+        let builtin = super::sources::SOURCES.iter().map(|&(file, source)| (file, source));
+        for (file, source) in builtin.chain(registered.iter().map(|(file, source)| (file.as_str(), &**source))) {
             let cubin = nvrtc::compile_cubin(file, source, arch)?;
             let path = dir.join(entry_name(file, source, arch, version));
             write_atomic(&path, &cubin).map_err(|e| Error::Invalid { op: "kernels build", msg: format!("cannot write {}: {e}", path.display()) })?;
@@ -134,7 +138,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// FNV-1a, 64 bit: stable across Rust versions and platforms (std's hasher is not promised
 /// to be), which a key stored on disk needs. Not a defence against crafted collisions: the
-/// cache holds only our own kernels.
+/// cache holds only kernels this user's programs compiled.
 struct Fnv64(u64);
 
 impl Fnv64 {

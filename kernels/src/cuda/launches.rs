@@ -3,7 +3,9 @@
 //! or shared memory depends on B), read from its launcher in `kernels/src/ops/*.rs`.
 //! `engine kernels resources` and the NVRTC compile test turn it into blocks per SM, and
 //! fail when a compiled kernel is missing here or an entry names no kernel: a new or renamed
-//! kernel needs a line here.
+//! kernel needs a line here. Only the built-in kernels (the embedded `kernels/cuda/*.cu`) are
+//! listed: a module registered at run time (`cuda::register_module`) is not checked, and
+//! needs no entry (its author can run `resources::check` on it with a table of its own).
 //!
 //! A kernel launched at several block sizes is entered at the one the reference shape uses
 //! (its note says so). A budget (`max_registers`, `min_blocks_per_sm`) is checked on every
