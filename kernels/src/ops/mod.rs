@@ -41,8 +41,12 @@ mod cpu_util;
 
 use crate::{DType, Device, Error, Result, Tensor};
 
-/// Errors unless every tensor is on the same device; returns that device.
-pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
+// The launcher convention, public so that an op written outside this crate (with a CUDA face
+// registered by `cuda::register_module`, examples/custom_op.rs) follows it too.
+
+/// Errors unless every tensor is on the same device (naming `op`); returns that device: an
+/// op's first check, choosing its CPU or CUDA face.
+pub fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
     let first = tensors[0].device();
     for t in &tensors[1..] {
         if t.device() != first {
@@ -52,7 +56,8 @@ pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Devic
     Ok(first)
 }
 
-pub(crate) fn expect_dtype(op: &'static str, arg: &'static str, t: &Tensor, expected: DType) -> Result<()> {
+/// Errors unless `t` (argument `arg` of `op`) has dtype `expected`.
+pub fn expect_dtype(op: &'static str, arg: &'static str, t: &Tensor, expected: DType) -> Result<()> {
     if t.dtype() != expected {
         return Err(Error::DType { op, arg, expected, got: t.dtype() });
     }
@@ -61,7 +66,7 @@ pub(crate) fn expect_dtype(op: &'static str, arg: &'static str, t: &Tensor, expe
 
 /// The CUDA device a launcher runs on, `t`'s: the launcher convention (every CUDA launcher
 /// gets its device this way; a CPU tensor is an error naming `op`).
-pub(crate) fn cuda_device(op: &'static str, t: &Tensor) -> Result<std::sync::Arc<crate::cuda::CudaDevice>> {
+pub fn cuda_device(op: &'static str, t: &Tensor) -> Result<std::sync::Arc<crate::cuda::CudaDevice>> {
     match t.device() {
         Device::Cuda(ordinal) => crate::cuda::device(ordinal),
         device => Err(Error::Invalid { op, msg: format!("CUDA launcher called with a tensor on {device}") }),
@@ -69,12 +74,12 @@ pub(crate) fn cuda_device(op: &'static str, t: &Tensor) -> Result<std::sync::Arc
 }
 
 /// `v` as a kernel's `int` argument, or an error naming `op` and what `v` is.
-pub(crate) fn kernel_int(op: &'static str, what: &str, v: usize) -> Result<i32> {
+pub fn kernel_int(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Invalid { op, msg: format!("{what} = {v} does not fit the kernel's int") })
 }
 
-/// Splits `x`'s shape into (rows, last dimension).
-pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
+/// Splits `t`'s shape into (rows, last dimension): the (N, C) of a row-wise op.
+pub fn rows_cols(t: &Tensor) -> (usize, usize) {
     let c = *t.shape().last().unwrap_or(&1);
     let n = if c == 0 { 0 } else { t.numel() / c };
     (n, c)
