@@ -32,7 +32,7 @@
 //!         format!("small GPT, {} wide", self.n_embd)
 //!     }
 //!     fn build(&self, at: &BuildContext) -> engine::models::Result<Box<dyn Model>> {
-//!         let config = GptConfig { vocab_size: at.vocab_size, context_length: 64, n_layer: 1, n_head: 2, n_embd: self.n_embd };
+//!         let config = GptConfig { vocab_size: at.vocab_size, context_length: 64, n_layer: 1, n_head: 2, n_embd: self.n_embd, ..GptConfig::default() };
 //!         Ok(Box::new(Gpt::with_precision(config, at.device, at.precision, at.seed)?))
 //!     }
 //! }
@@ -53,7 +53,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use kernels::Device;
-use models::{Gpt, GptConfig, Llama, LlamaConfig, Model, Precision};
+use models::{Activation, Gpt, GptConfig, Llama, LlamaConfig, Model, Precision};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +70,9 @@ pub const DEFAULT_KIND: &str = "gpt2";
 pub struct BuildContext {
     /// The tokenizer's vocabulary (the data's).
     pub vocab_size: usize,
+    /// Where the parameters are made.
     pub device: Device,
+    /// fp32, or bf16 mixed precision (a CUDA device).
     pub precision: Precision,
     /// `run.seed`: the same seed gives the same initial weights on every device.
     pub seed: u64,
@@ -340,27 +342,51 @@ impl Default for ModelSection {
     }
 }
 
-/// `[model] kind = "gpt2"`: GPT-2 ([`models::Gpt`]).
+/// `[model] kind = "gpt2"`: GPT-2 ([`models::Gpt`]), its blocks configurable (the
+/// defaults are GPT-2's; other settings have no `GPT2LMHeadModel` form, so their checkpoints
+/// carry no `config.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GptSpec {
+    /// Blocks.
     pub n_layer: usize,
+    /// Attention heads per block.
     pub n_head: usize,
+    /// Width of the residual stream.
     pub n_embd: usize,
     /// Longest sequence the model accepts (position embeddings).
     pub context_length: usize,
+    /// Biases on the attention and MLP projections (GPT-2: true).
+    pub bias: bool,
+    /// The MLP's hidden width; unset: 4 x n_embd (GPT-2's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_inner: Option<usize>,
+    /// The MLP's activation: "gelu" (GPT-2's) or "swiglu".
+    pub activation: String,
+    /// A learned position table added to the token embedding (GPT-2: true).
+    pub learned_positions: bool,
 }
 
 impl Default for GptSpec {
     fn default() -> Self {
-        Self { n_layer: 4, n_head: 4, n_embd: 128, context_length: 128 }
+        Self { n_layer: 4, n_head: 4, n_embd: 128, context_length: 128, bias: true, n_inner: None, activation: "gelu".into(), learned_positions: true }
     }
 }
 
 impl GptSpec {
     /// The model's config for a vocabulary of `vocab_size`.
     pub fn gpt_config(&self, vocab_size: usize) -> GptConfig {
-        GptConfig { vocab_size, context_length: self.context_length, n_layer: self.n_layer, n_head: self.n_head, n_embd: self.n_embd }
+        GptConfig {
+            vocab_size,
+            context_length: self.context_length,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_embd: self.n_embd,
+            bias: self.bias,
+            n_inner: self.n_inner,
+            activation: if self.activation == "swiglu" { Activation::Swiglu } else { Activation::Gelu },
+            learned_positions: self.learned_positions,
+        }
     }
 }
 
@@ -378,7 +404,21 @@ impl ModelSpec for GptSpec {
     }
 
     fn describe(&self) -> String {
-        format!("GPT-2 {} layers, {} heads, {} wide", self.n_layer, self.n_head, self.n_embd)
+        let mut options = Vec::new();
+        if !self.bias {
+            options.push("no biases".to_string());
+        }
+        if let Some(n) = self.n_inner {
+            options.push(format!("MLP {n}"));
+        }
+        if self.activation != "gelu" {
+            options.push(self.activation.clone());
+        }
+        if !self.learned_positions {
+            options.push("no learned positions".into());
+        }
+        let options = if options.is_empty() { String::new() } else { format!(" ({})", options.join(", ")) };
+        format!("GPT-2 {} layers, {} heads, {} wide{options}", self.n_layer, self.n_head, self.n_embd)
     }
 
     fn build(&self, at: &BuildContext) -> models::Result<Box<dyn Model>> {
@@ -387,6 +427,12 @@ impl ModelSpec for GptSpec {
 
     fn validate(&self) -> Result<(), String> {
         positive(&[("n_layer", self.n_layer), ("n_head", self.n_head), ("n_embd", self.n_embd), ("context_length", self.context_length)])?;
+        if self.n_inner == Some(0) {
+            return Err("key `model.n_inner`: must be at least 1, got 0".into());
+        }
+        if !["gelu", "swiglu"].contains(&self.activation.as_str()) {
+            return Err(format!("key `model.activation`: expected \"gelu\" or \"swiglu\", got \"{}\"", self.activation));
+        }
         if self.n_embd % self.n_head != 0 {
             return Err(format!("key `model.n_embd`: {} is not a multiple of model.n_head ({})", self.n_embd, self.n_head));
         }
@@ -397,7 +443,10 @@ impl ModelSpec for GptSpec {
     /// micro-batch's logits and the (B, H, T, T) attention scores each layer keeps on the CPU.
     fn min_memory_bytes(&self, vocab: f64, b: f64, seq: f64) -> f64 {
         let (l, c, ctx, h) = (self.n_layer as f64, self.n_embd as f64, self.context_length as f64, self.n_head as f64);
-        let params = vocab * c + ctx * c + l * (12.0 * c * c + 13.0 * c) + 2.0 * c;
+        let inner = self.n_inner.map_or(4.0 * c, |n| n as f64);
+        let mlp = if self.activation == "swiglu" { 3.0 } else { 2.0 } * c * inner;
+        let positions = if self.learned_positions { ctx * c } else { 0.0 };
+        let params = vocab * c + positions + l * (4.0 * c * c + mlp + 4.0 * c) + 2.0 * c;
         let activations = b * seq * vocab + l * b * h * seq * seq;
         4.0 * (4.0 * params + activations)
     }
@@ -421,7 +470,7 @@ impl ModelSpec for GptSpec {
         if n_inner != 4 * n_embd {
             return Err(format!("config.json: `n_inner` = {n_inner} is not supported (this engine's GPT-2 MLP is 4 x n_embd = {})", 4 * n_embd));
         }
-        Ok(Self { n_layer: c.count("n_layer", None)?, n_head: c.count("n_head", None)?, n_embd, context_length: c.count("n_positions", None)? })
+        Ok(Self { n_layer: c.count("n_layer", None)?, n_head: c.count("n_head", None)?, n_embd, context_length: c.count("n_positions", None)?, ..Self::default() })
     }
 }
 
@@ -470,17 +519,21 @@ impl HfConfig<'_> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LlamaSpec {
+    /// Decoder layers.
     pub n_layer: usize,
     /// Query heads.
     pub n_head: usize,
     /// Key/value heads (dividing n_head; n_head: multi-head attention).
     pub n_kv_head: usize,
+    /// Width of the residual stream (n_head heads of n_embd / n_head, an even size).
     pub n_embd: usize,
     /// The SwiGLU MLP's hidden width.
     pub intermediate_size: usize,
+    /// Longest sequence the model accepts (`max_position_embeddings`).
     pub context_length: usize,
     /// RoPE's frequency base.
     pub rope_theta: f32,
+    /// RMSNorm's epsilon.
     pub rms_norm_eps: f32,
     /// The classifier reads the token embedding.
     pub tie_embeddings: bool,

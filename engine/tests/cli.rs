@@ -655,3 +655,19 @@ fn bad_hugging_face_directories_are_one_clear_error_each() {
     let out = engine_in(dir.path(), &["eval", s(&odd)]);
     assert_fails(&out, &["odd", "model.safetensors has tensors the model does not", "transformer.h.0.adapter.weight"]);
 }
+
+#[test]
+fn gpt2_blocks_are_configurable_and_checked() {
+    let dir = TempDir::new().unwrap();
+    let sets = ["--set", "model.bias=false", "--set", "model.activation=swiglu", "--set", "model.n_inner=24", "--set", "model.learned_positions=false"];
+    assert_succeeds(&train(dir.path(), 2, &sets));
+    let ckpt = checkpoint_dir(&dir.path().join("tiny"), 2);
+    // No GPT2LMHeadModel has these blocks: no config.json, and no wpe or biases exported.
+    assert!(!ckpt.join("config.json").exists());
+    let bytes = fs::read(ckpt.join("model.safetensors")).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect();
+    assert!(!names.iter().any(|n| n == "wpe.weight" || n.ends_with("c_attn.bias")), "{names:?}");
+    assert_succeeds(&engine_in(dir.path(), &["eval", s(&dir.path().join("tiny"))]));
+    let out = train(dir.path(), 2, &["--set", "run.name=bad", "--set", "model.activation=relu"]);
+    assert_fails(&out, &["--set model.activation=relu", "key `model.activation`", "\"gelu\" or \"swiglu\""]);
+}

@@ -48,7 +48,7 @@ fn gpu_or_skip() -> Option<Device> {
 
 /// 2 layers, HS = 32 (a head size the CUDA attention supports), vocab padded 200 -> 256.
 fn config() -> GptConfig {
-    GptConfig { vocab_size: 200, context_length: 64, n_layer: 2, n_head: 2, n_embd: 64 }
+    GptConfig { vocab_size: 200, context_length: 64, n_layer: 2, n_head: 2, n_embd: 64, ..GptConfig::default() }
 }
 
 /// T = 48: not a multiple of the attention and matmul tiles.

@@ -72,7 +72,7 @@ fn auto_precision_is_fp32_on_the_cpu_and_bf16_on_a_gpu() {
 
 #[test]
 fn a_bf16_model_on_the_cpu_is_refused_by_the_library_too() {
-    let config = GptConfig { vocab_size: 11, context_length: 8, n_layer: 1, n_head: 2, n_embd: 8 };
+    let config = GptConfig { vocab_size: 11, context_length: 8, n_layer: 1, n_head: 2, n_embd: 8, ..GptConfig::default() };
     let err = Gpt::with_precision(config, Device::Cpu, Precision::Bf16, 1).err().expect("bf16 on the CPU must fail");
     let msg = err.to_string();
     assert!(msg.contains("bf16") && msg.contains("CPU"), "{msg}");

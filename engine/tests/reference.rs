@@ -54,6 +54,7 @@ impl Fixture {
             n_layer: self.usize("n_layer"),
             n_head: self.usize("n_head"),
             n_embd: self.usize("n_embd"),
+            ..GptConfig::default()
         };
         let mut model = Gpt::new(config, Device::Cpu, 0).unwrap();
         let mut loaded = 0;

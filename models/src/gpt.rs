@@ -3,49 +3,121 @@
 //! (`wte.weight`, `h.{i}.attn.c_attn.weight` stored [in, out], ...), so an export loads in
 //! `transformers.GPT2LMHeadModel`. The vocabulary is padded to a multiple of 128 for speed;
 //! the padding is masked out of the softmax and cut from exports.
+//!
+//! The blocks are configurable beyond GPT-2 ([`GptConfig`]: biases, the MLP's width and
+//! activation, learned positions); the defaults are GPT-2 exactly.
 
 use kernels::{Device, Tensor};
 
 use crate::layers::{Block, Embedding, Layer, LayerNorm};
-use crate::lm_head::{check_batch, lm_model_methods, LmHead};
+use crate::lm_head::{check_batch, LmHead};
 use crate::param::{Placement, Precision};
 use crate::recompute::Recompute;
-use crate::{Error, Model, Param, Result};
+use crate::{Error, Model, Result};
 
+/// The MLP activation of a [`Gpt`] block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    /// GPT-2's: c_fc (C -> H), GeLU (tanh approximation), c_proj (H -> C).
+    #[default]
+    Gelu,
+    /// SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x)), C -> H -> C, the two input
+    /// projections fused as `gate_up_proj` ([`crate::layers::SwigluMlp`]).
+    Swiglu,
+}
+
+/// A GPT model's shape and block options. [`GptConfig::default`] is GPT-2 small (124M); the
+/// block options' defaults are GPT-2's, so
+/// `GptConfig { vocab_size, context_length, n_layer, n_head, n_embd, ..GptConfig::default() }`
+/// is a GPT-2 of that shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GptConfig {
+    /// Tokens V.
     pub vocab_size: usize,
+    /// The longest sequence (and the rows of the position table).
     pub context_length: usize,
+    /// Blocks L.
     pub n_layer: usize,
+    /// Heads NH.
     pub n_head: usize,
+    /// Width C, NH heads of C / NH columns.
     pub n_embd: usize,
+    /// Whether the attention and MLP projections have biases (GPT-2: yes). LayerNorms keep
+    /// theirs either way.
+    pub bias: bool,
+    /// The MLP's hidden width H (Hugging Face's `n_inner`); `None`: 4C, GPT-2's.
+    pub n_inner: Option<usize>,
+    /// The MLP's activation (GPT-2: GeLU).
+    pub activation: Activation,
+    /// Whether a learned position table `wpe` is added to the token embedding (GPT-2: yes).
+    /// Without it nothing tells the model positions but the causal mask.
+    pub learned_positions: bool,
+}
+
+impl Default for GptConfig {
+    /// GPT-2 small: V 50257, context 1024, 12 layers, 12 heads, C 768, with GPT-2's blocks.
+    fn default() -> Self {
+        Self {
+            vocab_size: 50257,
+            context_length: 1024,
+            n_layer: 12,
+            n_head: 12,
+            n_embd: 768,
+            bias: true,
+            n_inner: None,
+            activation: Activation::Gelu,
+            learned_positions: true,
+        }
+    }
 }
 
 impl GptConfig {
+    /// V rounded up to a multiple of 128, the rows the embedding stores.
     pub fn padded_vocab(&self) -> usize {
         self.vocab_size.div_ceil(128) * 128
     }
 
+    /// The MLP's hidden width H: `n_inner`, or 4C.
+    pub fn mlp_width(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// Whether the blocks are GPT-2's (biases, GeLU, learned positions; any `n_inner`), so
+    /// that an export is a `GPT2LMHeadModel`.
+    pub fn is_gpt2(&self) -> bool {
+        self.bias && self.activation == Activation::Gelu && self.learned_positions
+    }
+
+    /// Errors naming what makes no model.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.n_layer == 0 {
             return bad("n_layer must be at least 1".into());
         }
-        if self.n_head == 0 || self.n_embd == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd ({}) must be a positive multiple of n_head ({})", self.n_embd, self.n_head));
         }
         if self.vocab_size == 0 || self.context_length == 0 {
             return bad("vocab_size and context_length must be at least 1".into());
         }
+        if self.n_inner == Some(0) {
+            return bad("n_inner (0) must be at least 1".into());
+        }
         Ok(())
     }
 }
 
+/// A GPT-2 style causal language model (see the module docs).
 pub struct Gpt {
+    /// The shape and block options it was built with.
     pub config: GptConfig,
+    /// How it computes.
     pub precision: Precision,
+    /// `wte.weight` (Vp, C), exported (V, C), and `wpe.weight` (context, C) if learned.
     pub embedding: Embedding,
+    /// `h.{i}`.
     pub blocks: Vec<Block>,
+    /// `ln_f`, before the classifier.
     pub ln_f: LayerNorm,
     recompute: Recompute,
     head: LmHead,
@@ -66,10 +138,13 @@ impl Gpt {
         let mut rng = fastrand::Rng::with_seed(seed);
         let (c, std) = (config.n_embd, 0.02f32);
         let proj_std = std / (2.0 * config.n_layer as f32).sqrt();
-        let embedding = Embedding::new(at, config.vocab_size, config.padded_vocab(), config.context_length, c, std, &mut rng)?;
-        let blocks = (0..config.n_layer)
-            .map(|i| Block::new(at, &format!("h.{i}"), c, config.n_head, std, proj_std, &mut rng))
-            .collect::<Result<_>>()?;
+        let (v, vp) = (config.vocab_size, config.padded_vocab());
+        let embedding = if config.learned_positions {
+            Embedding::new(at, v, vp, config.context_length, c, std, &mut rng)?
+        } else {
+            Embedding::tokens_only(at, "wte.weight", v, vp, c, std, &mut rng)?
+        };
+        let blocks = (0..config.n_layer).map(|i| Block::new(at, &format!("h.{i}"), &config, std, proj_std, &mut rng)).collect::<Result<_>>()?;
         let ln_f = LayerNorm::new(at, "ln_f", c)?;
         Ok(Self { embedding, blocks, ln_f, recompute: Recompute::None, head: LmHead::default(), config, precision })
     }
@@ -83,6 +158,7 @@ impl Gpt {
         }
     }
 
+    /// The policy the next forward follows.
     pub fn recompute(&self) -> Recompute {
         self.recompute
     }
@@ -103,7 +179,7 @@ impl Gpt {
 }
 
 impl Model for Gpt {
-    lm_model_methods!();
+    crate::lm_model_methods!();
 
     fn backward(&mut self, loss_scale: f32) -> Result<()> {
         let dx = self.head.backward(&mut self.embedding.wte, loss_scale, "Gpt (forward with targets)")?;
@@ -115,11 +191,10 @@ impl Model for Gpt {
         Ok(())
     }
 
-    fn release(&mut self) {
-        self.head.release();
-        self.embedding.release();
-        self.blocks.iter_mut().for_each(Layer::release);
-        self.ln_f.release();
+    crate::layer_fields! {
+        children: [embedding, blocks, ln_f],
+        saved: [head],
+        config: [config, precision, recompute],
     }
 
     fn set_recompute(&mut self, policy: Recompute) -> Result<()> {
@@ -131,24 +206,18 @@ impl Model for Gpt {
         Recompute::candidates(self.config.n_layer)
     }
 
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        self.embedding.visit_params(f);
-        self.blocks.iter().for_each(|b| b.visit_params(f));
-        self.ln_f.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.embedding.visit_params_mut(f);
-        self.blocks.iter_mut().for_each(|b| b.visit_params_mut(f));
-        self.ln_f.visit_params_mut(f);
-    }
-
     fn device(&self) -> Device {
         self.embedding.wte.value.device()
     }
 
+    /// A `GPT2LMHeadModel` config for GPT-2 blocks ([`GptConfig::is_gpt2`]); `None` for
+    /// blocks Hugging Face's GPT-2 cannot represent (no biases, SwiGLU, no learned
+    /// positions), whose exports load in no `transformers` class as they are.
     fn hf_config_json(&self) -> Option<String> {
         let c = &self.config;
+        if !c.is_gpt2() {
+            return None;
+        }
         let v = serde_json::json!({
             "model_type": "gpt2",
             "architectures": ["GPT2LMHeadModel"],
@@ -158,7 +227,7 @@ impl Model for Gpt {
             "n_embd": c.n_embd,
             "n_layer": c.n_layer,
             "n_head": c.n_head,
-            "n_inner": null,
+            "n_inner": c.n_inner,
             "activation_function": "gelu_new",
             "layer_norm_epsilon": kernels::ops::layernorm::EPS,
             "resid_pdrop": 0.0,

@@ -9,7 +9,7 @@
 use kernels::{Device, Tensor};
 
 use crate::layers::{AttentionShape, Embedding, Layer, LlamaBlock, RmsNorm};
-use crate::lm_head::{check_batch, lm_model_methods, LmHead};
+use crate::lm_head::{check_batch, LmHead};
 use crate::param::{vocab_rows, Placement, Precision};
 use crate::recompute::Recompute;
 use crate::{Error, Model, Param, Result};
@@ -161,7 +161,7 @@ impl Llama {
 }
 
 impl Model for Llama {
-    lm_model_methods!();
+    crate::lm_model_methods!();
 
     fn backward(&mut self, loss_scale: f32) -> Result<()> {
         let classifier = self.lm_head.as_mut().unwrap_or(&mut self.embed_tokens.wte);
@@ -174,11 +174,10 @@ impl Model for Llama {
         Ok(())
     }
 
-    fn release(&mut self) {
-        self.head.release();
-        self.embed_tokens.release();
-        self.layers.iter_mut().for_each(Layer::release);
-        self.norm.release();
+    crate::layer_fields! {
+        children: [embed_tokens, layers, norm, lm_head],
+        saved: [head],
+        config: [config, precision, recompute],
     }
 
     /// [`Recompute::None`] and [`Recompute::Full`]; selective recomputation is GPT-2's.
@@ -197,24 +196,6 @@ impl Model for Llama {
 
     fn recompute_candidates(&self) -> Vec<Recompute> {
         Recompute::candidates(self.config.n_layer).into_iter().filter(|&p| p != Recompute::Selective).collect()
-    }
-
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        self.embed_tokens.visit_params(f);
-        self.layers.iter().for_each(|l| l.visit_params(f));
-        self.norm.visit_params(f);
-        if let Some(w) = &self.lm_head {
-            f(w);
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.embed_tokens.visit_params_mut(f);
-        self.layers.iter_mut().for_each(|l| l.visit_params_mut(f));
-        self.norm.visit_params_mut(f);
-        if let Some(w) = &mut self.lm_head {
-            f(w);
-        }
     }
 
     fn device(&self) -> Device {

@@ -1,3 +1,5 @@
+//! The [`Model`] trait: what the trainer drives.
+
 use kernels::{Device, Tensor};
 
 use crate::recompute::Recompute;
@@ -5,6 +7,90 @@ use crate::{Error, Param, Result};
 
 /// What the trainer drives. GPT-2 and Llama implement it; so can any model a library user
 /// builds from the engine's layers.
+///
+/// The least a model writes: `forward`, `backward`, `logits`, the parameter visiting and
+/// `release` (from [`layer_fields!`](crate::layer_fields)), `vocab_size`, `context_length`
+/// and `flops_per_token`. A language model built on [`crate::lm_head::LmHead`] gets most of
+/// them from [`lm_model_methods!`](crate::lm_model_methods). Here, the smallest one there
+/// is, a table of next-token logits:
+///
+/// ```
+/// use kernels::ops::residual::scale;
+/// use kernels::Tensor;
+/// use models::layers::{Embedding, Layer};
+/// use models::lm_head::check_batch;
+/// use models::{layer_fields, Error, Model, Placement, Result};
+///
+/// struct Bigram {
+///     /// The logits of the next token, one row per token (V, V).
+///     table: Embedding,
+///     vocab: usize,
+///     /// The last forward's logits (B,T,V) without targets, its dlogits with.
+///     logits: Option<Tensor>,
+///     dlogits: Option<Tensor>,
+/// }
+///
+/// impl Model for Bigram {
+///     fn forward(&mut self, inputs: &Tensor, targets: Option<&Tensor>) -> Result<Option<f32>> {
+///         check_batch(inputs, targets, self.context_length(), self.device())?;
+///         let logits = self.table.forward(inputs)?; // (B,T,V)
+///         let Some(targets) = targets else {
+///             self.logits = Some(logits);
+///             return Ok(None);
+///         };
+///         // The mean cross-entropy and d loss / d logits, on the host for brevity.
+///         let (v, n) = (self.vocab, inputs.numel() as f32);
+///         let (mut loss, mut d) = (0.0, logits.to_vec());
+///         for (row, &t) in d.chunks_mut(v).zip(targets.u32()?) {
+///             let m = row.iter().fold(f32::MIN, |a, &b| a.max(b));
+///             let z: f32 = row.iter().map(|l| (l - m).exp()).sum();
+///             loss += (m + z.ln() - row[t as usize]) / n;
+///             row.iter_mut().for_each(|l| *l = (*l - m).exp() / z / n);
+///             row[t as usize] -= 1.0 / n;
+///         }
+///         self.dlogits = Some(Tensor::from_vec(logits.shape(), d)?);
+///         Ok(Some(loss))
+///     }
+///
+///     fn backward(&mut self, loss_scale: f32) -> Result<()> {
+///         let mut d = self.dlogits.take().ok_or(Error::NoForward { layer: "Bigram" })?;
+///         scale(&mut d, loss_scale)?;
+///         self.table.backward(&d)?;
+///         Ok(())
+///     }
+///
+///     fn logits(&self) -> Option<&Tensor> {
+///         self.logits.as_ref()
+///     }
+///
+///     layer_fields! { children: [table], saved: [logits, dlogits], config: [vocab] }
+///
+///     fn vocab_size(&self) -> usize {
+///         self.vocab
+///     }
+///     fn context_length(&self) -> usize {
+///         1024
+///     }
+///     fn flops_per_token(&self, _seq_len: usize) -> f64 {
+///         6.0 * self.num_params() as f64
+///     }
+/// }
+///
+/// let mut rng = fastrand::Rng::with_seed(1);
+/// let table = Embedding::tokens_only(Placement::cpu(), "table", 5, 5, 5, 0.1, &mut rng)?;
+/// let mut model = Bigram { table, vocab: 5, logits: None, dlogits: None };
+/// let (ids, next) = (Tensor::from_u32(&[1, 3], vec![0, 1, 2])?, Tensor::from_u32(&[1, 3], vec![1, 2, 3])?);
+/// let loss = model.forward(&ids, Some(&next))?.unwrap();
+/// assert!((loss - 5f32.ln()).abs() < 0.1, "about ln V at initialisation");
+/// model.backward(1.0)?;
+/// assert_eq!(model.num_params(), 25);
+///
+/// // The gradient checker agrees with that backward.
+/// let options = models::gradcheck::GradCheckOptions { eps: 1e-2, tolerance: 2e-2, ..Default::default() };
+/// let report = models::gradcheck::check_model(&mut model, &ids, &next, &options)?;
+/// assert!(report.passed(), "{report}");
+/// # Ok::<(), models::Error>(())
+/// ```
 pub trait Model {
     /// Runs the model on token ids `inputs` (B,T), on the model's device. With `targets`
     /// (B,T) returns the mean cross-entropy loss and keeps what `backward` needs; without,
@@ -55,9 +141,13 @@ pub trait Model {
     /// be ignored.
     fn logits(&self) -> Option<&Tensor>;
 
+    /// Calls `f` on every parameter in a fixed order: the order of checkpoints, exports and
+    /// the optimizer's state.
     fn visit_params(&self, f: &mut dyn FnMut(&Param));
+    /// The same, mutably (the optimizer's update, loading a checkpoint).
     fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param));
 
+    /// Tokens V the model predicts (logits columns past it are padding).
     fn vocab_size(&self) -> usize;
     /// The longest sequence the model accepts.
     fn context_length(&self) -> usize;
@@ -79,6 +169,7 @@ pub trait Model {
         device.unwrap_or(Device::Cpu)
     }
 
+    /// Parameters counted as exported (padding excluded).
     fn num_params(&self) -> usize {
         let mut n = 0;
         self.visit_params(&mut |p| n += p.export_shape.iter().product::<usize>());

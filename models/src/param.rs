@@ -1,3 +1,7 @@
+//! Parameters ([`Param`]), where they are made ([`Placement`]) and in which precision
+//! ([`Precision`]), and the initialisers layers draw them with ([`normal`], [`constant`],
+//! [`vocab_rows`]).
+
 use kernels::{DType, Device, Tensor};
 
 use crate::{Error, Result};
@@ -14,7 +18,9 @@ use crate::{Error, Result};
 /// computes in f32 only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
+    /// Everything in f32.
     Fp32,
+    /// bf16 activations and working weights, f32 master weights and gradients.
     Bf16,
 }
 
@@ -27,6 +33,7 @@ impl Precision {
         }
     }
 
+    /// "fp32" or "bf16", as configs spell it.
     pub fn name(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
@@ -46,11 +53,14 @@ impl Precision {
 /// Where new parameters are made and in which precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
+    /// Where parameters (and so activations) live.
     pub device: Device,
+    /// How the model computes there.
     pub precision: Precision,
 }
 
 impl Placement {
+    /// Errors when `device` cannot compute in `precision` (bf16 on the CPU).
     pub fn new(device: Device, precision: Precision) -> Result<Self> {
         precision.check(device)?;
         Ok(Self { device, precision })
@@ -64,6 +74,26 @@ impl Placement {
 
 /// A trainable parameter: its value, its gradient (same shape; accumulated by backward,
 /// reset by the trainer) and how the optimizer and checkpoints treat it.
+///
+/// ```
+/// use kernels::Tensor;
+/// use models::param::constant;
+/// use models::{Param, Placement};
+///
+/// // A per-channel scale of 4 ones, not decayed, on the CPU in fp32.
+/// let mut p = Param::new("scale.weight", constant(&[4], 1.0), false, Placement::cpu())?;
+/// assert_eq!((p.numel(), p.value.to_vec()), (4, vec![1.0; 4]));
+/// assert!(p.grad.to_vec().iter().all(|&g| g == 0.0));
+/// assert!(p.working.is_none(), "fp32: forward reads `value`");
+///
+/// p.set_value(&Tensor::from_vec(&[4], vec![0.5, 1.0, 1.5, 2.0])?)?;
+/// assert_eq!(p.compute().to_vec(), [0.5, 1.0, 1.5, 2.0]);
+/// assert!(p.set_value(&Tensor::from_vec(&[3], vec![0.0; 3])?).is_err(), "the shape is fixed");
+///
+/// // Exported as one tensor under its name; a fused parameter names its parts.
+/// assert_eq!(p.exports()[0].name, "scale.weight");
+/// # Ok::<(), models::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Param {
     /// Stable name, used in checkpoints (Hugging Face GPT-2 names for GPT-2).
@@ -169,6 +199,7 @@ impl Param {
         Ok(())
     }
 
+    /// Elements stored (padding included; see [`Param::export_shape`] for the exported ones).
     pub fn numel(&self) -> usize {
         self.value.numel()
     }
@@ -187,8 +218,9 @@ pub fn normal(rng: &mut fastrand::Rng, n: usize, std: f32) -> Vec<f32> {
 
 /// A (padded_vocab, C) parameter named `name`, not decayed: `vocab` rows N(0, std^2), then
 /// zero padding rows, which no token and no target reaches (so they stay zero) and which
-/// exports cut (`export_shape` (vocab, C)).
-pub(crate) fn vocab_rows(at: Placement, name: &str, vocab: usize, padded_vocab: usize, c: usize, std: f32, rng: &mut fastrand::Rng) -> Result<Param> {
+/// exports cut (`export_shape` (vocab, C)). A token embedding, or an untied classifier (set
+/// its `weight_decay` if it should be decayed, as Llama's `lm_head` is).
+pub fn vocab_rows(at: Placement, name: &str, vocab: usize, padded_vocab: usize, c: usize, std: f32, rng: &mut fastrand::Rng) -> Result<Param> {
     let mut data = normal(rng, vocab * c, std);
     data.resize(padded_vocab * c, 0.0);
     let mut p = Param::new(name, Tensor::from_vec(&[padded_vocab, c], data)?, false, at)?;

@@ -2,25 +2,28 @@
 //! between forward and backward.
 //!
 //! - `none`: every layer keeps what its backward needs.
-//! - `selective`: each block drops its LayerNorm outputs and its GeLU output after forward
-//!   and recomputes them (from the LayerNorm input and statistics, and from the GeLU input,
-//!   which stay) right before the backward that needs them. Cheap elementwise work for about
-//!   6C of the ~16C floats per token a block keeps (plus attention's saved state).
+//! - `selective`: each block drops its LayerNorm outputs and its MLP activation's output
+//!   (GeLU, or SwiGLU) after forward and recomputes them (from the LayerNorm input and
+//!   statistics, and from the activation's input, which stay) right before the backward that
+//!   needs them. Cheap elementwise work for about 6C of the ~16C floats per token a block
+//!   keeps (plus attention's saved state).
 //! - `full`: each block keeps only its input; its backward re-runs the block's forward and
 //!   then backpropagates through it, so at most one block's activations exist at a time.
 //! - `full:K`: `full` on blocks 0, K, 2K, ... and `none` on the others.
 //!
-//! `selective` is GPT-2's: [`crate::Llama`]'s blocks (RMSNorm, SwiGLU) accept `none`, `full`
-//! and `full:K` only.
+//! `selective` is GPT-2's: [`crate::Llama`]'s blocks accept `none`, `full` and `full:K`
+//! only. A block of your own gets `selective` from the [`crate::Layer`] hooks
+//! (`forget_input`, `recompute_output`, `restore_input_from`, `forget_activations`) of its
+//! direct children, and `full` from keeping its input and calling `release` on them.
 //!
 //! Recomputation runs the same ops on the same inputs in the same order as the forward it
-//! repeats (there is no dropout, so no random state to replay), so gradients are
-//! bit-identical to `none` (`models/tests/recompute.rs`), with one exception on CUDA: under
-//! `selective` the MLP runs its matmul and GeLU as two ops (the GeLU output is rebuilt with
-//! the GeLU op, which the fused matmul epilogue does not match to the bit), so it agrees with
-//! `none` to the rounding of the compute dtype (`models/tests/gpu_recompute.rs`). What a layer recomputes is decided
-//! by what its forward kept, not by the policy at backward time, so [`crate::Gpt::set_recompute`]
-//! may switch policies between any two steps.
+//! repeats (there is no dropout, so no random state to replay), so losses and gradients are
+//! bit-identical to `none`, on the CPU (`models/tests/recompute.rs`) and on CUDA in fp32 and
+//! bf16 (`models/tests/gpu_recompute.rs`: the fused matmul + GeLU epilogue computes its GeLU
+//! from the stored pre-GeLU value with the GeLU op's own expression, so the GeLU op rebuilds
+//! the same bits). What a layer recomputes is decided by what its forward kept, not by the
+//! policy at backward time, so [`crate::Gpt::set_recompute`] may switch policies between any
+//! two steps.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,19 +31,27 @@ use std::str::FromStr;
 /// The model-wide recomputation policy (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Recompute {
+    /// Nothing recomputed.
     #[default]
     None,
+    /// Every block recomputes its norm and activation outputs (GPT-2).
     Selective,
     /// Full recomputation on every `every`-th block (blocks 0, every, 2*every, ...); 1: all.
-    Full { every: usize },
+    Full {
+        /// K: the stride between fully recomputed blocks.
+        every: usize,
+    },
 }
 
 /// What one block does under a [`Recompute`] policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BlockRecompute {
+    /// The block keeps everything its backward needs.
     #[default]
     None,
+    /// The block drops what its children can rebuild cheaply and rebuilds it in backward.
     Selective,
+    /// The block keeps only its input and re-runs its forward in backward.
     Full,
 }
 

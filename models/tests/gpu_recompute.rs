@@ -9,6 +9,9 @@
 //!   gelu.cu's expression, so the rebuilt output, and every loss and gradient, is also
 //!   bit-identical to `none`.
 //!
+//! - SwiGLU blocks (without biases) likewise: `selective` rebuilds the SwiGLU output with
+//!   the SwiGLU op from the kept [gate | up].
+//!
 //! Without a GPU the tests print `skipped: no usable CUDA device (...)` and pass (with
 //! ENGINE_REQUIRE_GPU=1 they fail instead); CI runs them on the CUDA simulator.
 
@@ -16,14 +19,17 @@ mod common;
 
 use common::gpu_or_skip;
 use kernels::{Device, Tensor};
-use models::{Gpt, GptConfig, Model, Precision, Recompute};
+use models::{Activation, Gpt, GptConfig, Model, Precision, Recompute};
 
 const POLICIES: [&str; 4] = ["selective", "full", "full:2", "full:3"];
 
 /// 4 layers, HS = 32 (a head size the CUDA attention supports), C = 64 (the bf16 matmul's
 /// vector path), LayerNorm parameters and biases off their trivial initial values.
-fn model(device: Device, precision: Precision, policy: Recompute) -> Gpt {
-    let config = GptConfig { vocab_size: 100, context_length: 32, n_layer: 4, n_head: 2, n_embd: 64 };
+fn gpt2() -> GptConfig {
+    GptConfig { vocab_size: 100, context_length: 32, n_layer: 4, n_head: 2, n_embd: 64, ..GptConfig::default() }
+}
+
+fn model_of(config: GptConfig, device: Device, precision: Precision, policy: Recompute) -> Gpt {
     let mut model = Gpt::with_precision(config, device, precision, 11).unwrap();
     let mut rng = fastrand::Rng::with_seed(5);
     model.visit_params_mut(&mut |p| {
@@ -67,12 +73,16 @@ fn rel_norm(got: &[u32], want: &[u32]) -> f64 {
 }
 
 fn every_policy_matches_none(precision: Precision) {
+    every_policy_matches_none_for(gpt2(), precision);
+}
+
+fn every_policy_matches_none_for(config: GptConfig, precision: Precision) {
     let Some(device) = gpu_or_skip() else { return };
-    let reference = grads(&mut model(device, precision, Recompute::None), device);
+    let reference = grads(&mut model_of(config.clone(), device, precision, Recompute::None), device);
     assert!(reference.1.iter().filter(|(n, _)| n != "wte.weight").all(|(_, g)| g.iter().any(|&b| f32::from_bits(b) != 0.0)));
-    assert!(grads(&mut model(device, precision, Recompute::None), device) == reference, "{precision:?}: two runs of none differ");
+    assert!(grads(&mut model_of(config.clone(), device, precision, Recompute::None), device) == reference, "{precision:?}: two runs of none differ");
     for policy in POLICIES {
-        let (losses, got) = grads(&mut model(device, precision, policy.parse().unwrap()), device);
+        let (losses, got) = grads(&mut model_of(config.clone(), device, precision, policy.parse().unwrap()), device);
         for ((name, g), (_, w)) in got.iter().zip(&reference.1) {
             assert!(g.iter().all(|b| f32::from_bits(*b).is_finite()), "{precision:?} {policy}: {name} has a non-finite gradient");
             if let Some(i) = g.iter().zip(w).position(|(a, b)| a != b) {
@@ -92,4 +102,13 @@ fn fp32_recomputation_is_bit_identical_to_none() {
 #[test]
 fn bf16_recomputation_is_bit_identical_to_none() {
     every_policy_matches_none(Precision::Bf16);
+}
+
+/// SwiGLU blocks without biases: selective recomputation rebuilds the SwiGLU output with the
+/// op that made it.
+#[test]
+fn swiglu_recomputation_is_bit_identical_to_none() {
+    let config = GptConfig { activation: Activation::Swiglu, bias: false, n_inner: Some(128), ..gpt2() };
+    every_policy_matches_none_for(config.clone(), Precision::Fp32);
+    every_policy_matches_none_for(config, Precision::Bf16);
 }

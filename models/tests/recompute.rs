@@ -3,13 +3,26 @@
 //! recomputed tensor that is read before it is written shows up.
 
 use kernels::{Device, Tensor};
-use models::{Gpt, GptConfig, Model, Recompute};
+use models::{Activation, Gpt, GptConfig, Model, Recompute};
 
 const POLICIES: [&str; 5] = ["none", "selective", "full", "full:2", "full:3"];
 
+fn gpt2() -> GptConfig {
+    GptConfig { vocab_size: 50, context_length: 16, n_layer: 4, n_head: 4, n_embd: 32, ..GptConfig::default() }
+}
+
+/// Blocks unlike GPT-2's: SwiGLU (whose output selective recomputation rebuilds), no biases,
+/// a narrower MLP, no position table.
+fn variant() -> GptConfig {
+    GptConfig { activation: Activation::Swiglu, bias: false, n_inner: Some(48), learned_positions: false, ..gpt2() }
+}
+
 fn model(policy: Recompute) -> Gpt {
+    model_of(gpt2(), policy)
+}
+
+fn model_of(config: GptConfig, policy: Recompute) -> Gpt {
     kernels::host_pool::set_poison(true);
-    let config = GptConfig { vocab_size: 50, context_length: 16, n_layer: 4, n_head: 4, n_embd: 32 };
     let mut model = Gpt::new(config, Device::Cpu, 11).unwrap();
     // LayerNorm parameters and biases off their trivial initial values, so every gradient
     // and every recomputed LayerNorm output depends on them.
@@ -64,6 +77,18 @@ fn every_policy_gives_gradients_bit_identical_to_none() {
     assert!(reference.1.iter().filter(|(n, _)| n != "wte.weight").all(|(_, g)| g.iter().any(|&b| f32::from_bits(b) != 0.0)));
     for policy in POLICIES {
         let got = grads(&mut model(policy.parse().unwrap()));
+        assert_bit_identical(policy, &got, &reference);
+    }
+}
+
+#[test]
+fn every_policy_is_bit_identical_with_swiglu_blocks_without_biases() {
+    let reference = grads(&mut model_of(variant(), Recompute::None));
+    assert_eq!(reference.1.len(), 1 + 4 * 8 + 2);
+    assert!(reference.1.iter().all(|(n, _)| !n.ends_with(".bias") || n.contains("ln_")), "{:?}", reference.1.iter().map(|p| &p.0).collect::<Vec<_>>());
+    assert!(reference.1.iter().filter(|(n, _)| n != "wte.weight").all(|(_, g)| g.iter().any(|&b| f32::from_bits(b) != 0.0)));
+    for policy in POLICIES {
+        let got = grads(&mut model_of(variant(), policy.parse().unwrap()));
         assert_bit_identical(policy, &got, &reference);
     }
 }

@@ -18,7 +18,7 @@ fn activation_peak(model: &mut Gpt, x: &Tensor, y: &Tensor) -> (usize, isize) {
 
 #[test]
 fn full_recomputation_needs_at_most_a_quarter_of_the_activation_memory() {
-    let config = GptConfig { vocab_size: 64, context_length: 64, n_layer: 12, n_head: 4, n_embd: 64 };
+    let config = GptConfig { vocab_size: 64, context_length: 64, n_layer: 12, n_head: 4, n_embd: 64, ..GptConfig::default() };
     let mut model = Gpt::new(config, Device::Cpu, 3).unwrap();
     let mut rng = fastrand::Rng::with_seed(9);
     let (b, t) = (4, 64);

@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (b, t) = (32, 128);
     let data = TokenDataset::from_text(&TextSource::TinyShakespeare, &ByteTokenizer, 0.1)?;
-    let config = GptConfig { vocab_size: 256, context_length: 128, n_layer: 4, n_head: 4, n_embd: 128 };
+    let config = GptConfig { vocab_size: 256, context_length: 128, n_layer: 4, n_head: 4, n_embd: 128, ..GptConfig::default() };
     let mut model = Gpt::new(config, Device::Cpu, 1337)?;
     let mut opt = AdamW::new(
         AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decay_all_params: false, grad_clip: 0.0 },

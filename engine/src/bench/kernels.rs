@@ -54,10 +54,15 @@ pub const CPU_CACHE_BYTES: usize = 32 << 20;
 /// The shapes and dtypes measured: GPT-2 124M, one layer's ops.
 #[derive(Clone, Copy, Debug)]
 pub struct Shapes {
+    /// Batch size (B): sequences per pass.
     pub b: usize,
+    /// Sequence length (T): tokens per sequence.
     pub t: usize,
+    /// Model width (C): 768.
     pub c: usize,
+    /// Attention heads (NH): 12.
     pub nh: usize,
+    /// GPT-2's vocabulary (V), 50257, without padding.
     pub v: usize,
     /// The vocabulary padded as the model pads it (a multiple of 128): 50304.
     pub vp: usize,
@@ -76,7 +81,7 @@ impl Shapes {
             (false, false) => (1, 1024),
             (false, true) => (1, 256),
         };
-        let config = models::GptConfig { vocab_size: 50257, context_length: 1024, n_layer: 12, n_head: 12, n_embd: 768 };
+        let config = models::GptConfig::default();
         Shapes {
             b,
             t,
@@ -113,15 +118,23 @@ impl Shapes {
 /// A GEMM shape of the model: out (rows, oc) = inp (rows, ic) @ W (+ bias).
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {
+    /// The entry name's part: "qkv", "fc", "lm_head" or "ceiling".
     pub name: &'static str,
+    /// Rows of the input and output (B*T for the model's GEMMs).
     pub rows: usize,
+    /// Input channels (the reduced dimension, K).
     pub ic: usize,
+    /// Output channels.
     pub oc: usize,
+    /// How W is stored: [ic, oc] (`InOut`, GPT-2's linears) or [oc, ic] (`OutIn`, the tied
+    /// LM head).
     pub layout: WeightLayout,
+    /// Whether a bias of `oc` values is added.
     pub bias: bool,
 }
 
 impl Gemm {
+    /// FLOPs of one forward GEMM: 2 * rows * ic * oc.
     pub fn flops(&self) -> f64 {
         2.0 * self.rows as f64 * self.ic as f64 * self.oc as f64
     }
@@ -153,7 +166,11 @@ pub fn buffer_sets(cache_bytes: usize, set_bytes: usize) -> usize {
 /// The work one pass does.
 #[derive(Clone, Copy, Debug)]
 pub enum Work {
+    /// Floating-point operations (GEMMs, attention): reported in TFLOP/s against the GEMM
+    /// ceiling.
     Flops(f64),
+    /// The least bytes the op must read and write (memory-bound ops): reported in GB/s
+    /// against the copy ceiling.
     Bytes(f64),
 }
 
@@ -174,6 +191,9 @@ pub struct Bench<'r> {
     gemm_ceiling_ms: Option<Entry>,
 }
 
+/// The `kernels` suite on `device`: the copy and GEMM ceilings, then every op of
+/// [`OPS`], each pass (forward, backward) its own entries (module docs), then on a GPU
+/// cuBLASLt on the same GEMMs.
 pub fn run(results: &mut Results, device: Device, options: &BenchOptions) -> Result<()> {
     let gpu = matches!(device, Device::Cuda(_));
     let cache_bytes = match device {

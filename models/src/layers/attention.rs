@@ -3,12 +3,16 @@ use kernels::{DType, Tensor};
 
 use super::{empty_like, take_saved, Layer, Linear};
 use crate::param::Placement;
-use crate::{Param, Result};
+use crate::Result;
 
-/// Causal multi-head self-attention: c_attn (C -> 3C), attention, c_proj (C -> C).
+/// Causal multi-head self-attention (GPT-2): c_attn (C -> 3C), attention, c_proj (C -> C).
+/// Its input is kept by `c_attn` ([`Layer::forget_input`] drops it).
 pub struct CausalSelfAttention {
+    /// The fused q|k|v projection, `{name}.c_attn`, stored [in, out].
     pub c_attn: Linear,
+    /// The output projection, `{name}.c_proj`.
     pub c_proj: Linear,
+    /// Heads NH (C / NH columns each).
     pub n_head: usize,
     /// (qkv, the attention output, the state attention_forward saves for backward) of the
     /// last forward. The output is c_proj's input too (one shared buffer, not a copy).
@@ -16,11 +20,13 @@ pub struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    /// `proj_std`: initial std of c_proj (GPT-2 scales residual projections by 1/sqrt(2L)).
-    pub fn new(at: Placement, name: &str, c: usize, n_head: usize, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
+    /// Projections N(0, std^2) (c_proj: N(0, proj_std^2); GPT-2 scales residual projections
+    /// by 1/sqrt(2L)), with zero biases when `bias`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(at: Placement, name: &str, c: usize, n_head: usize, bias: bool, std: f32, proj_std: f32, rng: &mut fastrand::Rng) -> Result<Self> {
         Ok(Self {
-            c_attn: Linear::new(at, &format!("{name}.c_attn"), c, 3 * c, true, std, rng)?,
-            c_proj: Linear::new(at, &format!("{name}.c_proj"), c, c, true, proj_std, rng)?,
+            c_attn: Linear::new(at, &format!("{name}.c_attn"), c, 3 * c, bias, std, rng)?,
+            c_proj: Linear::new(at, &format!("{name}.c_proj"), c, c, bias, proj_std, rng)?,
             n_head,
             cache: None,
         })
@@ -52,18 +58,21 @@ impl Layer for CausalSelfAttention {
         self.c_attn.backward(&dqkv)
     }
 
-    fn release(&mut self) {
-        self.c_attn.release();
-        self.c_proj.release();
-        self.cache = None;
-    }
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        self.c_attn.visit_params(f);
-        self.c_proj.visit_params(f);
+    crate::layer_fields! {
+        children: [c_attn, c_proj],
+        saved: [cache],
+        config: [n_head],
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.c_attn.visit_params_mut(f);
-        self.c_proj.visit_params_mut(f);
+    fn forget_input(&mut self) -> bool {
+        self.c_attn.forget_input()
+    }
+
+    fn input_forgotten(&self) -> bool {
+        self.c_attn.input_forgotten()
+    }
+
+    fn restore_input(&mut self, x: Tensor) -> Result<()> {
+        self.c_attn.restore_input(x)
     }
 }

@@ -14,6 +14,7 @@ pub struct Embedding {
     pub wte: Param,
     /// Position embedding (context, C), if any.
     pub wpe: Option<Param>,
+    /// The token ids of the last forward.
     tokens: Option<Tensor>,
 }
 
@@ -55,20 +56,9 @@ impl Layer for Embedding {
         Ok(Tensor::from_vec(&[0], Vec::new())?)
     }
 
-    fn release(&mut self) {
-        self.tokens = None;
-    }
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        f(&self.wte);
-        if let Some(wpe) = &self.wpe {
-            f(wpe);
-        }
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        f(&mut self.wte);
-        if let Some(wpe) = &mut self.wpe {
-            f(wpe);
-        }
+    crate::layer_fields! {
+        children: [wte, wpe],
+        saved: [tokens],
+        config: [],
     }
 }

@@ -2,28 +2,20 @@ use kernels::ops::gelu::{gelu_backward, gelu_forward};
 use kernels::Tensor;
 
 use super::{empty_like, saved, take_saved, Layer};
-use crate::{Param, Result};
+use crate::Result;
 
-/// GeLU (tanh approximation). No parameters.
+/// GeLU (tanh approximation). No parameters. It can rebuild its output from its kept input
+/// ([`Layer::recompute_output`]).
 #[derive(Default)]
 pub struct Gelu {
+    /// The input of the last forward.
     input: Option<Tensor>,
 }
 
 impl Gelu {
-    /// The last forward's output again, from its kept input (selective recomputation).
-    pub(crate) fn recompute_output(&self) -> Result<Tensor> {
-        let x = saved(&self.input, "Gelu")?;
-        let mut out = empty_like(x, x.shape())?;
-        gelu_forward(&mut out, x)?;
-        Ok(out)
-    }
-}
-
-impl Gelu {
     /// Keeps `x` for backward when the forward ran fused into the op before it
-    /// ([`super::Linear::forward_gelu`]).
-    pub(crate) fn keep_input(&mut self, x: Tensor) {
+    /// ([`super::Linear::forward_gelu`]), as if `forward(&x)` had run.
+    pub fn keep_input(&mut self, x: Tensor) {
         self.input = Some(x);
     }
 }
@@ -43,9 +35,17 @@ impl Layer for Gelu {
         Ok(dx)
     }
 
-    fn release(&mut self) {
-        self.input = None;
+    crate::layer_fields! {
+        children: [],
+        saved: [input],
+        config: [],
     }
-    fn visit_params(&self, _f: &mut dyn FnMut(&Param)) {}
-    fn visit_params_mut(&mut self, _f: &mut dyn FnMut(&mut Param)) {}
+
+    /// The last forward's output again, from its kept input.
+    fn recompute_output(&self) -> Result<Option<Tensor>> {
+        let x = saved(&self.input, "Gelu")?;
+        let mut out = empty_like(x, x.shape())?;
+        gelu_forward(&mut out, x)?;
+        Ok(Some(out))
+    }
 }

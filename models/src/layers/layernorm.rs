@@ -5,15 +5,20 @@ use super::{empty_f32, empty_like, saved, take_saved, Layer};
 use crate::param::{constant, Placement};
 use crate::{Param, Result};
 
-/// LayerNorm over the last dimension, weight 1 and bias 0 at initialisation.
+/// LayerNorm over the last dimension, weight 1 and bias 0 at initialisation (neither
+/// decayed). It can rebuild its output from what it keeps ([`Layer::recompute_output`]),
+/// which selective recomputation uses.
 pub struct LayerNorm {
+    /// `{name}.weight` (C).
     pub weight: Param,
+    /// `{name}.bias` (C).
     pub bias: Param,
     /// (input, mean, rstd) of the last forward.
     cache: Option<(Tensor, Tensor, Tensor)>,
 }
 
 impl LayerNorm {
+    /// `{name}.weight` and `{name}.bias` of `c` channels.
     pub fn new(at: Placement, name: &str, c: usize) -> Result<Self> {
         Ok(Self {
             weight: Param::new(format!("{name}.weight"), constant(&[c], 1.0), false, at)?,
@@ -21,28 +26,12 @@ impl LayerNorm {
             cache: None,
         })
     }
-}
 
-impl LayerNorm {
-    /// The last forward's output again, from its kept input (selective recomputation): the
-    /// same op on the same input and weights, so the same bits. The statistics it writes
-    /// again are discarded (the kept ones are identical).
-    pub(crate) fn recompute_output(&self) -> Result<Tensor> {
-        let (x, _, _) = saved(&self.cache, "LayerNorm")?;
-        let n = x.numel() / self.weight.numel();
-        let mut out = empty_like(x, x.shape())?;
-        let (mut mean, mut rstd) = (empty_f32(x, &[n])?, empty_f32(x, &[n])?);
-        layernorm_forward(&mut out, &mut mean, &mut rstd, x, self.weight.compute(), self.bias.compute())?;
-        Ok(out)
-    }
-}
-
-impl LayerNorm {
     /// residual = a + b, then this LayerNorm of it, as one op (one pass over each row instead
     /// of a residual add and a LayerNorm reading its result back): returns (residual, output),
     /// both (.., C), and keeps (residual, mean, rstd) exactly as `forward(&residual)` would,
     /// so the backward and `recompute_output` are unchanged.
-    pub(crate) fn forward_residual(&mut self, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward_residual(&mut self, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = a.numel() / self.weight.numel();
         let (mut residual, mut out) = (empty_like(a, a.shape())?, empty_like(a, a.shape())?);
         let (mut mean, mut rstd) = (empty_f32(a, &[n])?, empty_f32(a, &[n])?);
@@ -70,16 +59,21 @@ impl Layer for LayerNorm {
         Ok(dx)
     }
 
-    fn release(&mut self) {
-        self.cache = None;
-    }
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        f(&self.weight);
-        f(&self.bias);
+    crate::layer_fields! {
+        children: [weight, bias],
+        saved: [cache],
+        config: [],
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        f(&mut self.weight);
-        f(&mut self.bias);
+    /// The last forward's output again, from its kept input: the same op on the same input
+    /// and weights, so the same bits. The statistics it writes again are discarded (the kept
+    /// ones are identical).
+    fn recompute_output(&self) -> Result<Option<Tensor>> {
+        let (x, _, _) = saved(&self.cache, "LayerNorm")?;
+        let n = x.numel() / self.weight.numel();
+        let mut out = empty_like(x, x.shape())?;
+        let (mut mean, mut rstd) = (empty_f32(x, &[n])?, empty_f32(x, &[n])?);
+        layernorm_forward(&mut out, &mut mean, &mut rstd, x, self.weight.compute(), self.bias.compute())?;
+        Ok(Some(out))
     }
 }

@@ -3,15 +3,23 @@ use kernels::Tensor;
 
 use super::{empty_like, take_saved, Layer};
 use crate::param::{constant, normal, Placement};
-use crate::{Param, Result};
+use crate::{Error, Param, Result};
 
 /// y = x @ W + b, with W stored [in, out] ([`WeightLayout::InOut`], Hugging Face GPT-2's
 /// Conv1D) or [out, in] ([`WeightLayout::OutIn`], torch `nn.Linear`, Hugging Face Llama).
+///
+/// Under selective recomputation its saved input may be dropped
+/// ([`Layer::forget_input`]) and given back before backward ([`Layer::restore_input`]).
 pub struct Linear {
+    /// `{name}.weight`, (in, out) or (out, in) as [`Linear::layout`] says; decayed.
     pub weight: Param,
+    /// `{name}.bias` (out), if the layer has one; not decayed.
     pub bias: Option<Param>,
     layout: WeightLayout,
+    /// The input of the last forward, what backward needs for the weight gradient.
     input: Option<Tensor>,
+    /// Whether `forget_input` dropped `input` (recomputation gives it back).
+    forgotten: bool,
 }
 
 impl Linear {
@@ -42,6 +50,7 @@ impl Linear {
             bias: bias.then(|| Param::new(format!("{name}.bias"), constant(&[c_out], 0.0), false, at)).transpose()?,
             layout,
             input: None,
+            forgotten: false,
         })
     }
 
@@ -59,30 +68,18 @@ impl Linear {
         }
     }
 
-    /// Drops the kept input (selective recomputation: it is recomputed before backward).
-    pub(crate) fn forget_input(&mut self) {
-        self.input = None;
-    }
-
-    /// Whether an input is kept for backward.
-    pub(crate) fn has_input(&self) -> bool {
-        self.input.is_some()
-    }
-
-    /// Puts back a recomputed input before backward.
-    pub(crate) fn restore_input(&mut self, x: Tensor) {
-        self.input = Some(x);
-    }
-
     /// The forward with a GeLU after it, as one op (on CUDA the GeLU runs in the matmul's
     /// epilogue, so the pre-GeLU activations are written once and never read back):
     /// returns (pre-GeLU x @ W + b, gelu of it), both (.., OC). Keeps `x` like `forward`; the
-    /// pre-GeLU tensor is what `gelu_backward` needs, so the caller keeps it for that.
-    pub(crate) fn forward_gelu(&mut self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// pre-GeLU tensor is what `gelu_backward` needs, so the caller keeps it for that (in a
+    /// [`super::Gelu`] with [`super::Gelu::keep_input`], as [`super::Mlp`] does). The GeLU
+    /// output equals, bit for bit, `gelu_forward` of the pre-GeLU tensor.
+    pub fn forward_gelu(&mut self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let shape = self.out_shape(x);
         let (mut pre, mut out) = (empty_like(x, &shape)?, empty_like(x, &shape)?);
         matmul_gelu_forward(&mut out, Some(&mut pre), x, self.weight.compute(), self.bias.as_ref().map(|b| b.compute()), self.layout)?;
         self.input = Some(x.clone());
+        self.forgotten = false;
         Ok((pre, out))
     }
 
@@ -98,31 +95,40 @@ impl Layer for Linear {
         let mut out = empty_like(x, &self.out_shape(x))?;
         matmul_forward(&mut out, x, self.weight.compute(), self.bias.as_ref().map(|b| b.compute()), self.layout)?;
         self.input = Some(x.clone());
+        self.forgotten = false;
         Ok(out)
     }
 
     fn backward(&mut self, dout: &Tensor) -> Result<Tensor> {
         let x = take_saved(&mut self.input, "Linear")?;
+        self.forgotten = false;
         let mut dx = empty_like(&x, x.shape())?;
         let (dweight, weight) = self.weight.grad_and_compute();
         matmul_backward(&mut dx, dweight, self.bias.as_mut().map(|b| &mut b.grad), dout, &x, weight, self.layout)?;
         Ok(dx)
     }
 
-    fn release(&mut self) {
-        self.input = None;
-    }
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        f(&self.weight);
-        if let Some(b) = &self.bias {
-            f(b);
-        }
+    crate::layer_fields! {
+        children: [weight, bias],
+        saved: [input, forgotten],
+        config: [layout],
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        f(&mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(b);
+    fn forget_input(&mut self) -> bool {
+        self.forgotten = self.input.take().is_some();
+        self.forgotten
+    }
+
+    fn input_forgotten(&self) -> bool {
+        self.forgotten
+    }
+
+    fn restore_input(&mut self, x: Tensor) -> Result<()> {
+        if !self.forgotten {
+            return Err(Error::Recompute(format!("{}: restore_input without forget_input", self.weight.name)));
         }
+        self.input = Some(x);
+        self.forgotten = false;
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use kernels::{DType, Tensor};
 
 use super::{empty_like, take_saved, Layer, Linear};
 use crate::param::Placement;
-use crate::{Param, Result};
+use crate::Result;
 
 /// The shape of a Llama attention layer: NH query heads sharing KV key/value heads (grouped
 /// query attention; KV = NH is multi-head attention), HS = C / NH columns each.
@@ -32,7 +32,8 @@ impl AttentionShape {
 /// Llama self-attention: q, k and v projections as one matmul `qkv_proj` ((NH + 2 KV) HS rows,
 /// stored [out, in], no bias), RoPE on the NH + KV q and k heads, each k/v head repeated to
 /// its group of NH / KV query heads, causal attention, `o_proj` (C -> C). The fused weight
-/// exports as Hugging Face's `q_proj`, `k_proj` and `v_proj`.
+/// exports as Hugging Face's `q_proj`, `k_proj` and `v_proj`. Its input is kept by
+/// `qkv_proj` ([`Layer::forget_input`] drops it).
 pub struct LlamaAttention {
     /// [q | k | v]: C -> (NH + 2 KV) HS.
     pub qkv_proj: Linear,
@@ -106,19 +107,21 @@ impl Layer for LlamaAttention {
         self.qkv_proj.backward(&dqkv)
     }
 
-    fn release(&mut self) {
-        self.qkv_proj.release();
-        self.o_proj.release();
-        self.cache = None;
+    crate::layer_fields! {
+        children: [qkv_proj, o_proj],
+        saved: [cache],
+        config: [shape],
     }
 
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        self.qkv_proj.visit_params(f);
-        self.o_proj.visit_params(f);
+    fn forget_input(&mut self) -> bool {
+        self.qkv_proj.forget_input()
     }
 
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.qkv_proj.visit_params_mut(f);
-        self.o_proj.visit_params_mut(f);
+    fn input_forgotten(&self) -> bool {
+        self.qkv_proj.input_forgotten()
+    }
+
+    fn restore_input(&mut self, x: Tensor) -> Result<()> {
+        self.qkv_proj.restore_input(x)
     }
 }

@@ -4,11 +4,11 @@ use kernels::Tensor;
 use super::{empty_like, AttentionShape, Layer, LlamaAttention, RmsNorm, SwigluMlp};
 use crate::param::Placement;
 use crate::recompute::BlockRecompute;
-use crate::{Error, Param, Result};
+use crate::{Error, Result};
 
 /// A pre-norm Llama decoder layer: x1 = x + self_attn(input_layernorm(x)), then
-/// x1 + mlp(post_attention_layernorm(x1)). Recomputation: none or full (selective is GPT-2's,
-/// built on LayerNorm and GeLU outputs this block does not have).
+/// x1 + mlp(post_attention_layernorm(x1)). Recomputation: none or full (the `selective`
+/// policy is GPT-2's; its children have the hooks a block of your own would build it from).
 pub struct LlamaBlock {
     /// Normalizes the attention's input.
     pub input_layernorm: RmsNorm,
@@ -101,25 +101,9 @@ impl Layer for LlamaBlock {
         Ok(dx)
     }
 
-    fn release(&mut self) {
-        self.input_layernorm.release();
-        self.self_attn.release();
-        self.post_attention_layernorm.release();
-        self.mlp.release();
-        self.input = None;
-    }
-
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        self.input_layernorm.visit_params(f);
-        self.self_attn.visit_params(f);
-        self.post_attention_layernorm.visit_params(f);
-        self.mlp.visit_params(f);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.input_layernorm.visit_params_mut(f);
-        self.self_attn.visit_params_mut(f);
-        self.post_attention_layernorm.visit_params_mut(f);
-        self.mlp.visit_params_mut(f);
+    crate::layer_fields! {
+        children: [input_layernorm, self_attn, post_attention_layernorm, mlp],
+        saved: [input],
+        config: [recompute],
     }
 }

@@ -1,12 +1,13 @@
 use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use kernels::Tensor;
 
-use super::{empty_f32, empty_like, take_saved, Layer};
+use super::{empty_f32, empty_like, saved, take_saved, Layer};
 use crate::param::{constant, Placement};
 use crate::{Param, Result};
 
 /// RMSNorm over the last dimension (Llama): x / rms(x) * weight, no bias; the weight starts
-/// at 1 and is not decayed.
+/// at 1 and is not decayed. It can rebuild its output from what it keeps
+/// ([`Layer::recompute_output`]).
 pub struct RmsNorm {
     /// The per-channel scale (C).
     pub weight: Param,
@@ -41,15 +42,19 @@ impl Layer for RmsNorm {
         Ok(dx)
     }
 
-    fn release(&mut self) {
-        self.cache = None;
+    crate::layer_fields! {
+        children: [weight],
+        saved: [cache],
+        config: [eps],
     }
 
-    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
-        f(&self.weight);
-    }
-
-    fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        f(&mut self.weight);
+    /// The last forward's output again, from its kept input (the same op: the same bits).
+    fn recompute_output(&self) -> Result<Option<Tensor>> {
+        let (x, _) = saved(&self.cache, "RmsNorm")?;
+        let n = x.numel() / self.weight.numel();
+        let mut out = empty_like(x, x.shape())?;
+        let mut rstd = empty_f32(x, &[n])?;
+        rmsnorm_forward(&mut out, &mut rstd, x, self.weight.compute(), self.eps)?;
+        Ok(Some(out))
     }
 }
