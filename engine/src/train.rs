@@ -27,6 +27,7 @@ use crate::schedule::learning_rate;
 use crate::staging::{CopyTiming, Stager};
 use crate::{Error, Result};
 
+/// How [`train`] runs, beyond the config (the flags of `engine train`).
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
     /// No progress on the terminal: only alerts (stderr) and, from the CLI, the final summary.
@@ -37,6 +38,11 @@ pub struct TrainOptions {
     /// 0 (again for a step that is redone), on the training thread: for a library user's own
     /// bookkeeping, or a test that changes the conditions mid-step (the memory budget).
     pub before_micro_batch: Option<StepHook>,
+    /// Stop after this step (counting from 1), writing a checkpoint there, as a run
+    /// interrupted at that point would have: `resume` then continues it to
+    /// `train.max_steps` exactly as if it had not stopped (the learning-rate schedule still
+    /// runs to `train.max_steps`). For time-boxed jobs, and for checking resumption.
+    pub stop_after: Option<u64>,
 }
 
 /// A callback given (step, micro-batch) (see [`TrainOptions::before_micro_batch`]).
@@ -57,25 +63,39 @@ pub struct PlanChange {
     pub step: u64,
     /// The out-of-memory error, as printed.
     pub error: String,
+    /// The recomputation policy that ran out of memory.
     #[serde(serialize_with = "plan::serialize_policy")]
     pub from_policy: Recompute,
+    /// The micro-batch (sequences) that ran out of memory.
     pub from_micro_batch: usize,
+    /// The policy the step was redone with, kept for the rest of the run.
     #[serde(serialize_with = "plan::serialize_policy")]
     pub to_policy: Recompute,
+    /// The micro-batch the step was redone with: the next smaller divisor of the global
+    /// batch, or the same at micro-batch 1 with more recomputation.
     pub to_micro_batch: usize,
+    /// Micro-batches per step under the new plan (global batch / `to_micro_batch`).
     pub to_grad_accum: usize,
 }
 
+/// What a finished [`train`] did.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
+    /// The run directory, `<run.out_dir>/<run.name>`.
     pub run_dir: PathBuf,
+    /// The checkpoint written after the last step, `<run_dir>/checkpoints/step-XXXXXX` (if no
+    /// step ran, the run directory's latest).
     pub checkpoint: PathBuf,
+    /// Steps completed at the end, counting those before a resume (the last checkpoint's step).
     pub steps: u64,
     /// (step, train loss) for every step of this invocation.
     pub losses: Vec<(u64, f32)>,
     /// (step, validation loss) at every evaluation.
     pub val_losses: Vec<(u64, f32)>,
+    /// Tokens trained in this invocation / `train_seconds`.
     pub tokens_per_sec: f64,
+    /// Wall time of this invocation's steps (data wait, forward, backward, optimizer; not
+    /// evaluation or checkpoints), seconds: the sum of metrics.jsonl's `step_ms`.
     pub train_seconds: f64,
     /// (step, milliseconds the step waited for its training batches from the loader).
     pub data_wait_ms: Vec<(u64, f64)>,
@@ -89,6 +109,7 @@ pub struct TrainSummary {
     pub memory: PoolStats,
     /// The plan the run started with (crate::plan), and the one it ended with.
     pub plan: Plan,
+    /// The plan after the last out-of-memory change (`plan` if there was none).
     pub final_plan: Plan,
     /// Every change of plan after an out-of-memory error.
     pub plan_changes: Vec<PlanChange>,
@@ -724,7 +745,8 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let done = step + 1;
         let last = done == t.max_steps;
         let evaluates = last || (t.eval_interval > 0 && done % t.eval_interval == 0);
-        let checkpoints = last || (t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0);
+        let stopping = options.stop_after == Some(done);
+        let checkpoints = last || stopping || (t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0);
         // On a GPU the loss, the gradient norm and the device times stay on the device until
         // a step that logs them (the monitor prints the first and every log_interval-th),
         // evaluates or checkpoints: only there does the host wait for the device, and the
@@ -785,6 +807,9 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         if checkpoints {
             // Every batch of this step has been consumed: this is where the next step reads.
             run.checkpoint(done, loader.state(), windows)?;
+        }
+        if stopping {
+            break;
         }
     }
     let Run { monitor, mut summary, plan, train_time, .. } = run;
