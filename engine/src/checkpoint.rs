@@ -26,16 +26,25 @@ use crate::optim::AdamW;
 use crate::registry::{BuildContext, Registry, DEFAULT_KIND, KIND_KEY};
 use crate::{Error, Result};
 
+/// The `state.json` format this engine writes and reads; a checkpoint of any other is refused.
 pub const FORMAT: u32 = 1;
 const LATEST: &str = "latest";
 
+/// A checkpoint's `state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CheckpointState {
+    /// The state format, [`FORMAT`] when written by this engine.
     pub format: u32,
     /// Optimizer steps completed.
     pub step: u64,
+    /// Training loss of step `step`; `None` if no step of the invocation that wrote it had
+    /// been read back.
     pub train_loss: Option<f32>,
+    /// The latest validation loss of the invocation that wrote it, possibly from an earlier
+    /// step; `None` if it had not evaluated yet.
     pub val_loss: Option<f32>,
+    /// The tokenizer's vocabulary the model was built for (256 for `byte`, 50257 for
+    /// `gpt2`), without the engine's padding to a multiple of 128.
     pub vocab_size: usize,
     /// The resolved run config, as TOML.
     pub config_toml: String,
@@ -49,13 +58,16 @@ pub struct CheckpointState {
 /// The sampler's (epoch, position) with what it was sampling from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamplerCheckpoint {
-    /// Epoch, and windows of it this rank has read.
+    /// The epoch the sampler is in, counting from 0 (each epoch a fresh permutation).
     pub epoch: u64,
+    /// Windows of epoch `epoch` this rank has read (also the 0-based index of the next one).
     pub position: u64,
     /// Windows (T+1 tokens each) in the training split: resuming over different data or a
     /// different `train.seq_len` is refused instead of silently reading other windows.
     pub windows: u64,
+    /// This sampler's rank among `world_size`; 0 (resume accepts only a single rank).
     pub rank: u64,
+    /// Ranks the windows were divided among; 1 (resume accepts nothing else).
     pub world_size: u64,
 }
 
@@ -321,7 +333,9 @@ pub struct LoadedModel {
     /// The run's config (`[model]` says which model this is); for a Hugging Face directory,
     /// the defaults with its model ([`crate::hf::config_for`]).
     pub config: Config,
+    /// The model, its weights loaded, on the device it was asked for.
     pub model: Box<dyn Model>,
+    /// The precision the model computes in (as asked for, not necessarily the run's).
     pub precision: Precision,
 }
 

@@ -15,18 +15,26 @@ use crate::{Error, Result};
 pub const MAX_MEMORY_BYTES: f64 = 1024.0 * GIB;
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// A whole run configuration, one field per TOML section (docs/CONFIG.md lists every key).
+/// Build it with [`Config::load`] or [`Config::parse`], which check every value.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[run]`: the run directory, seed and device.
     pub run: RunConfig,
+    /// `[data]`: what to train on and how batches are loaded.
     pub data: DataConfig,
     /// `[model]`: `kind` (default "gpt2") and that kind's own keys, validated by the kind
     /// ([`crate::registry`]).
     #[serde(skip)]
     pub model: ModelSection,
+    /// `[train]`: batch shape, optimizer, schedule, evaluation, checkpoints, precision.
     pub train: TrainConfig,
+    /// `[batch]`: the global batch (tokens per optimizer step).
     pub batch: BatchConfig,
+    /// `[memory]`: the device pool's budget and the planner's preference.
     pub memory: MemoryConfig,
+    /// `[logs]`: the performance logs, telemetry and alert thresholds.
     pub logs: LogsConfig,
     /// Which of the planner's keys the config (or a `--set`) gave explicitly: those are
     /// kept as given, the planner chooses the rest ([`crate::plan`]).
@@ -49,8 +57,11 @@ impl PartialEq for Config {
 /// The keys the memory planner would otherwise choose, as given explicitly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExplicitKeys {
+    /// `train.batch_size` was given: the planner keeps the micro-batch.
     pub batch_size: bool,
+    /// `train.grad_accum` was given: the micro-batch is the step's sequences / `grad_accum`.
     pub grad_accum: bool,
+    /// `train.recompute` was given: the planner keeps the policy.
     pub recompute: bool,
 }
 
@@ -127,14 +138,18 @@ impl Default for MemoryConfig {
     }
 }
 
+/// `[run]`: where the run's files go, its seed and its device.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     /// The run directory is `<out_dir>/<name>`.
     pub name: String,
+    /// Parent of the run directory; a relative path is relative to the working directory,
+    /// not to the config file (default `runs`).
     pub out_dir: PathBuf,
+    /// Seeds the weight initialisation and the training windows' order (default 1337).
     pub seed: u64,
-    /// "auto" (the GPU when one is usable, else the CPU), "cpu" or "cuda".
+    /// "auto" (GPU 0 when one is usable, else the CPU), "cpu", "cuda" (GPU 0) or "cuda:N".
     pub device: String,
 }
 
@@ -144,6 +159,7 @@ impl Default for RunConfig {
     }
 }
 
+/// `[data]`: the training text or prepared data set, its tokenizer, and the loader.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
@@ -168,6 +184,8 @@ impl Default for DataConfig {
     }
 }
 
+/// `[train]`: the batch shape, optimizer, learning-rate schedule, evaluation, checkpoints,
+/// precision and recomputation.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -177,24 +195,33 @@ pub struct TrainConfig {
     pub seq_len: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
+    /// Optimizer steps to train to, counted from 0 also when resuming (default 1000).
     pub max_steps: u64,
     /// Peak learning rate, reached after `warmup_steps`, then cosine decay to `min_lr`.
     pub lr: f64,
+    /// Learning rate at the end of the cosine decay (`max_steps`); at most `lr`.
     pub min_lr: f64,
+    /// Steps of linear warm-up: step s (0-based) uses `lr * (s + 1) / warmup_steps`.
     pub warmup_steps: u64,
+    /// AdamW's decoupled weight decay, applied to the matmul weights only unless
+    /// `decay_all_params`.
     pub weight_decay: f64,
     /// Also decay biases, LayerNorm parameters and embeddings (off by default).
     pub decay_all_params: bool,
+    /// AdamW's first-moment decay, in [0, 1) (default 0.9).
     pub beta1: f64,
+    /// AdamW's second-moment decay, in [0, 1) (default 0.95).
     pub beta2: f64,
+    /// AdamW's epsilon, > 0 (default 1e-8).
     pub eps: f64,
     /// Clip the global gradient norm to this value; 0 disables clipping.
     pub grad_clip: f64,
     /// Validation loss every this many steps (and at the end); 0: only at the end.
     pub eval_interval: u64,
-    /// Validation batches per evaluation.
+    /// Validation batches per evaluation, of `batch_size` windows each.
     pub eval_batches: usize,
-    /// A metrics line every this many steps.
+    /// A progress line every this many steps when stderr is not a terminal (0 acts as 1);
+    /// on a GPU also how often the host reads back the loss. metrics.log gets every step.
     pub log_interval: u64,
     /// A checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_interval: u64,
@@ -525,6 +552,7 @@ impl Config {
         self.train.recompute.parse().map_err(|e| format!("key `train.recompute`: {e}"))
     }
 
+    /// The run directory, `<run.out_dir>/<run.name>`.
     pub fn run_dir(&self) -> PathBuf {
         self.run.out_dir.join(&self.run.name)
     }

@@ -1,30 +1,71 @@
+//! The engine's error type and `Result` alias.
+
 use std::path::PathBuf;
 
 /// Every failure the engine reports. `main` prints one line and exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A config that cannot be read, parsed or validated.
     #[error("{file}: {msg}")]
-    Config { file: String, msg: String },
+    Config {
+        /// The config file as given (or the name passed to [`crate::config::Config::parse`]).
+        file: String,
+        /// One line naming the key (or the `--set` it came from) and what was expected.
+        msg: String,
+    },
+    /// A failure of the tensor and device layer, out of memory included.
     #[error(transparent)]
     Kernel(#[from] kernels::Error),
+    /// A failure of a model: building it, loading weights, forward or backward.
     #[error(transparent)]
     Model(#[from] models::Error),
+    /// A failure reading, tokenizing or checking the data.
     #[error(transparent)]
     Data(#[from] datasets::Error),
+    /// A checkpoint (or Hugging Face) directory that is missing, incomplete or does not
+    /// match the model.
     #[error("checkpoint {}: {msg}", path.display())]
-    Checkpoint { path: PathBuf, msg: String },
+    Checkpoint {
+        /// The checkpoint directory, or the file in it, at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A file-system operation that failed.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory operated on.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A non-finite training loss; the run stops before the optimizer applies that step.
     #[error("training diverged at step {step}: loss is {loss}")]
-    Diverged { step: u64, loss: f32 },
+    Diverged {
+        /// The diverged step, counting from 0: one less than its number in metrics.log
+        /// and in the `nonfinite_loss` alert.
+        step: u64,
+        /// The loss read back (NaN or infinite).
+        loss: f32,
+    },
+    /// Anything else the user can fix (bad arguments, a budget no plan fits, data that
+    /// does not fit the run), as the one line `main` prints.
     #[error("{0}")]
     Usage(String),
-    /// A file of a run directory that does not read as documented (`line`: 1-based, in a
-    /// JSON-lines file).
+    /// A file of a run directory that does not read as documented.
     #[error("{}{}: {msg}", path.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
-    RunFile { path: PathBuf, line: Option<usize>, msg: String },
+    RunFile {
+        /// The file, e.g. `<run_dir>/metrics.jsonl`.
+        path: PathBuf,
+        /// 1-based line of the JSON error (in a JSON-lines file, the record's line); `None`
+        /// when the error has no line (e.g. `config.toml`).
+        line: Option<usize>,
+        /// What failed to parse.
+        msg: String,
+    },
 }
 
+/// `std::result::Result` with the engine's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {

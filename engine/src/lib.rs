@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Training on top of `kernels`, `models` and `datasets`: the typed config, the trainer,
 //! AdamW, checkpoints, evaluation and sampling, and the `engine` command line.
 //!

@@ -10,10 +10,13 @@ use serde::Serialize;
 /// Memory of the run's device pool after a step (kernels::memory), in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct MemoryRecord {
+    /// Bytes held by live tensors.
     pub in_use: usize,
     /// The most in use since the run started.
     pub peak: usize,
+    /// Bytes the pool holds: in use plus cached free blocks.
     pub reserved: usize,
+    /// The pool's budget (`memory.budget` resolved); `None`: unlimited.
     pub budget: Option<usize>,
 }
 
@@ -24,42 +27,57 @@ pub struct StepRecord {
     pub step: u64,
     /// Seconds since the run (this invocation) started, at the end of the step.
     pub time_s: f64,
+    /// Training loss of the step, the mean over its micro-batches.
     pub loss: f32,
     /// Validation loss after this step, when evaluated.
     pub val_loss: Option<f32>,
+    /// Learning rate the step used.
     pub lr: f32,
+    /// Global gradient norm before clipping.
     pub grad_norm: f32,
     /// Tokens trained on in this step.
     pub tokens: u64,
+    /// `tokens` / the step's wall time (`step_ms`).
     pub tokens_per_s: f64,
     /// Model FLOPs utilization in [0, 1]; `None` when the device's peak rate is unknown.
     pub mfu: Option<f64>,
     /// Wall time of the step (data wait, forward, backward, optimizer), milliseconds.
     pub step_ms: f64,
-    /// Waiting for the data loader.
+    /// Milliseconds of the step the host waited for the data loader; part of `step_ms`.
     pub data_wait_ms: f64,
-    /// Forward passes of all micro-batches; host timers on the CPU, `None` on a GPU (where
-    /// host timers would measure kernel launches, not work).
+    /// Milliseconds in the forward passes of all micro-batches: host timers on the CPU, CUDA
+    /// events on the compute stream on a GPU (GPU time, not the time to queue the kernels).
     pub forward_ms: Option<f64>,
+    /// Milliseconds in the backward passes of all micro-batches, timed as `forward_ms`.
     pub backward_ms: Option<f64>,
+    /// Milliseconds in the AdamW step (clipping included), timed as `forward_ms`.
     pub optimizer_ms: Option<f64>,
+    /// The device pool after the step.
     pub memory: MemoryRecord,
+    /// Sequences per micro-batch the step ran with (after any out-of-memory change).
     pub micro_batch: usize,
+    /// Micro-batches the step ran.
     pub grad_accum: usize,
+    /// The recomputation policy the step ran with ("none", "selective", "full", "full:K").
     pub recompute: String,
 }
 
 /// Summary statistics of one metric over the summarized steps.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Stats {
+    /// Values summarized (NaNs left out).
     pub count: usize,
+    /// Arithmetic mean.
     pub mean: f64,
+    /// Smallest value.
     pub min: f64,
+    /// Largest value.
     pub max: f64,
     /// Population standard deviation (divides by `count`).
     pub std: f64,
     /// Percentiles by linear interpolation between the closest ranks (numpy's default).
     pub p50: f64,
+    /// 95th percentile, interpolated as `p50`.
     pub p95: f64,
 }
 
@@ -88,24 +106,33 @@ fn percentile(v: &[f64], q: f64) -> f64 {
 pub struct Summary {
     /// The device the run trained on (`cpu`, or `cuda:N <GPU name>`) and its precision.
     pub device: String,
+    /// "fp32" or "bf16".
     pub precision: String,
     /// Steps this invocation trained, and the first ones left out of `metrics` (warm-up:
     /// compilation, first allocations).
     pub steps: u64,
+    /// `logs.warmup_steps`, or 0 when the invocation trained no more steps than that.
     pub warmup_steps_excluded: u64,
+    /// The first step of this invocation (1-based, as in metrics.log); 0 if none trained.
     pub first_step: u64,
+    /// The last step of this invocation; 0 if none trained.
     pub last_step: u64,
+    /// Tokens trained in this invocation, warm-up steps included.
     pub tokens: u64,
     /// Wall time of the run from start to the last step's end, and of the steps alone.
     pub wall_seconds: f64,
+    /// The sum of the steps' `step_ms`, in seconds.
     pub train_seconds: f64,
+    /// Training loss of the last step; `None` if no step was trained.
     pub final_loss: Option<f32>,
+    /// The latest validation loss of this invocation; `None` if it never evaluated.
     pub final_val_loss: Option<f32>,
     /// Per metric over the summarized steps: loss, grad_norm, tokens_per_s, mfu, step_ms,
     /// data_wait_ms, forward_ms, backward_ms, optimizer_ms, memory_in_use, memory_peak.
     pub metrics: BTreeMap<String, Stats>,
     /// The device's peak bf16 rate used for MFU, TFLOP/s, and where it came from.
     pub peak_tflops: Option<f64>,
+    /// `"logs.peak_tflops"`, `"table: <GPU name>"` or `"unknown: <device> ..."` (no MFU).
     pub peak_tflops_source: String,
     /// Every alert raised during the run, in order.
     pub alerts: Vec<Alert>,
@@ -121,6 +148,7 @@ pub struct LoggingCost {
     pub step_logging_ms: f64,
     /// In the telemetry thread: samples taken, and milliseconds taking and writing them.
     pub telemetry_samples: u64,
+    /// Milliseconds the telemetry thread spent taking and writing its samples.
     pub telemetry_ms: f64,
     /// (step_logging_ms + telemetry_ms) / the steps' time (`train_seconds`): an upper bound
     /// of the share of step time the logs took (the telemetry thread runs beside training
@@ -142,23 +170,30 @@ pub struct AlertThresholds {
     pub warmup_steps: u64,
 }
 
+/// The loss-spike alert compares with the median of at most this many previous losses.
 pub const SPIKE_WINDOW: usize = 20;
 
 /// A data wait shorter than this is no stall, whatever its share: a model whose step takes
 /// 0.1 ms waits a few microseconds on any loader (timer noise, a thread wake-up).
 pub const MIN_STALL_MS: f64 = 1.0;
+/// Previous (finite) losses needed before the loss-spike alert is checked at all.
 pub const SPIKE_MIN_STEPS: usize = 5;
 
 /// Something a user should look at, raised at one step (events.jsonl, the terminal,
 /// summary.json).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Alert {
+    /// The step it was raised at, 1-based as in metrics.log; for the telemetry alerts, the
+    /// steps completed when the sample was taken.
     pub step: u64,
-    /// "data_stall", "memory_near_budget", "nonfinite_loss" or "loss_spike".
+    /// "data_stall", "memory_near_budget", "nonfinite_loss" or "loss_spike"; from telemetry
+    /// ([`crate::telemetry`]), "gpu_throttling" or "low_gpu_utilization".
     pub kind: &'static str,
+    /// The line printed on the terminal (after `alert: step N: `), with what to do.
     pub message: String,
     /// The measured value and the threshold it crossed (in the unit the message gives).
     pub value: f64,
+    /// The threshold from `[logs]` (0 for `nonfinite_loss`).
     pub threshold: f64,
 }
 
@@ -192,6 +227,7 @@ pub struct Alerter {
 }
 
 impl Alerter {
+    /// An alerter that has seen no step yet.
     pub fn new(thresholds: AlertThresholds) -> Self {
         Self { thresholds, losses: Default::default(), edges: Edges::default(), seen: 0 }
     }

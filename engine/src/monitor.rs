@@ -20,15 +20,20 @@ use crate::Result;
 
 /// What the monitor needs to know of the run.
 pub struct MonitorSetup<'a> {
+    /// The run's config: `[logs]` (what is written, the alert thresholds, telemetry) and
+    /// `train.log_interval`.
     pub config: &'a Config,
+    /// The run directory the logs go to; it must exist.
     pub run_dir: &'a Path,
     /// The GPU's PCI address for telemetry; `None` on the CPU.
     pub gpu_pci_bus_id: Option<String>,
-    /// Steps completed before this invocation (a resumed run), and the run's last step.
+    /// Steps completed before this invocation (a resumed run); 0 writes metrics.log's header.
     pub start_step: u64,
+    /// The step the run trains to (`train.max_steps`): the progress bar's end and the ETA.
     pub max_steps: u64,
     /// The device's peak rate for MFU and where it came from (crate::train::peak_rate).
     pub peak: (Option<f64>, String),
+    /// `--quiet`: no progress bar or progress lines; alerts are still printed.
     pub quiet: bool,
     /// The device trained on (`cpu`, `cuda:0 NVIDIA H100 ...`) and the precision, for
     /// summary.json.
@@ -37,6 +42,8 @@ pub struct MonitorSetup<'a> {
     pub started: Instant,
 }
 
+/// The logs and the terminal of a run in progress ([`Monitor::start`] to
+/// [`Monitor::finish`]); dropped early (a failed run), it still writes the last step.
 pub struct Monitor {
     run_dir: PathBuf,
     /// Off (`logs.enabled = false`): only metrics.log and events.jsonl's plan changes and

@@ -18,11 +18,17 @@ use models::Model;
 
 use crate::Result;
 
+/// AdamW's hyper-parameters (from `[train]`: [`crate::train::adamw_config`]); the
+/// learning rate is given per step.
 #[derive(Clone, Debug)]
 pub struct AdamWConfig {
+    /// Decay rate of the first moment (m), in [0, 1).
     pub beta1: f32,
+    /// Decay rate of the second moment (v), in [0, 1).
     pub beta2: f32,
+    /// Added to the bias-corrected sqrt(v) in the update's denominator.
     pub eps: f32,
+    /// Decoupled weight decay: a decayed parameter is first scaled by `1 - lr * weight_decay`.
     pub weight_decay: f32,
     /// Decay every parameter, not only those marked for decay (matmul weights).
     pub decay_all_params: bool,
@@ -30,7 +36,9 @@ pub struct AdamWConfig {
     pub grad_clip: f32,
 }
 
+/// The AdamW optimizer and its state for one model.
 pub struct AdamW {
+    /// The hyper-parameters every step uses.
     pub config: AdamWConfig,
     /// Steps taken so far.
     pub step: u64,
@@ -45,6 +53,8 @@ impl AdamW {
         Self::try_new(config, model).unwrap_or_else(|e| panic!("AdamW::new: {e}"))
     }
 
+    /// Zero state for every parameter of `model`, on each parameter's device; an
+    /// allocation failure (e.g. out of memory) is an error.
     pub fn try_new(config: AdamWConfig, model: &dyn Model) -> Result<Self> {
         let mut state = Vec::new();
         let mut result = Ok(());
@@ -137,6 +147,7 @@ fn first_device(model: &dyn Model) -> Option<Device> {
 
 /// A step's gradient norm before clipping: a value on the CPU, one f32 on the device on a GPU.
 pub enum GradNorm {
+    /// The norm, already on the host (CPU training).
     Host(f32),
     /// A one-element f32 tensor on the device.
     Device(Arc<CudaDevice>, Tensor),

@@ -47,6 +47,7 @@ pub trait PeakProbe {
 pub struct PlanRequest {
     /// Sequences per optimizer step (the global batch; never changed).
     pub global_batch: usize,
+    /// Tokens per sequence (`train.seq_len`).
     pub seq_len: usize,
     /// Bytes; `None`: unlimited (nothing is measured).
     pub budget: Option<usize>,
@@ -56,40 +57,57 @@ pub struct PlanRequest {
     pub policy: Option<Recompute>,
     /// The policies to choose from, least recomputation first.
     pub candidates: Vec<Recompute>,
+    /// Tokens a micro-batch should hold before more recomputation is preferred to a bigger
+    /// micro-batch (`memory.min_micro_tokens`).
     pub min_micro_tokens: usize,
 }
 
 /// One policy's line in the plan table.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PlanRow {
+    /// The recomputation policy of this row.
     #[serde(serialize_with = "serialize_policy")]
     pub policy: Recompute,
     /// The largest micro-batch that fits (`None`: not even 1).
     pub micro_batch: Option<usize>,
+    /// Micro-batches per step at `micro_batch` (`None` when nothing fits).
     pub grad_accum: Option<usize>,
     /// Predicted peak bytes at `micro_batch` (at 1 when nothing fits).
     pub predicted_peak: usize,
     /// Measured peak bytes at `micro_batch`, where it was measured.
     pub measured_peak: Option<usize>,
-    /// The two measurements the prediction comes from: (micro-batch, peak bytes).
+    /// The measurements the prediction comes from, (micro-batch, peak bytes): at the two
+    /// smallest allowed micro-batches, or the one a config fixes.
     pub probes: Vec<(usize, usize)>,
+    /// Whether this is the row the plan chose.
     pub chosen: bool,
 }
 
 /// How the step is split and what it keeps: the planner's choice or the config's.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
+    /// The recomputation policy the model runs with.
     #[serde(serialize_with = "serialize_policy")]
     pub policy: Recompute,
+    /// Sequences per micro-batch (one forward and backward).
     pub micro_batch: usize,
+    /// Micro-batches per optimizer step: `global_batch / micro_batch`.
     pub grad_accum: usize,
+    /// Sequences per optimizer step; the same in every plan of a run.
     pub global_batch: usize,
+    /// Tokens per sequence (`train.seq_len`).
     pub seq_len: usize,
+    /// The pool budget planned for, bytes; `None`: unlimited.
     pub budget: Option<usize>,
+    /// The affine prediction of the chosen step's peak, bytes; `None` unless `source` is
+    /// "planner".
     pub predicted_peak: Option<usize>,
+    /// The chosen step's peak as measured, bytes; `None` unless `source` is "planner".
     pub measured_peak: Option<usize>,
-    /// "planner" (measured) or "config" (no budget: the config's settings as given).
+    /// "planner" (measured) or "config" (no budget: the config's settings as given);
+    /// "run-time" for a plan [`Plan::shrink`] made after an out-of-memory error.
     pub source: &'static str,
+    /// Every policy considered, in candidate order; empty unless `source` is "planner".
     pub rows: Vec<PlanRow>,
 }
 
@@ -101,9 +119,13 @@ pub fn serialize_policy<S: serde::Serializer>(p: &Recompute, s: S) -> std::resul
 /// Why no plan fits: the smallest step measured and the budget.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NoFit {
+    /// The policy of the smallest step measured.
     pub policy: Recompute,
+    /// Its micro-batch (the smallest allowed: 1, or the one the config fixes).
     pub micro_batch: usize,
+    /// Its measured peak, bytes.
     pub needed: usize,
+    /// The budget it exceeds, bytes.
     pub budget: usize,
 }
 
@@ -137,6 +159,7 @@ impl Plan {
         }
     }
 
+    /// Tokens in one micro-batch: `micro_batch * seq_len`.
     pub fn tokens_per_micro_batch(&self) -> usize {
         self.micro_batch * self.seq_len
     }

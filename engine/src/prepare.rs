@@ -33,24 +33,32 @@ pub const DEFAULT_SHARD_TOKENS: usize = 100_000_000;
 /// Bytes of text per parallel tokenization chunk.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// What [`prepare`] tokenizes and where it writes (the arguments of `engine prepare`).
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
     /// "byte" or "gpt2".
     pub tokenizer: String,
+    /// Text files, concatenated in this order (GPT-2: each preceded by `<|endoftext|>`).
     pub inputs: Vec<PathBuf>,
+    /// The data set directory to write; created if missing, and must not hold a
+    /// `dataset.json` already.
     pub out: PathBuf,
-    /// In (0, 1).
+    /// The last fraction of all tokens that becomes the validation split; in (0, 1).
     pub val_fraction: f64,
-    /// At least 1.
+    /// Most tokens per shard file ([`DEFAULT_SHARD_TOKENS`] from the CLI); at least 1.
     pub shard_tokens: usize,
     /// A progress bar on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
 }
 
+/// What [`prepare`] wrote.
 #[derive(Clone, Debug)]
 pub struct PrepareSummary {
+    /// The data set directory (`PrepareOptions::out`).
     pub out: PathBuf,
+    /// The `dataset.json` written there: tokenizer, splits, shards and sources.
     pub meta: DatasetMeta,
+    /// Wall time of the whole preparation (reading, tokenizing, writing), seconds.
     pub seconds: f64,
 }
 
@@ -91,6 +99,9 @@ fn write_split(out: &Path, prefix: &str, tokens: &[u32], shard_tokens: usize, wi
     Ok(SplitMeta { tokens: tokens.len() as u64, shards })
 }
 
+/// Tokenizes `options.inputs` into a data set directory: the train and val shards, then
+/// `dataset.json` last. Bad options, a missing input or text too short to split are an
+/// error, and no `dataset.json` is written.
 pub fn prepare(options: &PrepareOptions) -> Result<PrepareSummary> {
     let started = Instant::now();
     check(options)?;

@@ -6,13 +6,19 @@ use kernels::Tensor;
 
 use crate::{Error, Result};
 
+/// What [`sample`] generates (the options of `engine sample`).
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
+    /// Text the continuation follows, encoded with the run's tokenizer; empty: a newline.
     pub prompt: String,
+    /// Tokens to generate after the prompt.
     pub tokens: usize,
+    /// Softmax temperature the logits are divided by; 0 (or below): always the most
+    /// likely token (greedy).
     pub temperature: f32,
     /// Keep only the k most likely tokens; 0 keeps all.
     pub top_k: usize,
+    /// Seeds the random draws: the same seed, model and prompt give the same tokens.
     pub seed: u64,
 }
 

@@ -1,6 +1,9 @@
 //! Learning rate: linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to
 //! `min_lr` at `max_steps`.
 
+/// The learning rate for `step` (0-based): `lr * (step + 1) / warmup` while
+/// `step < warmup`, then a cosine from `lr` down to `min_lr` at `max_steps`; `min_lr` from
+/// `max_steps` on, and for every step after the warm-up when `max_steps <= warmup`.
 pub fn learning_rate(step: u64, lr: f64, min_lr: f64, warmup: u64, max_steps: u64) -> f64 {
     if step < warmup {
         return lr * (step + 1) as f64 / warmup as f64;

@@ -53,7 +53,8 @@ use crate::Result;
 /// Device batch slots on a GPU (see the module docs for why three).
 pub const DEVICE_SLOTS: usize = 3;
 
-/// One micro-batch on the model's device.
+/// One loader batch (`LoaderConfig::batch_size` windows; in training a whole step, which the
+/// trainer cuts into micro-batches) on the model's device.
 #[derive(Debug)]
 pub struct StagedBatch {
     /// (B, T) u32 token ids.
@@ -120,10 +121,12 @@ pub struct PinnedAllocator {
 }
 
 impl PinnedAllocator {
+    /// An allocator of pinned slots on `dev`, its counters at 0.
     pub fn new(dev: Arc<CudaDevice>) -> Self {
         Self { dev, stats: Arc::default() }
     }
 
+    /// The counters shared by every slot this allocator made.
     pub fn stats(&self) -> Arc<RingStats> {
         self.stats.clone()
     }
@@ -189,7 +192,9 @@ impl Drop for PinnedSlot {
 
 /// Training batches for the model's device (module docs).
 pub enum Stager {
+    /// On the CPU: the loader's ring of pageable buffers, each batch copied out of its slot.
     Cpu(Loader<PageableAllocator>),
+    /// On a GPU: pinned ring, copy stream and device ring.
     Cuda(CudaStager),
 }
 
@@ -203,7 +208,7 @@ impl Stager {
         })
     }
 
-    /// The next micro-batch, in sampler order, on the device.
+    /// The next batch, in sampler order, on the device.
     pub fn next_batch(&mut self) -> Result<StagedBatch> {
         match self {
             Stager::Cpu(loader) => {
@@ -324,6 +329,8 @@ struct Timings {
 }
 
 impl CudaStager {
+    /// Starts the loader's workers over pinned slots of `dev` and allocates the
+    /// [`DEVICE_SLOTS`] device batches; the sampler goes on from its current state.
     pub fn new(dev: Arc<CudaDevice>, split: Arc<Split>, index: WindowIndex, sampler: EpochSampler, config: LoaderConfig) -> Result<Self> {
         let copy = dev.copy_stream()?;
         let allocator = PinnedAllocator::new(dev.clone());
@@ -365,6 +372,8 @@ impl CudaStager {
         &self.copy
     }
 
+    /// The sampler state after the last batch [`next_batch`](Self::next_batch) returned
+    /// (not after the look-ahead batch already being copied).
     pub fn state(&self) -> SamplerState {
         self.state
     }
@@ -397,6 +406,9 @@ impl CudaStager {
         Ok(Issued { slot: k, waited, state_after })
     }
 
+    /// The next batch, its copy issued by the previous call (or now, for the first), with
+    /// the compute stream made to wait for it; issues the copy of the batch after it before
+    /// returning. `waited` covers both batches' waits for the loader.
     pub fn next_batch(&mut self) -> Result<StagedBatch> {
         let mut waited = Duration::ZERO;
         let current = match self.ahead.take() {

@@ -37,6 +37,7 @@ pub struct Sample {
     pub step: u64,
     /// `None`: no GPU in this run, or NVML unavailable (the start line says which).
     pub gpu: Option<GpuSample>,
+    /// The host's readings, present in every sample.
     pub host: HostSample,
 }
 
@@ -45,14 +46,19 @@ pub struct Sample {
 pub struct GpuSample {
     /// NVML's index of the device (which need not be CUDA's ordinal).
     pub index: u32,
+    /// The device's name as NVML reports it, e.g. "NVIDIA H100 80GB HBM3".
     pub name: String,
     /// Percent of the last sample period (1/6 s to 1 s, by device) with a kernel running.
     pub utilization_pct: Option<u32>,
-    /// Bytes in use on the device by every process, and its total.
+    /// Device memory in use by every process (not only this one), bytes.
     pub memory_used: Option<u64>,
+    /// The device's total memory, bytes.
     pub memory_total: Option<u64>,
+    /// Board power draw, watts.
     pub power_w: Option<f64>,
+    /// GPU core temperature, °C.
     pub temperature_c: Option<u32>,
+    /// Current SM clock, MHz.
     pub sm_clock_mhz: Option<u32>,
     /// Why the clocks are below their maximum, NVML's reasons in snake case (`gpu_idle`,
     /// `sw_power_cap`, `hw_slowdown`, `sw_thermal_slowdown`, ...); empty: none.
@@ -101,10 +107,13 @@ pub struct TelemetryAlerter {
 }
 
 impl TelemetryAlerter {
+    /// An alerter that has seen no sample yet.
     pub fn new(thresholds: TelemetryThresholds) -> Self {
         Self { thresholds, throttled_for: 0, utilization: VecDeque::new(), edges: Edges::default() }
     }
 
+    /// Takes in one sample and returns the alerts that start to hold with it
+    /// (`gpu_throttling`, `low_gpu_utilization`); none for a sample without GPU readings.
     pub fn check(&mut self, s: &Sample) -> Vec<Alert> {
         let th = self.thresholds;
         let Some(gpu) = &s.gpu else { return Vec::new() };
@@ -165,21 +174,29 @@ pub struct TelemetryOptions {
     /// `telemetry.jsonl` is appended to in this directory; its filesystem is the one whose
     /// free space is reported.
     pub run_dir: PathBuf,
+    /// The wait after one sample is written before the next is taken
+    /// (`logs.telemetry_interval_ms`).
     pub interval: Duration,
     /// The run's GPU by PCI address (kernels' `CudaDevice::pci_bus_id`); `None`: a CPU run.
     pub gpu_pci_bus_id: Option<String>,
     /// The NVML library to load (default `libnvidia-ml.so.1`, the driver's).
     pub nvml_library: Option<OsString>,
+    /// When the GPU alerts are raised.
     pub thresholds: TelemetryThresholds,
     /// When the run started (`time_s` counts from it), and steps completed before (resume).
     pub started: Instant,
+    /// Steps completed before this invocation: the `step` of samples until
+    /// [`Telemetry::set_step`] is called.
     pub start_step: u64,
 }
 
 /// What sampling cost: samples taken and the wall time spent taking and writing them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct TelemetryCost {
+    /// Samples written to `telemetry.jsonl`.
     pub samples: u64,
+    /// Wall time the thread spent taking and writing them, milliseconds (its waits between
+    /// samples excluded).
     pub ms: f64,
 }
 
@@ -246,14 +263,21 @@ impl GpuProbe {
 pub struct NvmlInfo {
     /// The driver's version, e.g. "580.65.06".
     pub driver_version: String,
+    /// The device's name as NVML reports it.
     pub name: String,
+    /// Current SM clock, MHz.
     pub sm_clock_mhz: Option<u32>,
+    /// Highest SM clock the device supports, MHz.
     pub max_sm_clock_mhz: Option<u32>,
+    /// Current memory clock, MHz.
     pub memory_clock_mhz: Option<u32>,
+    /// Highest memory clock the device supports, MHz.
     pub max_memory_clock_mhz: Option<u32>,
     /// The enforced power limit, watts.
     pub power_limit_w: Option<f64>,
+    /// GPU core temperature, °C.
     pub temperature_c: Option<u32>,
+    /// Why the clocks are below their maximum now, as in [`GpuSample::throttle_reasons`].
     pub throttle_reasons: Vec<String>,
 }
 

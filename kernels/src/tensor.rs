@@ -137,6 +137,20 @@ impl Storage {
 /// Cloning is cheap (the storage is shared); a write through [`Tensor::f32_mut`] (or
 /// [`Tensor::cuda_slice_mut`] on the GPU) copies shared storage first, so a layer may keep
 /// its input for backward while the caller goes on using it.
+///
+/// ```
+/// use kernels::{DType, Device, Tensor};
+///
+/// let x = Tensor::from_vec(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+/// assert_eq!((x.shape(), x.dtype(), x.device()), (&[2, 3][..], DType::F32, Device::Cpu));
+/// let kept = x.clone(); // shares the storage
+/// let mut y = x.reshape(&[3, 2])?;
+/// y.f32_mut()?[0] = -1.0; // copy-on-write: `kept` still reads 1.0
+/// assert_eq!((kept.to_vec()[0], y.to_vec()[0]), (1.0, -1.0));
+/// assert_eq!(x.rows(1, 1)?.to_vec(), [4.0, 5.0, 6.0]);
+/// // On a GPU: `x.to_device(Device::Cuda(0))?`, then ops run there; `try_to_vec` reads back.
+/// # Ok::<(), kernels::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Tensor {
     shape: Vec<usize>,

@@ -11,10 +11,15 @@ use crate::{Error, Result};
 /// One entry both files hold.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
+    /// The entry's name, e.g. `kernels/matmul_qkv_forward/time_ms`.
     pub name: String,
+    /// Its unit ("ms", "tokens/s", ...), the same in both files.
     pub unit: String,
+    /// Whether a higher or a lower value is better.
     pub better: Better,
+    /// The entry's median in file A, in `unit`.
     pub a: f64,
+    /// The entry's median in file B, in `unit`.
     pub b: f64,
     /// b / a.
     pub ratio: f64,
@@ -22,11 +27,14 @@ pub struct Row {
     pub b_vs_a: f64,
 }
 
+/// What [`compare`] found: the entries both files hold, and the names only one holds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Comparison {
+    /// One row per entry both files hold, in A's order.
     pub rows: Vec<Row>,
     /// Entries only one side has.
     pub only_a: Vec<String>,
+    /// Names of the entries only B has, in B's order.
     pub only_b: Vec<String>,
 }
 

@@ -8,17 +8,21 @@ use sysinfo::System;
 
 use crate::Result;
 
+/// A results file's `environment`: the machine and build a benchmark ran on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     /// The engine's version, its git commit at build time, and whether tracked files had
     /// uncommitted changes then (`None`: built outside a git checkout).
     pub engine_version: String,
+    /// The full commit hash at build time; "unknown" outside a git checkout.
     pub git_commit: String,
+    /// Whether tracked files had uncommitted changes at build time.
     pub git_dirty: Option<bool>,
     /// "cpu" or "cuda:N".
     pub device: String,
     /// The GPU, on a GPU run.
     pub gpu: Option<GpuEnvironment>,
+    /// The host's CPU.
     pub cpu: CpuEnvironment,
     /// Total host memory, bytes.
     pub host_memory: u64,
@@ -28,26 +32,37 @@ pub struct Environment {
     pub cpu_threads: usize,
 }
 
+/// The GPU a benchmark ran on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GpuEnvironment {
+    /// The device's name as CUDA reports it, e.g. "NVIDIA H100 80GB HBM3".
     pub name: String,
     /// The architecture kernels were compiled for, e.g. "sm_90".
     pub arch: String,
+    /// Streaming multiprocessors on the device.
     pub sm_count: u32,
     /// The CUDA version the driver supports ("13.0") and the NVRTC that compiled the kernels.
     pub cuda_driver: String,
+    /// The NVRTC version found now ("13.0"); `None` when NVRTC is not installed (kernels
+    /// from the cache).
     pub nvrtc: Option<String>,
     /// NVML's facts: driver version, clocks at the start, power limit; `None` (with
     /// `nvml_note`) when NVML is unavailable.
     pub nvml: Option<crate::telemetry::NvmlInfo>,
+    /// Why there is no `nvml` (NVML missing, the device not found); `None` when there is.
     pub nvml_note: Option<String>,
+    /// The device's PCI address, as CUDA gives it (how NVML finds it).
     pub pci_bus_id: String,
 }
 
+/// The host's CPU.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CpuEnvironment {
+    /// The first CPU's brand string as the OS reports it; "unknown" if there is none.
     pub model: String,
+    /// Logical cores (hardware threads) the OS reports.
     pub logical_cores: usize,
+    /// Physical cores; `None` when the OS does not say.
     pub physical_cores: Option<usize>,
 }
 

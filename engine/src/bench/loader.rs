@@ -17,17 +17,27 @@ use crate::Result;
 /// What one loader measurement reads.
 #[derive(Clone, Debug)]
 pub struct LoaderBench {
+    /// Synthetic token ids written in all (the training split's size).
     pub tokens: usize,
+    /// Most tokens per shard file.
     pub shard_tokens: usize,
+    /// Windows per batch (B).
     pub batch_size: usize,
+    /// Tokens per window's inputs (T); each window reads T + 1.
     pub seq_len: usize,
+    /// Slots of the loader's buffer ring (`data.prefetch`).
     pub prefetch: usize,
+    /// Batches taken per run.
     pub batches: usize,
+    /// Timed runs per worker count, after one untimed warm-up run.
     pub repeats: usize,
+    /// Seeds the synthetic ids and the sampler's window order.
     pub seed: u64,
 }
 
 impl LoaderBench {
+    /// The suite's settings: 50M tokens, 100 batches of 64 x 1024, 7 timed runs; with
+    /// `quick`, 2M tokens, 10 batches and 2 runs.
     pub fn new(quick: bool) -> LoaderBench {
         LoaderBench {
             tokens: if quick { 2_000_000 } else { 50_000_000 },
@@ -86,6 +96,9 @@ pub fn measure(split: &Arc<Split>, b: &LoaderBench, workers: usize) -> Result<(V
     Ok((rates, waits))
 }
 
+/// The `loader` suite: synthetic shards in a scratch directory (removed afterwards), then for
+/// 1 worker and for the CPU backend's thread count, entries `loader/workers=N/tokens_per_s`
+/// and `loader/workers=N/consumer_wait` (the fraction of each run the consumer waited).
 pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
     let b = LoaderBench::new(options.quick);
     let dir = super::train::tempdir()?;

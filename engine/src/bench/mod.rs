@@ -27,15 +27,21 @@ pub const FORMAT: &str = "engine-bench/1";
 /// What a suite measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Suite {
+    /// The CUDA (or CPU) kernels one by one: time per call and achieved rate.
     Kernels,
+    /// The data loader alone: tokens/s by worker count.
     Loader,
+    /// Whole training steps of configs: tokens/s, step time, memory.
     Train,
+    /// `kernels`, then `loader`, then `train`.
     All,
 }
 
 impl Suite {
+    /// The suites' names on the command line, in variant order.
     pub const NAMES: [&'static str; 4] = ["kernels", "loader", "train", "all"];
 
+    /// The suite `name` names; any other name is an error listing [`Suite::NAMES`].
     pub fn parse(name: &str) -> Result<Suite> {
         match name {
             "kernels" => Ok(Suite::Kernels),
@@ -51,7 +57,9 @@ impl Suite {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Better {
+    /// A rate: tokens/s, GB/s, TFLOP/s.
     Higher,
+    /// A cost: milliseconds, bytes.
     Lower,
 }
 
@@ -59,13 +67,17 @@ pub enum Better {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// Unique in a file, `/`-separated: `train/shakespeare-char/none/tokens_per_s`,
-    /// `kernels/matmul_forward/time_ms`, `loader/workers=2/tokens_per_s`.
+    /// `kernels/matmul_qkv_forward/time_ms`, `loader/workers=2/tokens_per_s`.
     pub name: String,
     /// "ms", "tokens/s", "GB/s", "TFLOP/s", "bytes", "fraction".
     pub unit: String,
+    /// Which direction is an improvement.
     pub better: Better,
+    /// Median of the measurements, in `unit`.
     pub median: f64,
+    /// Smallest measurement, in `unit`.
     pub min: f64,
+    /// Largest measurement, in `unit`.
     pub max: f64,
     /// How many measurements the median is over.
     pub samples: usize,
@@ -75,7 +87,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// An entry over `values` (at least one; NaNs are dropped).
+    /// An entry over `values`, its non-finite values dropped; `None` when none is left.
     pub fn from_values(name: impl Into<String>, unit: &str, better: Better, workload: &str, values: &[f64]) -> Option<Entry> {
         let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
@@ -111,6 +123,7 @@ pub fn median_sorted(v: &[f64]) -> f64 {
 pub struct Workload {
     /// SHA-256 of `settings` as canonical JSON (keys sorted, no spaces), first 16 hex digits.
     pub hash: String,
+    /// What was measured: shapes, sizes, the config's model and batch, seeds, ...
     pub settings: serde_json::Value,
     /// For a training workload: SHA-256 of the whole resolved config (`config.toml` of the
     /// run), first 16 hex digits. Recorded, not compared: `settings` decide comparability
@@ -120,6 +133,7 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The workload of `settings`, hashed with [`hash_settings`]; no config hash.
     pub fn new(settings: serde_json::Value) -> Workload {
         Workload { hash: hash_settings(&settings), settings, config_hash: None }
     }
@@ -152,13 +166,16 @@ pub struct Results {
     pub implementation: String,
     /// UTC, RFC 3339, when the run started.
     pub created: String,
+    /// The machine and build that measured.
     pub environment: env::Environment,
     /// Every workload an entry names, by hash.
     pub workloads: BTreeMap<String, Workload>,
+    /// Every measured quantity, in the order measured; names are unique.
     pub entries: Vec<Entry>,
 }
 
 impl Results {
+    /// Empty results of `suite` by the engine, created now, in `environment`.
     pub fn new(suite: &str, environment: env::Environment) -> Results {
         Results {
             format: FORMAT.into(),
@@ -252,6 +269,7 @@ pub struct BenchOptions {
     pub device: String,
     /// Fewer, shorter repeats: a check that the suite runs, not a measurement.
     pub quick: bool,
+    /// No per-entry progress lines on stderr.
     pub quiet: bool,
     /// The model kinds the train suite's configs may name.
     pub registry: crate::registry::Registry,

@@ -42,13 +42,19 @@ fn load(path: Option<&Path>, sets: &[String], registry: &crate::registry::Regist
 
 /// What a training run was, beyond its config.
 pub struct RunShape<'a> {
+    /// The tokenizer's vocabulary the model was built for (without padding).
     pub vocab_size: usize,
+    /// Sequences per micro-batch the run ended with.
     pub micro_batch: usize,
+    /// Micro-batches per step the run ended with.
     pub grad_accum: usize,
+    /// The recomputation policy, as in `train.recompute` ("none", "selective", "full").
     pub recompute: &'a str,
+    /// The precision trained in ("fp32", "bf16").
     pub precision: &'a str,
     /// Steps run, and the first ones left out of the statistics.
     pub steps: u64,
+    /// Steps at the start left out of the statistics (`logs.warmup_steps`).
     pub warmup: u64,
 }
 
@@ -79,6 +85,10 @@ pub fn workload_settings(config: &Config, run: &RunShape<'_>) -> serde_json::Val
     })
 }
 
+/// The `train` suite: each config (`options.configs`, or [`DEFAULT_CONFIG`]) trained under
+/// each recomputation policy (only "none" with `quick`) in a scratch directory, giving
+/// entries `train/<config>/<policy>/<metric>` from the run's summary.json statistics (median
+/// = p50) and the pool's `peak_memory`. A bad config fails before anything trains.
 pub fn run(results: &mut Results, options: &BenchOptions) -> Result<()> {
     let (steps, warmup) = steps(options.quick);
     let policies: &[&str] = if options.quick { &["none"] } else { &["none", "selective", "full"] };

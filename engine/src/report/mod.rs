@@ -24,101 +24,175 @@ use crate::Result;
 /// serde_json, hence the `Option`s on values that may diverge.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Step {
+    /// Steps completed (1-based, as in metrics.log).
     pub step: u64,
+    /// Seconds since that `engine train` started, at the end of the step.
     pub time_s: f64,
+    /// Training loss of the step; `None` when it was not finite.
     pub loss: Option<f64>,
+    /// Validation loss after the step; `None` when not evaluated (or not finite).
     pub val_loss: Option<f64>,
+    /// Learning rate of the step.
     pub lr: Option<f64>,
+    /// Global gradient norm before clipping; `None` when it was not finite.
     pub grad_norm: Option<f64>,
+    /// Tokens in the step (`batch.tokens_per_step`).
     pub tokens: u64,
+    /// `tokens` / the step's wall time.
     pub tokens_per_s: Option<f64>,
+    /// Model FLOPs utilization in [0, 1]; `None` when the peak rate is unknown.
     pub mfu: Option<f64>,
+    /// The step's wall time (data wait, forward, backward, optimizer), milliseconds.
     pub step_ms: f64,
+    /// Milliseconds of the step spent waiting for the data loader.
     pub data_wait_ms: f64,
+    /// Milliseconds in the forward passes; `None` in logs of older versions.
     pub forward_ms: Option<f64>,
+    /// Milliseconds in the backward passes; `None` in logs of older versions.
     pub backward_ms: Option<f64>,
+    /// Milliseconds in the AdamW step; `None` in logs of older versions.
     pub optimizer_ms: Option<f64>,
+    /// The device pool after the step.
     pub memory: Memory,
+    /// Sequences per micro-batch the step ran with.
     pub micro_batch: usize,
+    /// Micro-batches the step ran.
     pub grad_accum: usize,
+    /// The recomputation policy the step ran with ("none", "full:2", ...).
     pub recompute: String,
 }
 
 /// The device pool after a step, bytes.
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub struct Memory {
+    /// Held by live tensors.
     pub in_use: u64,
+    /// The most in use since the run started.
     pub peak: u64,
+    /// In use plus cached free blocks.
     pub reserved: u64,
+    /// The pool's budget; `None`: unlimited.
     pub budget: Option<u64>,
 }
 
+/// An alert as written to `events.jsonl` and `summary.json` ([`crate::logs::Alert`]).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Alert {
+    /// The step it was raised at (1-based).
     pub step: u64,
+    /// "data_stall", "memory_near_budget", "loss_spike", "nonfinite_loss",
+    /// "gpu_throttling" or "low_gpu_utilization".
     pub kind: String,
+    /// The line printed on the terminal.
     pub message: String,
+    /// The measured value; `None` when it was not finite (a NaN loss).
     pub value: Option<f64>,
+    /// The threshold it crossed.
     pub threshold: Option<f64>,
 }
 
+/// A change of plan after an out-of-memory error, as in `events.jsonl`
+/// ([`crate::train::PlanChange`]).
 #[derive(Clone, Debug, Deserialize)]
 pub struct PlanChange {
+    /// The step that was redone (1-based).
     pub step: u64,
+    /// The out-of-memory error, as printed.
     pub error: String,
+    /// The recomputation policy that ran out of memory.
     pub from_policy: String,
+    /// The micro-batch that ran out of memory.
     pub from_micro_batch: usize,
+    /// The policy the step was redone with.
     pub to_policy: String,
+    /// The micro-batch the step was redone with.
     pub to_micro_batch: usize,
+    /// Micro-batches per step under the new plan.
     pub to_grad_accum: usize,
 }
 
+/// A checkpoint written, as in `events.jsonl`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Checkpoint {
+    /// Steps completed when it was written.
     pub step: u64,
+    /// Its directory, as the trainer wrote it (`<run_dir>/checkpoints/step-XXXXXX`).
     pub path: String,
 }
 
 /// One line of `events.jsonl`; kinds this report does not know are kept as their JSON.
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// `{"event": "alert", "alert": {...}}`.
     Alert(Alert),
+    /// `{"event": "plan_change", "change": {...}}`.
     PlanChange(PlanChange),
+    /// `{"event": "checkpoint", "checkpoint": {...}}`.
     Checkpoint(Checkpoint),
-    Other { kind: String, json: String },
+    /// Any other `event`.
+    Other {
+        /// The line's `event` value ("(no kind)" when it has none).
+        kind: String,
+        /// The whole line, re-serialized.
+        json: String,
+    },
 }
 
+/// summary.json's statistics of one metric over the steps after the warm-up; a value that
+/// was not finite reads as `None`.
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub struct Stats {
+    /// Steps with a value.
     pub count: usize,
+    /// Arithmetic mean.
     pub mean: Option<f64>,
+    /// Smallest value.
     pub min: Option<f64>,
+    /// Largest value.
     pub max: Option<f64>,
+    /// Population standard deviation.
     pub std: Option<f64>,
+    /// Median, interpolated linearly between closest ranks.
     pub p50: Option<f64>,
+    /// 95th percentile, interpolated as `p50`.
     pub p95: Option<f64>,
 }
 
 /// `summary.json`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Summary {
+    /// Steps the last `engine train` invocation trained.
     pub steps: u64,
+    /// The first steps left out of `metrics` (0 when there were no more than the warm-up).
     pub warmup_steps_excluded: u64,
+    /// The invocation's first step (1-based).
     pub first_step: u64,
+    /// The invocation's last step.
     pub last_step: u64,
+    /// Tokens trained in the invocation.
     pub tokens: u64,
+    /// Seconds from the start of the command to the end of training.
     pub wall_seconds: f64,
+    /// Seconds in the steps themselves (the sum of `step_ms`).
     pub train_seconds: f64,
+    /// Training loss of the last step; `None` if none, or not finite.
     pub final_loss: Option<f64>,
+    /// The latest validation loss; `None` if the invocation never evaluated.
     pub final_val_loss: Option<f64>,
+    /// Statistics by metric name (`loss`, `tokens_per_s`, `step_ms`, `memory_peak`, ...).
     pub metrics: BTreeMap<String, Stats>,
+    /// The peak bf16 rate MFU was computed with, TFLOP/s; `None` when unknown.
     pub peak_tflops: Option<f64>,
+    /// Where `peak_tflops` came from: `"logs.peak_tflops"`, `"table: <GPU name>"` or
+    /// `"unknown: ..."`.
     pub peak_tflops_source: String,
+    /// Every alert of the invocation, in order (absent in older summaries: empty).
     #[serde(default)]
     pub alerts: Vec<Alert>,
     /// The device and precision the run trained on (absent in older summaries).
     #[serde(default)]
     pub device: Option<String>,
+    /// "fp32" or "bf16" (absent in older summaries).
     #[serde(default)]
     pub precision: Option<String>,
     /// What the logs cost (absent in older summaries).
@@ -129,9 +203,15 @@ pub struct Summary {
 /// summary.json's `logging`.
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub struct Logging {
+    /// The trainer's time writing step lines, checking alerts and updating the terminal,
+    /// milliseconds, all steps together.
     pub step_logging_ms: f64,
+    /// Telemetry samples taken.
     pub telemetry_samples: u64,
+    /// The telemetry thread's time taking and writing them, milliseconds.
     pub telemetry_ms: f64,
+    /// (`step_logging_ms` + `telemetry_ms`) / the steps' time: an upper bound of what the
+    /// logs took from training.
     pub share_of_step_time: f64,
 }
 
@@ -141,6 +221,7 @@ pub use crate::telemetry::{GpuSample as Gpu, HostSample as Host, Sample};
 /// Everything the report is drawn from.
 #[derive(Clone, Debug, Default)]
 pub struct Run {
+    /// The run directory read.
     pub dir: PathBuf,
     /// `config.toml`, when present.
     pub config: Option<toml::Table>,
@@ -151,11 +232,14 @@ pub struct Run {
     pub restarts: Vec<usize>,
     /// `None`: no `events.jsonl`.
     pub events: Option<Vec<Event>>,
+    /// `None`: no `summary.json` (written when `engine train` ends, or diverges; not while it
+    /// trains, nor after other errors).
     pub summary: Option<Summary>,
     /// `None`: no `telemetry.jsonl`.
     pub telemetry: Option<Vec<Sample>>,
     /// Directory names under `checkpoints/` and the one `latest` names.
     pub checkpoints_on_disk: Vec<String>,
+    /// The directory name `checkpoints/latest` holds (e.g. `step-001000`); `None` without one.
     pub latest_checkpoint: Option<String>,
 }
 
