@@ -255,7 +255,7 @@ pub fn load_weights_named(dir: &Path, model: &mut dyn Model, naming: Naming) -> 
     let lookup = |name: &str| -> String {
         let prefixed = format!("transformer.{name}");
         match naming {
-            Naming::HuggingFace if !stored.iter().any(|n| *n == name) && stored.iter().any(|n| **n == prefixed) => prefixed,
+            Naming::HuggingFace if !stored.contains(&name) && stored.contains(&prefixed.as_str()) => prefixed,
             _ => name.to_string(),
         }
     };

@@ -48,7 +48,7 @@ pub fn model_table(dir: &Path, config: &serde_json::Value, registry: &Registry) 
     for name in registry.names() {
         let kind = registry.get(name).expect("listed");
         let archs = kind.hf_architectures();
-        if archs.iter().any(|a| *a == arch) {
+        if archs.contains(&arch) {
             let mut table = kind.settings_from_hf(config).map_err(|e| hf_err(dir, format!("{arch}: {e}")))?;
             table.insert(KIND_KEY.into(), toml::Value::String(name.to_string()));
             return Ok((arch, table));

@@ -433,7 +433,7 @@ impl ModelSpec for GptSpec {
         if !["gelu", "swiglu"].contains(&self.activation.as_str()) {
             return Err(format!("key `model.activation`: expected \"gelu\" or \"swiglu\", got \"{}\"", self.activation));
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!("key `model.n_embd`: {} is not a multiple of model.n_head ({})", self.n_embd, self.n_head));
         }
         Ok(())
