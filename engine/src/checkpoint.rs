@@ -244,8 +244,9 @@ fn is_hf_buffer(name: &str) -> bool {
     name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq")
 }
 
-/// [`load_weights`] with tensors named as `naming` says. A missing tensor, a wrong shape or a
-/// tensor the model does not have is an error naming it; on error the model may hold some of
+/// [`load_weights`] with tensors named as `naming` says. A missing tensor, a wrong shape, a
+/// non-finite value (NaN or infinity: the weights of a diverged run) or a tensor the model
+/// does not have is an error naming it; on error the model may hold some of
 /// the new weights (callers discard it).
 pub fn load_weights_named(dir: &Path, model: &mut dyn Model, naming: Naming) -> Result<()> {
     let file = "model.safetensors";
@@ -271,6 +272,16 @@ pub fn load_weights_named(dir: &Path, model: &mut dyn Model, naming: Naming) -> 
             for e in p.exports() {
                 let name = lookup(&e.name);
                 let part = read_tensor(dir, file, &st, &name, &e.shape, &e.shape)?;
+                if let Some(i) = part.f32()?.iter().position(|v| !v.is_finite()) {
+                    return Err(ckpt_err(
+                        dir,
+                        format!(
+                            "{file}: `{name}` holds a non-finite value ({} at element {i}): these weights are poisoned \
+                             (a diverged run); use an earlier checkpoint",
+                            part.f32()?[i]
+                        ),
+                    ));
+                }
                 data[e.range].copy_from_slice(part.f32()?);
                 used.push((name, part.f32()?.to_vec()));
             }

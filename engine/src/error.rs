@@ -42,8 +42,8 @@ pub enum Error {
     /// A non-finite training loss; the run stops before the optimizer applies that step.
     #[error("training diverged at step {step}: loss is {loss}")]
     Diverged {
-        /// The diverged step, counting from 0: one less than its number in metrics.log
-        /// and in the `nonfinite_loss` alert.
+        /// The diverged step, counting from 1: its number in metrics.log and in the
+        /// `nonfinite_loss` alert.
         step: u64,
         /// The loss read back (NaN or infinite).
         loss: f32,

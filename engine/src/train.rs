@@ -363,7 +363,7 @@ fn read_back(unread: &mut Vec<Unread>, summary: &mut TrainSummary, monitor: &mut
         };
         if !record.loss.is_finite() {
             monitor.alert(logs::nonfinite_loss_alert(record.step, record.loss))?;
-            return Err(Error::Diverged { step: record.step - 1, loss: record.loss });
+            return Err(Error::Diverged { step: record.step, loss: record.loss });
         }
         record.grad_norm = match grad_norm {
             GradNorm::Host(norm) => norm,
@@ -760,7 +760,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
                     return Ok(());
                 }
                 run.monitor.alert(logs::nonfinite_loss_alert(done, value))?;
-                Err(Error::Diverged { step, loss: value })
+                Err(Error::Diverged { step: done, loss: value })
             });
             if let Err(e) = result {
                 run.monitor.finish()?;

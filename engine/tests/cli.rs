@@ -671,3 +671,36 @@ fn gpt2_blocks_are_configurable_and_checked() {
     let out = train(dir.path(), 2, &["--set", "run.name=bad", "--set", "model.activation=relu"]);
     assert_fails(&out, &["--set model.activation=relu", "key `model.activation`", "\"gelu\" or \"swiglu\""]);
 }
+
+/// Rewrites tensor `name` of `dir/model.safetensors` with element `i` set to `value`.
+fn poison(dir: &Path, name: &str, i: usize, value: f32) {
+    use safetensors::tensor::TensorView;
+    let path = dir.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
+    let t = tensors.iter_mut().find(|(n, _, _)| n == name).expect("the tensor exists");
+    t.2[4 * i..4 * i + 4].copy_from_slice(&value.to_le_bytes());
+    let views: Vec<(String, TensorView<'_>)> =
+        tensors.iter().map(|(n, shape, data)| (n.clone(), TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+#[test]
+fn non_finite_weights_are_refused_by_eval_sample_resume_and_init_from() {
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let ckpt = checkpoint_dir(&run, 3);
+    poison(&ckpt, "h.0.ln_1.weight", 3, f32::NAN);
+    let needles = ["step-000003", "model.safetensors", "`h.0.ln_1.weight`", "non-finite value (NaN at element 3)", "earlier checkpoint"];
+    assert_fails(&engine_in(dir.path(), &["eval", s(&run)]), &needles);
+    assert_fails(&engine_in(dir.path(), &["sample", s(&run), "--tokens", "3"]), &needles);
+    let before = snapshot(&run);
+    assert_fails(&train(dir.path(), 5, &["--resume"]), &needles);
+    assert!(snapshot(&run) == before, "a refused resume changed the run directory");
+    poison(&ckpt, "h.0.ln_1.weight", 3, 1.0);
+    poison(&ckpt, "wte.weight", 0, f32::INFINITY);
+    let config = write(dir.path(), "ft.toml", &format!("[run]\nname = \"ft\"\n[model]\ninit_from = '{}'\n[train]\nseq_len = 16\n", ckpt.display()));
+    assert_fails(&engine_in(dir.path(), &["train", s(&config)]), &["`wte.weight`", "non-finite value (inf at element 0)"]);
+    assert!(!dir.path().join("runs").join("ft").exists(), "a refused init_from wrote its run directory");
+}

@@ -202,6 +202,9 @@ fn a_nonfinite_loss_is_an_alert_then_an_error() {
     let last = lines_of(&dir.path().join("nan"), "events.jsonl", "events").pop().unwrap();
     assert_eq!(last["alert"]["kind"], "nonfinite_loss", "{text}");
     assert!(last["alert"]["message"].as_str().unwrap().contains("training diverged"), "{text}");
+    // The error and the alert name the same step (metrics.log's numbering, from 1).
+    let step = last["alert"]["step"].as_u64().unwrap();
+    assert!(step >= 1 && err.contains(&format!("diverged at step {step}:")), "alert at step {step}, error: {err}");
 }
 
 #[test]
