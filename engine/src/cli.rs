@@ -199,11 +199,26 @@ pub fn main_with(registry: Registry) -> ExitCode {
     match kernels::ops::on_cpu_workers(|| run(cli, &registry)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", clip(&e.to_string()));
             ExitCode::FAILURE
         }
     }
 }
+
+/// An error message of at most about [`MAX_MESSAGE`] characters: one that echoes a huge value
+/// (a 1 MiB `--set`) keeps its beginning and end, saying how much was left out.
+fn clip(msg: &str) -> String {
+    let chars = msg.chars().count();
+    if chars <= MAX_MESSAGE {
+        return msg.to_string();
+    }
+    let head: String = msg.chars().take(MAX_MESSAGE * 3 / 4).collect();
+    let tail: String = msg.chars().skip(chars - MAX_MESSAGE / 4).collect();
+    format!("{head} [... {} characters left out ...] {tail}", chars - MAX_MESSAGE)
+}
+
+/// The longest error line `engine` prints.
+const MAX_MESSAGE: usize = 2000;
 
 fn run(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {

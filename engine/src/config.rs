@@ -300,7 +300,13 @@ impl Config {
             apply_override(&mut table, o).map_err(|m| err(format!("--set {o}: {m}")))?;
         }
         // A value that came from --set is named as such, not blamed on the file.
-        let blame = |key: &str, msg: String| match overrides.iter().rev().find(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key)) {
+        // (`--set foo.bar=1` is to blame for an unknown section `foo` too.)
+        let blame = |key: &str, msg: String| match overrides.iter().rev().find(|o| {
+            o.split_once('=').is_some_and(|(k, _)| {
+                let k = k.trim();
+                !key.is_empty() && (k == key || k.strip_prefix(key).is_some_and(|rest| rest.starts_with('.')))
+            })
+        }) {
             Some(o) => err(format!("--set {o}: {msg}")),
             None => err(msg),
         };
@@ -327,7 +333,12 @@ impl Config {
         let explicit = ExplicitKeys { batch_size: given("batch_size"), grad_accum: given("grad_accum"), recompute: given("recompute") };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            let msg = format!("key `{key}`: {}", e.into_inner().message().trim());
+            let mut msg = format!("key `{key}`: {}", e.into_inner().message().trim());
+            // `[model]` is read apart from the other sections (by its kind), so serde's list of
+            // the sections leaves it out.
+            if !key.contains('.') {
+                msg = msg.replace("expected one of `run`, `data`, ", "expected one of `run`, `data`, `model`, ");
+            }
             blame(&key, msg)
         })?;
         config.model = model;
@@ -425,7 +436,18 @@ impl Config {
         }
         self.recompute()?;
         self.memory_budget()?;
-        self.global_batch()?;
+        let global = self.global_batch()?;
+        if global.checked_mul(t.seq_len).is_none_or(|tokens| tokens > u32::MAX as usize) {
+            return Err(format!(
+                "too large: {global} sequences of train.seq_len = {} tokens per step (train.batch_size x train.grad_accum, or \
+                 batch.tokens_per_step) exceed the {} tokens one step may hold",
+                t.seq_len,
+                u32::MAX
+            ));
+        }
+        if t.eval_batches.checked_mul(t.batch_size).is_none() {
+            return Err(format!("keys `train.eval_batches` x `train.batch_size`: {} x {} windows overflow", t.eval_batches, t.batch_size));
+        }
         if let Some(p) = self.logs.peak_tflops {
             if !(p.is_finite() && p > 0.0) {
                 return Err(format!("key `logs.peak_tflops`: must be a finite number > 0 (TFLOP/s), got {p}"));
@@ -500,7 +522,11 @@ impl Config {
     /// the keys.
     pub fn global_batch(&self) -> std::result::Result<usize, String> {
         let t = &self.train;
-        let Some(tokens) = self.batch.tokens_per_step else { return Ok(t.batch_size * t.grad_accum) };
+        let Some(tokens) = self.batch.tokens_per_step else {
+            return t.batch_size.checked_mul(t.grad_accum).ok_or_else(|| {
+                format!("keys `train.batch_size` x `train.grad_accum`: {} x {} sequences per step overflow", t.batch_size, t.grad_accum)
+            });
+        };
         if tokens == 0 || tokens % t.seq_len != 0 {
             return Err(format!("key `batch.tokens_per_step`: {tokens} is not a positive multiple of train.seq_len ({})", t.seq_len));
         }

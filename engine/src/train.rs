@@ -150,7 +150,8 @@ pub fn batch_tensors_on(batch: &Batch, device: Device) -> Result<(Tensor, Tensor
 /// Mean cross-entropy over the first `max_batches * batch_size` windows of `split` in order
 /// (the sampler's sequential mode), and how many windows that was.
 pub fn evaluate(model: &mut dyn Model, split: &Split, batch_size: usize, seq_len: usize, max_batches: usize) -> Result<(f32, usize)> {
-    evaluate_windows(model, split, batch_size * max_batches, batch_size, seq_len)
+    // More windows than the split holds is all of them (no product may wrap to few or none).
+    evaluate_windows(model, split, batch_size.saturating_mul(max_batches), batch_size, seq_len)
 }
 
 /// Mean cross-entropy over the first `windows` windows of `split` in order (fewer if it has
@@ -732,7 +733,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         vocab_size: data.vocab_size,
     };
     // Validation always covers the same windows, whatever the micro-batch.
-    let eval_windows = t.eval_batches * t.batch_size;
+    let eval_windows = t.eval_batches.saturating_mul(t.batch_size);
     for step in start_step..t.max_steps {
         let started = Instant::now();
         let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;

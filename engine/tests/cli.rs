@@ -704,3 +704,33 @@ fn non_finite_weights_are_refused_by_eval_sample_resume_and_init_from() {
     assert_fails(&engine_in(dir.path(), &["train", s(&config)]), &["`wte.weight`", "non-finite value (inf at element 0)"]);
     assert!(!dir.path().join("runs").join("ft").exists(), "a refused init_from wrote its run directory");
 }
+
+#[test]
+fn size_products_that_would_wrap_are_named() {
+    let dir = TempDir::new().unwrap();
+    let huge = "4611686018427387904"; // 2^62: times 32 wraps a u64
+    let out = engine_in(dir.path(), &["train", SHIPPED_CONFIG, "--set", &format!("train.grad_accum={huge}")]);
+    assert_fails(&out, &["train.batch_size", "train.grad_accum", huge, "overflow"]);
+    let out = engine_in(dir.path(), &["train", SHIPPED_CONFIG, "--set", &format!("train.eval_batches={huge}")]);
+    assert_fails(&out, &["train.eval_batches", huge, "overflow"]);
+    let out = engine_in(dir.path(), &["train", SHIPPED_CONFIG, "--set", "train.grad_accum=40000000"]);
+    assert_fails(&out, &["too large", "1280000000 sequences", "tokens one step may hold"]);
+    // An unknown section set from the command line blames the --set, and the sections listed
+    // include [model].
+    let out = engine_in(dir.path(), &["train", SHIPPED_CONFIG, "--set", "foo.bar=1"]);
+    assert_fails(&out, &["--set foo.bar=1", "unknown field `foo`", "`model`"]);
+    // `eval --batches` beyond the split evaluates all of it, never a wrapped few.
+    let run = trained_run(dir.path());
+    let out = engine_in(dir.path(), &["eval", s(&run), "--json", "--batches", huge]);
+    assert_succeeds(&out);
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert!(v["windows"].as_u64().unwrap() > 1000 && v["val_loss"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[test]
+fn an_error_echoing_a_huge_value_stays_one_short_line() {
+    // A 1 MiB value, from a file (a command-line argument is limited to 128 KiB).
+    let (_dir, out) = train_config("huge.toml", &format!("[run]\nname = \"a/{}\"\n", "x".repeat(1 << 20)));
+    let line = assert_fails(&out, &["key `run.name`", "characters left out", "xxx\""]);
+    assert!(line.len() < 2200, "{} bytes", line.len());
+}
