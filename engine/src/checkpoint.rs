@@ -143,22 +143,62 @@ pub fn save(run_dir: &Path, model: &dyn Model, opt: &AdamW, state: &CheckpointSt
 }
 
 /// A checkpoint directory from either a checkpoint directory or a run directory (whose
-/// newest checkpoint is used).
+/// newest checkpoint is used: the one `checkpoints/latest` names, or, when `latest` is
+/// missing or names no complete checkpoint, the complete one of the highest step).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
+    resolve_noting(path).map(|(dir, _)| dir)
+}
+
+/// [`resolve`], with a note saying so when `latest` was missing or dangling and the newest
+/// complete checkpoint was taken instead (a run killed while `latest` was being replaced).
+pub fn resolve_noting(path: &Path) -> Result<(PathBuf, Option<String>)> {
     if path.join("state.json").is_file() {
-        return Ok(path.to_path_buf());
+        return Ok((path.to_path_buf(), None));
     }
-    let latest = path.join("checkpoints").join(LATEST);
+    let root = path.join("checkpoints");
+    let latest = root.join(LATEST);
     if let Ok(name) = fs::read_to_string(&latest) {
-        let dir = path.join("checkpoints").join(name.trim());
+        let dir = root.join(name.trim());
         if dir.join("state.json").is_file() {
-            return Ok(dir);
+            return Ok((dir, None));
         }
+    }
+    // Checkpoints are renamed into place whole, so every step-N directory is complete.
+    let step_of = |p: &Path| p.file_name()?.to_str()?.strip_prefix("step-")?.parse::<u64>().ok();
+    let newest = fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("state.json").is_file())
+        .filter_map(|p| step_of(&p).map(|step| (step, p)))
+        .max();
+    if let Some((_, dir)) = newest {
+        let why = match fs::read_to_string(&latest) {
+            Ok(name) => format!("checkpoints/latest names `{}`, which is no complete checkpoint", name.trim()),
+            Err(_) => "checkpoints/latest is missing".to_string(),
+        };
+        let note = format!("{}: {why}; using the newest complete checkpoint, {}", path.display(), dir.display());
+        return Ok((dir, Some(note)));
     }
     if !path.exists() {
         return Err(ckpt_err(path, "no such file or directory"));
     }
     Err(ckpt_err(path, "not a checkpoint (no state.json) nor a run directory with checkpoints/latest"))
+}
+
+/// Removes what an interrupted [`save`] left in `run_dir/checkpoints`: `.step-N.tmp`
+/// directories and `.latest.tmp` (never a complete checkpoint).
+pub fn remove_debris(run_dir: &Path) -> Result<()> {
+    let root = run_dir.join("checkpoints");
+    for entry in fs::read_dir(&root).into_iter().flatten().filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            removed.map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint's state and its run's config, `[model]` resolved by `registry`. A model kind

@@ -400,8 +400,8 @@ type Previous = Option<(PathBuf, CheckpointState)>;
 /// The run directory's newest checkpoint, refused when it holds a model of another kind, of
 /// another shape, or over another vocabulary than this config's: training there would
 /// overwrite `checkpoints/latest` with an unrelated model. Checked before anything is written.
-fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<Previous> {
-    let Ok(dir) = checkpoint::resolve(run_dir) else { return Ok(None) };
+fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<(Previous, Option<String>)> {
+    let Ok((dir, note)) = checkpoint::resolve_noting(run_dir) else { return Ok((None, None)) };
     let refuse = |what: String| {
         Error::Usage(format!(
             "run directory {} holds {what}; refusing to train there (nothing was written): set run.name (or run.out_dir) \
@@ -434,7 +434,7 @@ fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<P
             config.data.tokenizer
         )));
     }
-    Ok(Some((dir, state)))
+    Ok((Some((dir, state)), note))
 }
 
 /// `--resume`: the newest checkpoint's weights, optimizer state and sampler position, so
@@ -487,6 +487,7 @@ fn init_from(dir: &Path, model: &mut dyn Model, config: &Config, vocab_size: usi
 /// What the run directory says about the run before it starts: config.toml and plan.json.
 fn write_run_files(config: &Config, run_dir: &Path, plan: &Plan) -> Result<()> {
     fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    checkpoint::remove_debris(run_dir)?;
     let config_path = run_dir.join("config.toml");
     fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
     let plan_path = run_dir.join("plan.json");
@@ -618,7 +619,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let (device, precision, device_note) = resolve_device(config)?;
     let data = load_dataset(config)?;
     let run_dir = config.run_dir();
-    let previous = check_run_dir(config, &run_dir, data.vocab_size)?;
+    let (previous, fallback_note) = check_run_dir(config, &run_dir, data.vocab_size)?;
     let budget = resolve_budget(config, device)?;
     let plan = plan_run(config, device, precision, data.vocab_size, budget)?;
     let memory_note = set_budget_line(config, device, budget);
@@ -659,6 +660,9 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let tokens_per_step = (global * t.seq_len) as u64;
     monitor.say(device_note);
     monitor.say(memory_note);
+    if let Some(note) = fallback_note {
+        monitor.say(note);
+    }
     if plan.source == "planner" {
         monitor.say(plan.table());
     }

@@ -734,3 +734,36 @@ fn an_error_echoing_a_huge_value_stays_one_short_line() {
     let line = assert_fails(&out, &["key `run.name`", "characters left out", "xxx\""]);
     assert!(line.len() < 2200, "{} bytes", line.len());
 }
+
+#[test]
+fn a_dangling_latest_resumes_from_the_newest_complete_checkpoint_and_debris_is_removed() {
+    let dir = TempDir::new().unwrap();
+    assert_succeeds(&train(dir.path(), 4, &["--set", "train.checkpoint_interval=2"]));
+    let run = dir.path().join("tiny");
+    let ckpts = run.join("checkpoints");
+    // As if killed while checkpointing step 6 over this run: its temp directory half
+    // written, `latest` already naming it (or gone).
+    fs::create_dir_all(ckpts.join(".step-000006.tmp")).unwrap();
+    fs::write(ckpts.join(".step-000006.tmp/model.safetensors"), b"partial").unwrap();
+    fs::write(ckpts.join("latest"), "step-000006").unwrap();
+    let out = engine_in(dir.path(), &["eval", s(&run), "--json"]);
+    assert_succeeds(&out);
+    assert!(text(&out.stdout).contains("\"step\":4"), "{}", text(&out.stdout));
+    let mut args = vec!["--resume"];
+    args.extend(["--set", "train.checkpoint_interval=2"]);
+    let mut full: Vec<String> = vec!["train".into(), SHIPPED_CONFIG.into()];
+    full.extend(tiny_args(dir.path(), 6));
+    full.extend(args.iter().map(|a| a.to_string()));
+    let out = engine_in(dir.path(), &full.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_succeeds(&out);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("names `step-000006`, which is no complete checkpoint") && said.contains("step-000004"), "{said}");
+    assert!(said.contains("step 5/6"), "did not resume at step 5: {said}");
+    assert!(!ckpts.join(".step-000006.tmp").exists(), "the temp directory of the interrupted checkpoint is still there");
+    assert_eq!(fs::read_to_string(ckpts.join("latest")).unwrap(), "step-000006");
+    // Without latest at all, the same.
+    fs::remove_file(ckpts.join("latest")).unwrap();
+    let out = engine_in(dir.path(), &["eval", s(&run), "--json"]);
+    assert_succeeds(&out);
+    assert!(text(&out.stdout).contains("\"step\":6"), "{}", text(&out.stdout));
+}
