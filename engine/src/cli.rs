@@ -27,7 +27,9 @@ use crate::config::Config;
 use crate::prepare::{prepare, PrepareOptions, DEFAULT_SHARD_TOKENS};
 use crate::registry::Registry;
 use crate::sample::{sample_ids, SampleOptions};
-use crate::train::{evaluate, load_dataset, plan_run, resolve_budget, resolve_device, train, TrainOptions};
+use crate::train::{evaluate, load_dataset, plan_run, resolve_budget, resolve_device, train, StopFlag, TrainOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use crate::{Error, Result};
 
 #[derive(Parser)]
@@ -200,7 +202,11 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", clip(&e.to_string()));
-            ExitCode::FAILURE
+            match e {
+                // A stop on a signal exits as the shell expects of it (SIGINT 130, SIGTERM 143).
+                Error::Interrupted { signal, .. } => ExitCode::from((128 + signal).clamp(0, 255) as u8),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -217,6 +223,28 @@ fn clip(msg: &str) -> String {
     format!("{head} [... {} characters left out ...] {tail}", chars - MAX_MESSAGE)
 }
 
+/// SIGINT and SIGTERM ask the run to stop after its current step, with a checkpoint
+/// (`TrainOptions::stop`); a second one exits at once (with 130 or 143).
+fn stop_on_signals() -> Result<StopFlag> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = StopFlag::default();
+    let asked = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        let failed = |e: std::io::Error| Error::Usage(format!("cannot handle {}: {e}", crate::error::signal_name(signal)));
+        // Registered first, so it runs first and sees whether an earlier signal already asked
+        // for a stop: then this one exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&asked)).map_err(failed)?;
+        let (value, asked) = (Arc::clone(&flag.0), Arc::clone(&asked));
+        // SAFETY: the handler only stores to atomics (async-signal-safe).
+        let handler = move || {
+            value.store(signal as usize, Ordering::SeqCst);
+            asked.store(true, Ordering::SeqCst);
+        };
+        unsafe { signal_hook::low_level::register(signal, handler) }.map_err(failed)?;
+    }
+    Ok(flag)
+}
+
 /// The longest error line `engine` prints.
 const MAX_MESSAGE: usize = 2000;
 
@@ -224,7 +252,7 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {
         Command::Train { config, overrides, quiet, resume } => {
             let config = Config::load_in(&config, &overrides, registry)?;
-            let s = train(&config, &TrainOptions { quiet, resume, ..Default::default() })?;
+            let s = train(&config, &TrainOptions { quiet, resume, stop: Some(stop_on_signals()?), ..Default::default() })?;
             let val = s.val_losses.last().map_or("-".into(), |(_, v)| format!("{v:.4}"));
             let m = &s.memory;
             println!(

@@ -39,6 +39,17 @@ pub enum Error {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The run was asked to stop ([`crate::train::TrainOptions::stop`]: SIGINT or SIGTERM for
+    /// `engine train`) and did, after a step, with a checkpoint there.
+    #[error("interrupted by {} after step {step}; checkpoint {}: continue with `engine train CONFIG --resume`", signal_name(*signal), checkpoint.display())]
+    Interrupted {
+        /// The signal that asked for the stop.
+        signal: i32,
+        /// The last step completed (counting from 1), the checkpoint's.
+        step: u64,
+        /// The checkpoint written at that step.
+        checkpoint: PathBuf,
+    },
     /// A non-finite training loss; the run stops before the optimizer applies that step.
     #[error("training diverged at step {step}: loss is {loss}")]
     Diverged {
@@ -67,6 +78,15 @@ pub enum Error {
 
 /// `std::result::Result` with the engine's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// "SIGINT", "SIGTERM", or "signal N".
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        2 => "SIGINT".into(),
+        15 => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
+}
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();

@@ -43,6 +43,25 @@ pub struct TrainOptions {
     /// `train.max_steps` exactly as if it had not stopped (the learning-rate schedule still
     /// runs to `train.max_steps`). For time-boxed jobs, and for checking resumption.
     pub stop_after: Option<u64>,
+    /// A stop request polled after every step: when it holds a signal number (non-zero),
+    /// the run finishes the current step, writes a checkpoint there and returns
+    /// [`Error::Interrupted`] (`engine train` sets it on SIGINT and SIGTERM).
+    pub stop: Option<StopFlag>,
+}
+
+/// A stop request shared with a signal handler (or any thread): 0 while none, else the
+/// signal number that asked for it.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(pub Arc<std::sync::atomic::AtomicUsize>);
+
+impl StopFlag {
+    /// The requesting signal, if a stop was asked for.
+    pub fn requested(&self) -> Option<i32> {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            signal => Some(signal as i32),
+        }
+    }
 }
 
 /// A callback given (step, micro-batch) (see [`TrainOptions::before_micro_batch`]).
@@ -736,6 +755,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         last_val: None,
         vocab_size: data.vocab_size,
     };
+    let mut interrupted = None;
     // Validation always covers the same windows, whatever the micro-batch.
     let eval_windows = t.eval_batches.saturating_mul(t.batch_size);
     for step in start_step..t.max_steps {
@@ -750,7 +770,8 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let done = step + 1;
         let last = done == t.max_steps;
         let evaluates = last || (t.eval_interval > 0 && done % t.eval_interval == 0);
-        let stopping = options.stop_after == Some(done);
+        let signalled = options.stop.as_ref().and_then(StopFlag::requested).filter(|_| !last);
+        let stopping = options.stop_after == Some(done) || signalled.is_some();
         let checkpoints = last || stopping || (t.checkpoint_interval > 0 && done % t.checkpoint_interval == 0);
         // On a GPU the loss, the gradient norm and the device times stay on the device until
         // a step that logs them (the monitor prints the first and every log_interval-th),
@@ -814,6 +835,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             run.checkpoint(done, loader.state(), windows)?;
         }
         if stopping {
+            interrupted = signalled;
             break;
         }
     }
@@ -829,6 +851,9 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     }
     if summary.checkpoint.as_os_str().is_empty() {
         summary.checkpoint = checkpoint::resolve(&run_dir)?;
+    }
+    if let Some(signal) = interrupted {
+        return Err(Error::Interrupted { signal, step: summary.steps, checkpoint: summary.checkpoint });
     }
     Ok(summary)
 }

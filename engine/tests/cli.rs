@@ -767,3 +767,38 @@ fn a_dangling_latest_resumes_from_the_newest_complete_checkpoint_and_debris_is_r
     assert_succeeds(&out);
     assert!(text(&out.stdout).contains("\"step\":6"), "{}", text(&out.stdout));
 }
+
+/// Starts a long tiny run, waits for its third step, sends `signal`, and returns its output.
+fn signalled_run(dir: &Path, signal: &str) -> Output {
+    let mut args: Vec<String> = vec!["train".into(), SHIPPED_CONFIG.into(), "--quiet".into()];
+    args.extend(tiny_args(dir, 100_000));
+    let child = Command::new(ENGINE).args(&args).current_dir(dir).env_remove("RUST_BACKTRACE").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let log = dir.join("tiny").join("metrics.log");
+    let started = std::time::Instant::now();
+    while fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 4 {
+        assert!(started.elapsed().as_secs() < 60, "the run did not reach step 3");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap().success());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigint_and_sigterm_stop_after_the_step_with_a_checkpoint() {
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let dir = TempDir::new().unwrap();
+        let out = signalled_run(dir.path(), signal);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "SIG{signal}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let line = stderr.lines().find(|l| l.starts_with("error: ")).expect("one error line");
+        assert!(line.contains(&format!("interrupted by SIG{signal} after step")) && line.contains("--resume"), "{line}");
+        // The checkpoint is at the step the line names, and `latest` points at it.
+        let step: u64 = line.split("after step ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+        let run = dir.path().join("tiny");
+        assert_eq!(fs::read_to_string(run.join("checkpoints/latest")).unwrap(), format!("step-{step:06}"));
+        assert!(checkpoint_dir(&run, step).join("state.json").is_file());
+        // And the run continues from there.
+        assert_succeeds(&train(dir.path(), step + 1, &["--resume"]));
+    }
+}
