@@ -779,7 +779,9 @@ fn signalled_run(dir: &Path, signal: &str) -> Output {
         assert!(started.elapsed().as_secs() < 60, "the run did not reach step 3");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap().success());
+    let number = if signal == "TERM" { libc::SIGTERM } else { libc::SIGINT };
+    // SAFETY: kill(2) on the child's pid, which has not been waited for yet (still ours).
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, number) }, 0);
     child.wait_with_output().unwrap()
 }
 
