@@ -301,7 +301,7 @@ pub fn load_weights_named(dir: &Path, model: &mut dyn Model, naming: Naming) -> 
         }
     };
     let mut result = Ok(());
-    let mut used: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut used: Vec<String> = Vec::new();
     model.visit_params_mut(&mut |p| {
         if result.is_err() {
             return;
@@ -323,14 +323,14 @@ pub fn load_weights_named(dir: &Path, model: &mut dyn Model, naming: Naming) -> 
                     ));
                 }
                 data[e.range].copy_from_slice(part.f32()?);
-                used.push((name, part.f32()?.to_vec()));
+                used.push(name);
             }
             Ok(p.set_value(&Tensor::from_vec(p.value.shape(), data)?)?)
         })();
     });
     result?;
     let mut extra = Vec::new();
-    for name in stored.iter().filter(|n| !used.iter().any(|(u, _)| u == **n)) {
+    for name in stored.iter().filter(|n| !used.iter().any(|u| u == **n)) {
         let skipped = naming == Naming::HuggingFace
             && (is_hf_buffer(name) || (*name == "lm_head.weight" && tied_copy(dir, file, &st, name, &used)?));
         if !skipped {
@@ -344,11 +344,18 @@ pub fn load_weights_named(dir: &Path, model: &mut dyn Model, naming: Naming) -> 
     Ok(())
 }
 
-/// Whether tensor `name` is a copy of one already loaded (a tied classifier saved twice).
-fn tied_copy(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, used: &[(String, Vec<f32>)]) -> Result<bool> {
-    let view = st.tensor(name).map_err(|e| ckpt_err(dir, format!("{file}: `{name}`: {e}")))?;
-    let values = f32_values(dir, file, name, &view)?;
-    Ok(used.iter().any(|(_, v)| *v == values))
+/// Whether tensor `name` is a copy of one already loaded (a tied classifier saved twice):
+/// the same dtype, shape and bytes in the file (nothing is copied to compare).
+fn tied_copy(dir: &Path, file: &str, st: &SafeTensors<'_>, name: &str, used: &[String]) -> Result<bool> {
+    let view = |n: &str| st.tensor(n).map_err(|e| ckpt_err(dir, format!("{file}: `{n}`: {e}")));
+    let copy = view(name)?;
+    for other in used {
+        let v = view(other)?;
+        if v.dtype() == copy.dtype() && v.shape() == copy.shape() && v.data() == copy.data() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Restores AdamW's state from `dir/optimizer.safetensors`.

@@ -654,6 +654,12 @@ fn bad_hugging_face_directories_are_one_clear_error_each() {
     hf_copy(&ckpt, &odd, &[("transformer.h.0.adapter.weight", vec![0.5; 4])]);
     let out = engine_in(dir.path(), &["eval", s(&odd)]);
     assert_fails(&out, &["odd", "model.safetensors has tensors the model does not", "transformer.h.0.adapter.weight"]);
+    // A classifier that is not the tied embedding's copy (an untied model) is not the model's.
+    let untied = dir.path().join("untied");
+    hf_copy(&ckpt, &untied, &[]);
+    poison(&untied, "lm_head.weight", 0, 0.5);
+    let out = engine_in(dir.path(), &["eval", s(&untied)]);
+    assert_fails(&out, &["untied", "model.safetensors has tensors the model does not", "lm_head.weight"]);
 }
 
 #[test]
