@@ -53,6 +53,10 @@ pub struct CheckpointState {
     /// before it was recorded (resume then derives it from the step count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerCheckpoint>,
+    /// The training guard's state (rollbacks, learning-rate scale, outlier window): absent
+    /// when none was taken and the outlier policy is off (then it is the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardState>,
 }
 
 /// The sampler's (epoch, position) with what it was sampling from.
@@ -378,7 +382,10 @@ pub fn load_optimizer(dir: &Path, model: &dyn Model, opt: &mut AdamW, step: u64)
         i += 1;
     });
     result?;
-    opt.step = step;
+    // The optimizer's own step count (its bias corrections) is in the file's metadata: it
+    // trails the training step when updates were skipped (train.skip_update_zscore).
+    let recorded = SafeTensors::read_metadata(&bytes).ok().and_then(|(_, m)| m.metadata().as_ref()?.get("step")?.parse::<u64>().ok());
+    opt.step = recorded.unwrap_or(step);
     Ok(())
 }
 

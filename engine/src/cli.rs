@@ -13,6 +13,7 @@
 //! }
 //! ```
 
+use std::io::Write;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,7 +27,10 @@ use crate::checkpoint::{self, LoadedModel};
 use crate::config::Config;
 use crate::prepare::{prepare, PrepareOptions, DEFAULT_SHARD_TOKENS};
 use crate::registry::Registry;
-use crate::sample::{sample_ids, SampleOptions};
+use crate::sample::{prompt_ids, sample_each, sample_ids, SampleOptions, Utf8Stream};
+
+/// `engine sample --json` keeps every token for the JSON: at most this many.
+const MAX_JSON_TOKENS: usize = 100_000_000;
 use crate::train::{evaluate, load_dataset, plan_run, resolve_budget, resolve_device, train, StopFlag, TrainOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -318,18 +322,41 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             if !(temperature.is_finite() && temperature >= 0.0) {
                 return Err(Error::Usage(format!("--temperature must be a number >= 0, got {temperature}")));
             }
+            if json && tokens > MAX_JSON_TOKENS {
+                return Err(Error::Usage(format!(
+                    "--tokens {tokens} with --json: at most {MAX_JSON_TOKENS} (the JSON holds every token; without --json any number is streamed)"
+                )));
+            }
             let LoadedModel { config, mut model, .. } = load_checkpoint_on(&checkpoint, &device, registry)?;
             let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
-            let prompt_tokens = tokenizer.encode(prompt.as_bytes()).len().max(1);
-            let ids = sample_ids(model.as_mut(), tokenizer.as_ref(), &SampleOptions { prompt, tokens, temperature, top_k, seed })?;
-            let text = tokenizer.decode(&ids);
+            let options = SampleOptions { prompt, tokens, temperature, top_k, seed };
             if json {
+                let prompt_tokens = prompt_ids(tokenizer.as_ref(), &options.prompt).len();
+                let ids = sample_ids(model.as_mut(), tokenizer.as_ref(), &options)?;
                 let (given, generated) = ids.split_at(prompt_tokens);
-                println!("{}", serde_json::json!({"prompt_tokens": given, "tokens": generated, "text": text}));
-            } else {
-                println!("{text}");
+                println!("{}", serde_json::json!({"prompt_tokens": given, "tokens": generated, "text": tokenizer.decode(&ids)}));
+                return Ok(());
             }
-            Ok(())
+            // The text as it is generated: the prompt, then each token once its characters
+            // are complete.
+            // A reader that goes away (`| head`) ends the sampling quietly.
+            let mut out = std::io::stdout().lock();
+            let mut text = Utf8Stream::default();
+            let closed = std::cell::Cell::new(false);
+            let failed = |e: std::io::Error| {
+                closed.set(e.kind() == std::io::ErrorKind::BrokenPipe);
+                Error::Usage(format!("writing the sample to stdout: {e}"))
+            };
+            let prompt = text.push(&tokenizer.decode_bytes(&prompt_ids(tokenizer.as_ref(), &options.prompt)));
+            let streamed = out.write_all(prompt.as_bytes()).and_then(|()| out.flush()).map_err(failed).and_then(|()| {
+                sample_each(model.as_mut(), tokenizer.as_ref(), &options, &mut |id| {
+                    out.write_all(text.push(&tokenizer.decode_bytes(&[id])).as_bytes()).and_then(|()| out.flush()).map_err(failed)
+                })
+            });
+            match streamed.and_then(|()| writeln!(out, "{}", text.finish()).map_err(failed)) {
+                Err(_) if closed.get() => Ok(()),
+                other => other,
+            }
         }
         Command::Kernels { action: KernelsCommand::Build { archs, out } } => {
             let written = kernels::cuda::build_kernel_cache(&out, &archs)?;

@@ -13,6 +13,8 @@ use crate::{Error, Result};
 /// rejected up front: 1 TiB, far beyond any one device this engine runs on, so a typo such
 /// as an extra three zeros gives an error instead of an allocation failure or overflow.
 pub const MAX_MEMORY_BYTES: f64 = 1024.0 * GIB;
+/// The most loader threads or ring slots (`data.num_workers`, `data.prefetch`) accepted.
+pub const MAX_LOADER_SLOTS: usize = 1024;
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// A whole run configuration, one field per TOML section (docs/CONFIG.md lists every key).
@@ -231,6 +233,22 @@ pub struct TrainConfig {
     /// Activation recomputation: "none", "selective" (LayerNorm and GeLU outputs), "full"
     /// (each block keeps only its input) or "full:K" (full on every K-th block).
     pub recompute: String,
+    /// What a diverged step (a NaN or infinite loss or gradient norm, or an update that made
+    /// a weight non-finite) does: "stop" (the default: the run ends with an error, no
+    /// checkpoint is written from the diverged weights, `checkpoints/latest` stays on the
+    /// last finite one) or "rollback" (reload the last good checkpoint, skip the data read
+    /// since, scale the learning rate by `rollback_lr_factor` and go on; at most
+    /// `max_rollbacks` times, each an event in events.jsonl).
+    pub on_divergence: String,
+    /// Rollbacks a run may take before a divergence stops it (`on_divergence = "rollback"`).
+    pub max_rollbacks: u32,
+    /// The learning rate is multiplied by this at each rollback, in (0, 1).
+    pub rollback_lr_factor: f64,
+    /// Skip an update whose loss or gradient norm lies more than this many standard
+    /// deviations above the mean of the last 128 steps (llm.c's outlier policy; judged once
+    /// 16 steps are known); 0 (the default) turns it off. On a GPU it reads the loss and the
+    /// norm back every step (two waits for the device per step).
+    pub skip_update_zscore: f64,
 }
 
 impl Default for TrainConfig {
@@ -255,6 +273,10 @@ impl Default for TrainConfig {
             checkpoint_interval: 0,
             precision: "auto".into(),
             recompute: "none".into(),
+            on_divergence: "stop".into(),
+            max_rollbacks: 3,
+            rollback_lr_factor: 0.5,
+            skip_update_zscore: 0.0,
         }
     }
 }
@@ -365,6 +387,50 @@ impl Config {
         toml::to_string_pretty(&table).expect("config serializes")
     }
 
+    /// Host bytes of the data loader's ring: `data.prefetch` batches of the global batch's
+    /// windows (T + 1 tokens of 4 bytes each); an error when the batch size does not resolve.
+    pub fn staging_bytes(&self) -> std::result::Result<f64, String> {
+        let global = self.global_batch()?;
+        Ok(self.data.prefetch as f64 * global as f64 * (self.train.seq_len as f64 + 1.0) * 4.0)
+    }
+
+    /// The optimizer's keys are read as f64 but computed with in f32 (on the CPU and on the
+    /// GPU): each must survive that conversion, with what it means intact.
+    fn check_f32(&self) -> std::result::Result<(), String> {
+        let t = &self.train;
+        let as_f32 = |key: &str, v: f64, what: &str| -> std::result::Result<f32, String> {
+            let x = v as f32;
+            if !x.is_finite() {
+                return Err(format!("key `{key}`: {v:?} is {what}, but it is used as a 32-bit float, whose largest value is {:e}", f32::MAX));
+            }
+            Ok(x)
+        };
+        for (key, v) in [("train.lr", t.lr), ("train.min_lr", t.min_lr), ("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)] {
+            as_f32(key, v, "finite")?;
+        }
+        if as_f32("train.lr", t.lr, "finite")? == 0.0 {
+            return Err(format!("key `train.lr`: {:?} rounds to 0 as a 32-bit float (the precision it is used in); the smallest is about {:e}", t.lr, f32::from_bits(1)));
+        }
+        for (key, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if v as f32 >= 1.0 {
+                return Err(format!(
+                    "key `{key}`: {v:?} rounds to 1 as a 32-bit float (the precision AdamW uses), which divides by zero in the \
+                     bias correction; at most {} (the largest f32 below 1)",
+                    f32::from_bits(1.0f32.to_bits() - 1)
+                ));
+            }
+        }
+        if (t.eps as f32) < f32::MIN_POSITIVE {
+            return Err(format!(
+                "key `train.eps`: {:?} is below {:e}, the smallest normal 32-bit float (AdamW uses f32, and a GPU flushes smaller values \
+                 to 0, dividing by zero where a gradient is 0)",
+                t.eps,
+                f32::MIN_POSITIVE
+            ));
+        }
+        Ok(())
+    }
+
     /// Impossible values, each named by its key.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.train;
@@ -417,6 +483,16 @@ impl Config {
         if !(t.eps > 0.0) {
             return Err(format!("key `train.eps`: must be greater than 0, got {}", t.eps));
         }
+        self.check_f32()?;
+        if !["stop", "rollback"].contains(&t.on_divergence.as_str()) {
+            return Err(format!("key `train.on_divergence`: expected \"stop\" or \"rollback\", got \"{}\"", t.on_divergence));
+        }
+        if !(t.rollback_lr_factor > 0.0 && t.rollback_lr_factor < 1.0) {
+            return Err(format!("key `train.rollback_lr_factor`: must be in (0, 1), got {}", t.rollback_lr_factor));
+        }
+        if !(t.skip_update_zscore.is_finite() && t.skip_update_zscore >= 0.0) {
+            return Err(format!("key `train.skip_update_zscore`: expected 0 (off) or a number of standard deviations > 0, got {}", t.skip_update_zscore));
+        }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return Err(format!("key `data.val_fraction`: must be in (0, 1), got {}", self.data.val_fraction));
         }
@@ -426,6 +502,9 @@ impl Config {
         for (key, v) in [("data.num_workers", self.data.num_workers), ("data.prefetch", self.data.prefetch)] {
             if v == 0 {
                 return Err(format!("key `{key}`: must be at least 1, got 0"));
+            }
+            if v > MAX_LOADER_SLOTS {
+                return Err(format!("key `{key}`: at most {MAX_LOADER_SLOTS}, got {v}"));
             }
         }
         if kernels::device::DeviceRequest::parse(&self.run.device).is_none() {
@@ -443,6 +522,15 @@ impl Config {
                  batch.tokens_per_step) exceed the {} tokens one step may hold",
                 t.seq_len,
                 u32::MAX
+            ));
+        }
+        if self.staging_bytes()? > MAX_MEMORY_BYTES {
+            return Err(format!(
+                "key `data.prefetch`: {} batches of {global} x {} tokens need {:.0} GiB of host buffers, more than the {:.0} GiB this engine accepts",
+                self.data.prefetch,
+                t.seq_len + 1,
+                self.staging_bytes()? / GIB,
+                MAX_MEMORY_BYTES / GIB
             ));
         }
         if t.eval_batches.checked_mul(t.batch_size).is_none() {

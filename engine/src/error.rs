@@ -50,14 +50,19 @@ pub enum Error {
         /// The checkpoint written at that step.
         checkpoint: PathBuf,
     },
-    /// A non-finite training loss; the run stops before the optimizer applies that step.
-    #[error("training diverged at step {step}: loss is {loss}")]
+    /// A diverged step: a NaN or infinite loss or gradient norm, or an update that made a
+    /// weight non-finite. No checkpoint is written from it; `checkpoints/latest` still names
+    /// the last one with finite weights.
+    #[error("training diverged at step {step}: {what}; {kept}")]
     Diverged {
         /// The diverged step, counting from 1: its number in metrics.log and in the
         /// `nonfinite_loss` alert.
         step: u64,
-        /// The loss read back (NaN or infinite).
-        loss: f32,
+        /// What was not finite (e.g. "the loss is NaN").
+        what: String,
+        /// Where the last good weights are (the checkpoint `latest` names), or that none
+        /// was written, and what to do.
+        kept: String,
     },
     /// Anything else the user can fix (bad arguments, a budget no plan fits, data that
     /// does not fit the run), as the one line `main` prints.

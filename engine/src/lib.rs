@@ -9,6 +9,7 @@ pub mod cli;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod hf;
 pub mod logs;
 pub mod monitor;

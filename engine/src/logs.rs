@@ -186,7 +186,8 @@ pub struct Alert {
     /// The step it was raised at, 1-based as in metrics.log; for the telemetry alerts, the
     /// steps completed when the sample was taken.
     pub step: u64,
-    /// "data_stall", "memory_near_budget", "nonfinite_loss" or "loss_spike"; from telemetry
+    /// "data_stall", "memory_near_budget", "nonfinite_loss", "nonfinite_update" (the trainer's
+    /// guard) or "loss_spike"; from telemetry
     /// ([`crate::telemetry`]), "gpu_throttling" or "low_gpu_utilization".
     pub kind: &'static str,
     /// The line printed on the terminal (after `alert: step N: `), with what to do.

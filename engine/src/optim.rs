@@ -76,15 +76,38 @@ impl AdamW {
 
     /// [`AdamW::step`] without reading the norm: on a GPU the clipping reads the norm on the
     /// device and nothing here waits for it.
+    ///
+    /// The update is guarded: a NaN or infinite gradient norm skips it (nothing changes), and
+    /// an update that makes a parameter or a moment non-finite is flagged; the returned
+    /// [`GradNorm`] carries that outcome ([`GradNorm::update`]), on a GPU as a device scalar
+    /// read with the norm.
     pub fn step_queued(&mut self, model: &mut dyn Model, lr: f32) -> Result<GradNorm> {
+        self.step_gated(model, lr, None)
+    }
+
+    /// [`AdamW::step_queued`], with `gate` asked before the update whether to apply it,
+    /// given the gradient norm (on a GPU reading it waits for the device): `false` skips the
+    /// update (the optimizer's step count does not advance), reported as
+    /// [`Update::Skipped`]. For outlier policies (`train.skip_update_zscore`).
+    pub fn step_gated(&mut self, model: &mut dyn Model, lr: f32, gate: Option<&mut dyn FnMut(f32) -> Result<bool>>) -> Result<GradNorm> {
         if let Some(Device::Cuda(ordinal)) = first_device(model) {
-            return self.step_cuda(model, lr, ordinal);
+            return self.step_cuda(model, lr, ordinal, gate);
         }
         let norm = clip_gradients(model, self.config.grad_clip)?;
+        let value = norm.read()?;
+        if !value.is_finite() {
+            return Ok(GradNorm::Host(value, Update::NonFiniteGradient));
+        }
+        if let Some(gate) = gate {
+            if !gate(value)? {
+                return Ok(GradNorm::Host(value, Update::Skipped));
+            }
+        }
         self.step += 1;
         let c = &self.config;
         let mut result = Ok(());
         let mut i = 0;
+        let mut finite = true;
         model.visit_params_mut(&mut |p| {
             if result.is_err() {
                 return;
@@ -103,16 +126,19 @@ impl AdamW {
                 Some(working) => adamw_update_with_copy(&mut p.value, working, &p.grad, m, v, &hp),
                 None => adamw_update(&mut p.value, &p.grad, m, v, &hp),
             };
+            if result.is_ok() && finite {
+                finite = [&p.value, &*m, &*v].iter().all(|t| t.f32().is_ok_and(|x| x.iter().all(|x| x.is_finite())));
+            }
         });
         result?;
-        Ok(norm)
+        Ok(GradNorm::Host(value, if finite { Update::Applied } else { Update::NonFinite }))
     }
 }
 
 impl AdamW {
     /// The CUDA step: the norm, clipping and the update of every parameter in three launches
     /// (a table of the parameters, see `kernels::ops::multi_tensor`).
-    fn step_cuda(&mut self, model: &mut dyn Model, lr: f32, ordinal: usize) -> Result<GradNorm> {
+    fn step_cuda(&mut self, model: &mut dyn Model, lr: f32, ordinal: usize, gate: Option<&mut dyn FnMut(f32) -> Result<bool>>) -> Result<GradNorm> {
         let c = &self.config;
         let mut table = TensorTable::new();
         let mut result = Ok(());
@@ -131,9 +157,19 @@ impl AdamW {
         // state, all exclusively borrowed (`model`, `self`) until both launches are queued;
         // none is freed, moved or aliased in between (each parameter owns its tensors).
         let norm = unsafe { table.global_norm() }?;
-        unsafe { table.adamw(&norm, c.grad_clip, &hp) }?;
+        let device = kernels::cuda::device(ordinal)?;
+        if let Some(gate) = gate {
+            let value = norm.try_to_vec()?[0];
+            if value.is_finite() && !gate(value)? {
+                return Ok(GradNorm::Host(value, Update::Skipped));
+            }
+        }
+        // The launch skips the update itself when the norm is not finite (status 1).
+        let status = unsafe { table.adamw(&norm, c.grad_clip, &hp) }?;
+        // The step count advances unless the device skipped the update; a skipped update
+        // stops the run (crate::train), so the count never disagrees with what was applied.
         self.step += 1;
-        Ok(GradNorm::Device(kernels::cuda::device(ordinal)?, norm))
+        Ok(GradNorm::Device(device, norm, status))
     }
 }
 
@@ -145,20 +181,55 @@ fn first_device(model: &dyn Model) -> Option<Device> {
     device
 }
 
-/// A step's gradient norm before clipping: a value on the CPU, one f32 on the device on a GPU.
+/// A step's gradient norm before clipping and what became of its update: values on the CPU
+/// (or when the step was gated), one f32 each on the device on a GPU.
 pub enum GradNorm {
-    /// The norm, already on the host (CPU training).
-    Host(f32),
-    /// A one-element f32 tensor on the device.
-    Device(Arc<CudaDevice>, Tensor),
+    /// The norm and the update's outcome, already on the host.
+    Host(f32, Update),
+    /// One-element f32 tensors on the device: the norm, and the update's status
+    /// (`kernels::ops::multi_tensor::UPDATE_*`, see [`Update::from_status`]).
+    Device(Arc<CudaDevice>, Tensor, Tensor),
+}
+
+/// What the optimizer did with a step's gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Applied; every parameter and moment it wrote is finite.
+    Applied,
+    /// Not applied: the step's gradient norm was NaN or infinite (nothing changed).
+    NonFiniteGradient,
+    /// Not applied: the gate of [`AdamW::step_gated`] refused it (an outlier).
+    Skipped,
+    /// Applied, and some parameter or moment became NaN or infinite: the model is poisoned.
+    NonFinite,
+}
+
+impl Update {
+    /// The outcome from the device status of `TensorTable::adamw`.
+    pub fn from_status(status: f32) -> Self {
+        use kernels::ops::multi_tensor::{UPDATE_APPLIED, UPDATE_SKIPPED};
+        match status {
+            s if s == UPDATE_APPLIED => Update::Applied,
+            s if s == UPDATE_SKIPPED => Update::NonFiniteGradient,
+            _ => Update::NonFinite,
+        }
+    }
 }
 
 impl GradNorm {
     /// The norm on the host (on a GPU this waits for the device to compute it).
     pub fn read(&self) -> Result<f32> {
         Ok(match self {
-            GradNorm::Host(norm) => *norm,
-            GradNorm::Device(_, norm) => norm.try_to_vec()?[0],
+            GradNorm::Host(norm, _) => *norm,
+            GradNorm::Device(_, norm, _) => norm.try_to_vec()?[0],
+        })
+    }
+
+    /// The update's outcome (on a GPU this waits for the device).
+    pub fn update(&self) -> Result<Update> {
+        Ok(match self {
+            GradNorm::Host(_, update) => *update,
+            GradNorm::Device(_, _, status) => Update::from_status(status.try_to_vec()?[0]),
         })
     }
 }
@@ -173,9 +244,9 @@ fn clip_gradients(model: &mut dyn Model, max_norm: f32) -> Result<GradNorm> {
     let norm = match grads.first().map(Tensor::device) {
         _ if max_norm > 0.0 => {
             let mut refs: Vec<&mut Tensor> = grads.iter_mut().collect();
-            clip_grad_norm(&mut refs, max_norm).map(GradNorm::Host)
+            clip_grad_norm(&mut refs, max_norm).map(|n| GradNorm::Host(n, Update::Applied))
         }
-        _ => global_norm(&grads.iter().collect::<Vec<_>>()).map(GradNorm::Host),
+        _ => global_norm(&grads.iter().collect::<Vec<_>>()).map(|n| GradNorm::Host(n, Update::Applied)),
     };
     let mut back = grads.into_iter();
     model.visit_params_mut(&mut |p| p.grad = back.next().expect("same parameters, same order"));

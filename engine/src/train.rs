@@ -18,9 +18,10 @@ use models::{Model, Precision, Recompute};
 use crate::checkpoint::{self, CheckpointState, SamplerCheckpoint};
 use crate::config::Config;
 use crate::error::io;
-use crate::logs::{self, MemoryRecord, StepRecord};
+use crate::guard::{GuardState, OutlierDetector};
+use crate::logs::{self, Alert, MemoryRecord, StepRecord};
 use crate::monitor::{Monitor, MonitorSetup};
-use crate::optim::{zero_grad, AdamW, AdamWConfig, GradNorm};
+use crate::optim::{zero_grad, AdamW, AdamWConfig, GradNorm, Update};
 use crate::plan::{self, ModelProbe, Plan, PlanRequest};
 use crate::registry::BuildContext;
 use crate::schedule::learning_rate;
@@ -134,6 +135,29 @@ pub struct TrainSummary {
     pub plan_changes: Vec<PlanChange>,
     /// What summary.json holds (crate::logs).
     pub perf: Option<logs::Summary>,
+    /// Steps whose update `train.skip_update_zscore` skipped as an outlier (events.jsonl
+    /// `skipped_update`).
+    pub skipped_updates: Vec<u64>,
+    /// Every rollback after a diverged step (`train.on_divergence = "rollback"`).
+    pub rollbacks: Vec<Rollback>,
+}
+
+/// A rollback after a diverged step (also a line of the run directory's `events.jsonl`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Rollback {
+    /// The step that diverged (counting from 1).
+    pub diverged_step: u64,
+    /// What was not finite.
+    pub what: String,
+    /// The checkpoint reloaded.
+    pub checkpoint: PathBuf,
+    /// Its step: training went on from there, on the data after the diverged step's (the
+    /// windows read since the checkpoint are skipped).
+    pub to_step: u64,
+    /// The learning-rate scale from then on (`train.rollback_lr_factor` per rollback).
+    pub lr_scale: f64,
+    /// Rollbacks taken so far, this one included (at most `train.max_rollbacks`).
+    pub rollback: u32,
 }
 
 /// The config's data: `data.path` a prepared directory (shards, mapped and checked), a
@@ -300,6 +324,40 @@ pub fn plan_run(config: &Config, device: Device, precision: Precision, vocab_siz
     })
 }
 
+/// What the run needs of the host's memory at least, against what the host has: the
+/// loader's ring (`data.prefetch` batches) and, on the CPU, the model's lower bound at
+/// `train.batch_size`. One error naming the keys instead of an allocation failing later.
+pub fn check_host_memory(config: &Config, device: Device) -> Result<()> {
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    let total = system.total_memory() as f64;
+    if total == 0.0 {
+        return Ok(()); // unknown: nothing to compare with
+    }
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let staging = config.staging_bytes().map_err(|e| Error::Usage(e))?;
+    let model = if device == Device::Cpu { config.min_memory_bytes() } else { 0.0 };
+    if staging + model > total {
+        let what = match device {
+            Device::Cpu => format!(
+                " and the model at train.batch_size = {} x train.seq_len = {} needs at least {:.1} GiB",
+                config.train.batch_size,
+                config.train.seq_len,
+                gib(model)
+            ),
+            Device::Cuda(_) => String::new(),
+        };
+        return Err(Error::Usage(format!(
+            "too large for this machine's {:.1} GiB of memory: the loader's data.prefetch = {} batches take {:.1} GiB{what}; \
+             lower data.prefetch, the batch or the model",
+            gib(total),
+            config.data.prefetch,
+            gib(staging)
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `e` is the memory pool (or the device) running out of memory.
 pub fn is_out_of_memory(e: &Error) -> bool {
     matches!(e, Error::Kernel(kernels::Error::OutOfMemory { .. }) | Error::Model(models::Error::Kernel(kernels::Error::OutOfMemory { .. })))
@@ -361,17 +419,20 @@ struct Unread {
 }
 
 /// Reads back the steps in `unread` (in order), records them in `summary` and hands them to
-/// the monitor. Every loss and gradient norm is read in one gathered copy (on a GPU, one wait
-/// for the device; the steps' device times have completed by then). A non-finite loss ends
-/// the run there, as `Error::Diverged` for that step.
+/// the monitor. Every loss, gradient norm and update status is read in one gathered copy (on
+/// a GPU, one wait for the device; the steps' device times have completed by then). A
+/// diverged step (a non-finite loss or gradient norm, or an update that made a weight
+/// non-finite) ends the reading there, as `Error::Diverged` for that step (`kept` empty: the
+/// caller says where the good weights are).
 fn read_back(unread: &mut Vec<Unread>, summary: &mut TrainSummary, monitor: &mut Monitor) -> Result<()> {
     let mut on_device: Vec<&Tensor> = Vec::new();
     for u in unread.iter() {
         if let StepLoss::Device(t) = &u.loss {
             on_device.push(t);
         }
-        if let GradNorm::Device(_, t) = &u.grad_norm {
-            on_device.push(t);
+        if let GradNorm::Device(_, norm, status) = &u.grad_norm {
+            on_device.push(norm);
+            on_device.push(status);
         }
     }
     let mut values = Tensor::read_scalars(&on_device)?.into_iter();
@@ -383,12 +444,23 @@ fn read_back(unread: &mut Vec<Unread>, summary: &mut TrainSummary, monitor: &mut
         };
         if !record.loss.is_finite() {
             monitor.alert(logs::nonfinite_loss_alert(record.step, record.loss))?;
-            return Err(Error::Diverged { step: record.step, loss: record.loss });
+            return Err(Error::Diverged { step: record.step, what: format!("the loss is {}", record.loss), kept: String::new() });
         }
-        record.grad_norm = match grad_norm {
-            GradNorm::Host(norm) => norm,
-            GradNorm::Device(..) => next(),
+        let update;
+        (record.grad_norm, update) = match grad_norm {
+            GradNorm::Host(norm, update) => (norm, update),
+            GradNorm::Device(..) => (next(), Update::from_status(next())),
         };
+        let what = match update {
+            Update::NonFiniteGradient => Some(format!("the gradient norm is {} (the update was skipped)", record.grad_norm)),
+            Update::NonFinite => Some("the update made a weight or an AdamW moment NaN or infinite".to_string()),
+            Update::Applied | Update::Skipped => None,
+        };
+        if let Some(what) = what {
+            let message = format!("{what}: training diverged");
+            monitor.alert(Alert { step: record.step, kind: "nonfinite_update", message, value: record.grad_norm as f64, threshold: 0.0 })?;
+            return Err(Error::Diverged { step: record.step, what, kept: String::new() });
+        }
         record.forward_ms = Some(timing::total_ms(marks.iter().map(|[a, b, _]| (a, b)))?);
         record.backward_ms = Some(timing::total_ms(marks.iter().map(|[_, b, c]| (b, c)))?);
         summary.losses.push((record.step, record.loss));
@@ -534,6 +606,14 @@ struct Run<'a> {
     train_time: Duration,
     last_val: Option<f32>,
     vocab_size: usize,
+    /// Rollbacks taken and the learning-rate scale they left (saved in checkpoints).
+    guard: GuardState,
+    /// `train.skip_update_zscore`'s windows of recent losses and gradient norms.
+    loss_outliers: OutlierDetector,
+    norm_outliers: OutlierDetector,
+    /// The newest checkpoint known to hold finite weights, with its step and guard state: where
+    /// a rollback goes.
+    good: Option<(PathBuf, u64, GuardState)>,
 }
 
 impl Run<'_> {
@@ -617,8 +697,66 @@ impl Run<'_> {
         }
     }
 
+    /// The guard's state as a checkpoint records it.
+    fn guard_state(&self) -> GuardState {
+        GuardState { losses: self.loss_outliers.values(), grad_norms: self.norm_outliers.values(), ..self.guard.clone() }
+    }
+
+    /// After a diverged step (`e`, an `Error::Diverged`): with `train.on_divergence =
+    /// "rollback"` and rollbacks left, reloads the last good checkpoint, lowers the learning
+    /// rate and returns the step to go on from; otherwise the error to stop with, saying where
+    /// the last good weights are. Steps not yet read back are dropped (they came after the
+    /// diverged one).
+    fn recover(&mut self, e: Error) -> Result<u64> {
+        let Error::Diverged { step, what, .. } = e else { return Err(e) };
+        self.unread.clear();
+        self.model.release();
+        let t = &self.config.train;
+        let kept = match &self.good {
+            Some((dir, at, _)) => format!("no checkpoint was written from it; checkpoints/latest is {} (step {at}, finite weights)", dir.display()),
+            None => "no checkpoint was written from it (the run has none yet)".to_string(),
+        };
+        let rollbacks_left = t.on_divergence == "rollback" && self.guard.rollbacks < t.max_rollbacks;
+        let Some((dir, at, guard)) = self.good.clone().filter(|_| rollbacks_left) else {
+            let advice = match t.on_divergence.as_str() {
+                "rollback" => format!("{} rollbacks (train.max_rollbacks) did not help", self.guard.rollbacks),
+                _ => "resume with a lower train.lr, or set train.on_divergence = \"rollback\"".to_string(),
+            };
+            return Err(Error::Diverged { step, what, kept: format!("{kept}; {advice}") });
+        };
+        checkpoint::load_weights(&dir, self.model.as_mut())?;
+        checkpoint::load_optimizer(&dir, self.model.as_ref(), &mut self.opt, at)?;
+        self.loss_outliers = OutlierDetector::from_values(&guard.losses);
+        self.norm_outliers = OutlierDetector::from_values(&guard.grad_norms);
+        self.guard.rollbacks += 1;
+        self.guard.lr_scale *= t.rollback_lr_factor;
+        self.summary.losses.retain(|&(s, _)| s <= at);
+        self.summary.val_losses.retain(|&(s, _)| s <= at);
+        self.summary.steps = at;
+        let rollback = Rollback {
+            diverged_step: step,
+            what: what.clone(),
+            checkpoint: dir.clone(),
+            to_step: at,
+            lr_scale: self.guard.lr_scale,
+            rollback: self.guard.rollbacks,
+        };
+        self.monitor.say(format!(
+            "step {step}: {what}: rolled back to step {at} ({}), learning rate x{} from now on, skipping the data read since \
+             (rollback {} of at most {}, train.on_divergence = \"rollback\")",
+            dir.display(),
+            self.guard.lr_scale,
+            self.guard.rollbacks,
+            t.max_rollbacks
+        ));
+        self.monitor.event("rollback", "rollback", &rollback)?;
+        self.summary.rollbacks.push(rollback);
+        Ok(at)
+    }
+
     /// A checkpoint after step `done`, the sampler at `sampled` (where the next step reads).
     fn checkpoint(&mut self, done: u64, sampled: datasets::SamplerState, windows: u64) -> Result<()> {
+        let guard = self.guard_state();
         let state = CheckpointState {
             format: checkpoint::FORMAT,
             step: done,
@@ -627,8 +765,12 @@ impl Run<'_> {
             vocab_size: self.vocab_size,
             config_toml: self.config.to_toml(),
             sampler: Some(SamplerCheckpoint { epoch: sampled.epoch, position: sampled.position, windows, rank: 0, world_size: 1 }),
+            guard: (guard != GuardState::default()).then(|| guard.clone()),
         };
         self.summary.checkpoint = checkpoint::save(&self.config.run_dir(), self.model.as_ref(), &self.opt, &state)?;
+        // Every step up to `done` was read back finite before this write (a checkpoint step
+        // always reads back), so these weights are good.
+        self.good = Some((self.summary.checkpoint.clone(), done, guard));
         self.monitor.checkpoint(done, &self.summary.checkpoint)
     }
 }
@@ -639,6 +781,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let data = load_dataset(config)?;
     let run_dir = config.run_dir();
     let (previous, fallback_note) = check_run_dir(config, &run_dir, data.vocab_size)?;
+    check_host_memory(config, device)?;
     let budget = resolve_budget(config, device)?;
     let plan = plan_run(config, device, precision, data.vocab_size, budget)?;
     let memory_note = set_budget_line(config, device, budget);
@@ -735,6 +878,17 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         final_plan: plan.clone(),
         plan_changes: Vec::new(),
         perf: None,
+        skipped_updates: Vec::new(),
+        rollbacks: Vec::new(),
+    };
+    // What a resumed run's checkpoint says of rollbacks and recent steps; the checkpoint it
+    // resumed from is where a rollback goes until it writes one.
+    let (guard, good) = match (&previous, options.resume) {
+        (Some((dir, state)), true) => {
+            let guard = state.guard.clone().unwrap_or_default();
+            (guard.clone(), Some((dir.clone(), state.step, guard)))
+        }
+        _ => (GuardState::default(), None),
     };
     let mut run = Run {
         config,
@@ -754,13 +908,49 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         train_time: Duration::ZERO,
         last_val: None,
         vocab_size: data.vocab_size,
+        loss_outliers: OutlierDetector::from_values(&guard.losses),
+        norm_outliers: OutlierDetector::from_values(&guard.grad_norms),
+        guard,
+        good,
     };
+    // A rollback needs a checkpoint to go back to: a run that has none writes one now.
+    if t.on_divergence == "rollback" && run.good.is_none() {
+        run.checkpoint(start_step, loader.state(), windows)?;
+    }
     let mut interrupted = None;
     // Validation always covers the same windows, whatever the micro-batch.
     let eval_windows = t.eval_batches.saturating_mul(t.batch_size);
-    for step in start_step..t.max_steps {
+    let zscore = t.skip_update_zscore;
+    let mut step = start_step;
+    let mut group_steps = Vec::new();
+    // A periodic checkpoint after step k waits for step k + 1's loss, computed from its
+    // weights on fresh data, and is written before step k + 1's update (which is when the
+    // model still holds them): weights that are finite but already ruined (a loss of NaN
+    // next) are never saved. The final and stop checkpoints have no next step: the final one
+    // has its validation loss, every one its update checked.
+    let mut pending: Option<(u64, datasets::SamplerState)> = None;
+    // A diverged step: roll back and go on from the checkpoint's step (a pending checkpoint,
+    // whose weights led here, is dropped), or stop with the error.
+    macro_rules! diverged {
+        ($e:expr) => {
+            match run.recover($e) {
+                Ok(at) => {
+                    pending = None;
+                    step = at;
+                    continue;
+                }
+                Err(e) => {
+                    run.monitor.finish()?;
+                    return Err(e);
+                }
+            }
+        };
+    }
+    while step < t.max_steps {
         let started = Instant::now();
-        let lr = learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) as f32;
+        // Time spent writing a deferred checkpoint, left out of the step's time.
+        let mut writing = Duration::ZERO;
+        let lr = (learning_rate(step, t.lr, t.min_lr, t.warmup_steps, t.max_steps) * run.guard.lr_scale) as f32;
         // On the CPU a copy out of the loader's slot; on a GPU a batch already copied (or
         // being copied) by the copy stream, which the compute stream waits for.
         let staged = loader.next_batch()?;
@@ -777,29 +967,65 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         // a step that logs them (the monitor prints the first and every log_interval-th),
         // evaluates or checkpoints: only there does the host wait for the device, and the
         // steps in between are recorded then, in order. The CPU reads every step.
-        let reads = device == Device::Cpu || evaluates || checkpoints || done == start_step + 1 || done % t.log_interval.max(1) == 0;
+        // The outlier policy judges every step before its update, so it reads every step.
+        let reads = device == Device::Cpu
+            || zscore > 0.0
+            || evaluates
+            || checkpoints
+            || pending.is_some()
+            || done == start_step + 1
+            || done % t.log_interval.max(1) == 0;
         if reads {
-            // A diverged step ends the run before the optimizer applies its gradients.
+            // A diverged step is found before the optimizer applies its gradients.
             let result = read_back(&mut run.unread, &mut run.summary, &mut run.monitor).and_then(|()| {
                 let value = loss.read()?;
                 if value.is_finite() {
                     return Ok(());
                 }
                 run.monitor.alert(logs::nonfinite_loss_alert(done, value))?;
-                Err(Error::Diverged { step: done, loss: value })
+                Err(Error::Diverged { step: done, what: format!("the loss is {value}"), kept: String::new() })
             });
             if let Err(e) = result {
-                run.monitor.finish()?;
-                return Err(e);
+                diverged!(e);
             }
+        }
+        if let Some((at, sampled)) = pending.take() {
+            let writing_started = Instant::now();
+            run.checkpoint(at, sampled, windows)?;
+            writing = writing_started.elapsed();
         }
         let optimizer_started = timing::mark(device)?;
         // On a GPU the clipping reads the norm on the device; nothing waits for it here. The
         // AdamW update may still be running when the step is recorded: the monitor reads its
-        // marks once they have completed (crate::monitor).
-        let grad_norm = run.opt.step_queued(run.model.as_mut(), lr)?;
+        // marks once they have completed (crate::monitor). The update is guarded: NaN or
+        // infinite gradients skip it, a non-finite result is flagged (read back with the norm).
+        let mut judged = None;
+        let grad_norm = if zscore > 0.0 {
+            let loss_value = loss.read()? as f64;
+            let (losses, norms) = (&mut run.loss_outliers, &mut run.norm_outliers);
+            let mut gate = |norm: f32| -> Result<bool> {
+                let (loss_z, norm_z) = (losses.observe(loss_value), norms.observe(norm as f64));
+                judged = Some((loss_value, norm, loss_z, norm_z));
+                Ok(!(loss_z.is_some_and(|z| z > zscore) || norm_z.is_some_and(|z| z > zscore)))
+            };
+            run.opt.step_gated(run.model.as_mut(), lr, Some(&mut gate))?
+        } else {
+            run.opt.step_queued(run.model.as_mut(), lr)?
+        };
+        if let (GradNorm::Host(_, Update::Skipped), Some((loss, grad_norm, loss_z, grad_norm_z))) = (&grad_norm, judged) {
+            let z = |z: Option<f64>| z.map_or("-".to_string(), |z| format!("{z:.1}"));
+            run.monitor.say(format!(
+                "step {done}: update skipped as an outlier: loss {loss:.4} (z-score {}), gradient norm {grad_norm:.4} (z-score {}), \
+                 above train.skip_update_zscore = {zscore}",
+                z(loss_z),
+                z(grad_norm_z)
+            ));
+            let skipped = serde_json::json!({"step": done, "loss": loss, "grad_norm": grad_norm, "loss_z": loss_z, "grad_norm_z": grad_norm_z, "threshold": zscore});
+            run.monitor.event("skipped_update", "update", &skipped)?;
+            run.summary.skipped_updates.push(done);
+        }
         let optimizer_done = timing::mark(device)?;
-        let elapsed = started.elapsed();
+        let elapsed = started.elapsed().saturating_sub(writing);
         run.train_time += elapsed;
         run.monitor.trained(done);
         run.summary.steps = done;
@@ -808,10 +1034,12 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         run.summary.data_wait_seconds += data_wait.as_secs_f64();
         // A step's batches are one group of copy timings; on a GPU they are read once their
         // events have completed (waiting only on steps that read back anyway), so a step's
-        // line may come a few steps later, still in step order. Called once per step, so
-        // group g is this invocation's step g + 1.
+        // line may come a few steps later, still in step order. Group g is closed by the
+        // g-th call (from 0): the step it was made at is group_steps[g] (a step redone after a
+        // rollback is there again).
+        group_steps.push(done);
         for (group, copy) in loader.take_copy_timing(reads)? {
-            let copied = start_step + 1 + group;
+            let copied = group_steps[group as usize];
             if let Some((file, path)) = copy_log.as_mut() {
                 let overlap = copy.overlap().map_or("-".to_string(), |o| format!("{o:.3}"));
                 writeln!(file, "{copied} {:.3} {overlap} {:.3}", copy.copy_ms, copy.stall_ms).map_err(io(&*path))?;
@@ -821,6 +1049,11 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let mut val = None;
         if evaluates {
             let (v, _) = evaluate_windows(run.model.as_mut(), &data.val, eval_windows, run.plan.micro_batch, t.seq_len)?;
+            if !v.is_finite() {
+                let e = Error::Diverged { step: done, what: format!("the validation loss is {v}"), kept: String::new() };
+                run.monitor.alert(logs::nonfinite_loss_alert(done, v))?;
+                diverged!(e);
+            }
             run.summary.val_losses.push((done, v));
             val = Some(v);
             run.last_val = Some(v);
@@ -828,16 +1061,24 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         let record = run.record(done, lr, elapsed, wait_ms, val);
         run.unread.push(Unread { record, loss, grad_norm, marks, optimizer: (optimizer_started, optimizer_done) });
         if reads {
-            read_back(&mut run.unread, &mut run.summary, &mut run.monitor)?;
+            if let Err(e) = read_back(&mut run.unread, &mut run.summary, &mut run.monitor) {
+                diverged!(e);
+            }
         }
         if checkpoints {
             // Every batch of this step has been consumed: this is where the next step reads.
-            run.checkpoint(done, loader.state(), windows)?;
+            // Every step so far was read back finite (above), so the weights are good.
+            if last || stopping {
+                run.checkpoint(done, loader.state(), windows)?;
+            } else {
+                pending = Some((done, loader.state()));
+            }
         }
         if stopping {
             interrupted = signalled;
             break;
         }
+        step = done;
     }
     let Run { monitor, mut summary, plan, train_time, .. } = run;
     summary.perf = monitor.finish()?;

@@ -103,7 +103,8 @@ static __device__ void add_column_chunks(void* dst, int dst_f32, const float* pa
 // m += (1 - beta1)(g - m); v = beta2 v + (1 - beta2) g^2; p *= decay;
 // p -= step_size m / (sqrt(v) / bc2_sqrt + eps); the bf16 working copy (if any) rounded from p.
 // One definition for adamw.cu and multi_tensor.cu, so both give the same bits.
-static __device__ __forceinline__ void adamw_element(float* param, bf16* copy, float* m, float* v, u64 i, float g,
+// Returns whether the new parameter and moments are all finite (the trainer's guard).
+static __device__ __forceinline__ bool adamw_element(float* param, bf16* copy, float* m, float* v, u64 i, float g,
                                                      float one_minus_beta1, float beta2, float one_minus_beta2,
                                                      float step_size, float bc2_sqrt, float eps, float decay) {
     float mi = m[i], vi = v[i], p = param[i];
@@ -115,6 +116,7 @@ static __device__ __forceinline__ void adamw_element(float* param, bf16* copy, f
     v[i] = vi;
     param[i] = p;
     if (copy != nullptr) copy[i] = __float2bfloat16_rn(p);
+    return isfinite(p) && isfinite(mi) && isfinite(vi);
 }
 
 // ---- tensor cores: cp.async, ldmatrix, mma.sync m16n8k16 bf16 -> f32 --------------------------

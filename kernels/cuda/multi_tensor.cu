@@ -15,6 +15,10 @@
 //     the clip factor min(1, max_norm / (norm + 1e-6)) read from the device (max_norm > 0),
 //     so clipping costs neither a host round trip nor a pass over the gradients; decay is
 //     1 - lr wd for tensors flagged for weight decay, else 1.
+//     It is also the trainer's guard (status[0], zeroed by the caller): a non-finite norm
+//     (NaN or infinite gradients) skips the whole update, leaving every parameter and moment
+//     as it was (status 1); an update that makes any parameter or moment non-finite is
+//     flagged (status 2) so that no checkpoint is written from it.
 //   multi_zero: zeroes every gradient (16-byte stores where aligned).
 // Threads: 256 per block. Gradients are f32 or bf16 (flag bit 0), per tensor.
 
@@ -92,17 +96,24 @@ extern "C" __global__ void __launch_bounds__(256) multi_norm_squares(float* part
 extern "C" __global__ void __launch_bounds__(256) multi_adamw(const Desc* table, int count, const float* norm,
                                                               float max_norm, float one_minus_beta1, float beta2,
                                                               float one_minus_beta2, float step_size, float bc2_sqrt,
-                                                              float eps, float decay) {
+                                                              float eps, float decay, float* status) {
+    const float total = norm[0];
+    if (!isfinite(total)) {
+        if (blockIdx.x == 0 && threadIdx.x == 0) *status = 1.0f;
+        return;
+    }
     const Desc e = table[find_tensor(table, count)];
     const u64 stride = (u64)e.blocks * blockDim.x;
-    const float s = max_norm > 0.0f ? fminf(max_norm / (norm[0] + 1e-6f), 1.0f) : 1.0f;
+    const float s = max_norm > 0.0f ? fminf(max_norm / (total + 1e-6f), 1.0f) : 1.0f;
     const float dec = (e.flags & DECAYS) ? decay : 1.0f;
+    bool finite = true;
     for (u64 i = (u64)(blockIdx.x - e.block_begin) * blockDim.x + threadIdx.x; i < e.n; i += stride) {
         float g = grad_at(e, i);
         if (max_norm > 0.0f) g *= s;
-        adamw_element((float*)e.param, (bf16*)e.copy, (float*)e.m, (float*)e.v, i, g, one_minus_beta1, beta2,
-                      one_minus_beta2, step_size, bc2_sqrt, eps, dec);
+        finite &= adamw_element((float*)e.param, (bf16*)e.copy, (float*)e.m, (float*)e.v, i, g, one_minus_beta1, beta2,
+                                one_minus_beta2, step_size, bc2_sqrt, eps, dec);
     }
+    if (!finite) *status = 2.0f;  // every writer stores the same value
 }
 
 // Every tensor's grad = 0.

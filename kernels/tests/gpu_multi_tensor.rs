@@ -207,3 +207,58 @@ fn multi_tensor_rejects_cpu_tensors_and_mismatches() {
     let err = unsafe { grads.adamw(&norm, 0.0, &hp(1)) }.unwrap_err();
     assert!(err.to_string().contains("push_adamw"), "{err}");
 }
+
+/// The trainer's guard: a NaN or infinite gradient anywhere skips the whole update (status 1,
+/// every parameter, moment and working copy unchanged); an update that overflows (here an
+/// absurd learning rate) is applied but flagged (status 2); a normal one reports 0.
+#[test]
+fn multi_tensor_adamw_guard_skips_nonfinite_gradients_and_flags_nonfinite_updates() {
+    use kernels::ops::multi_tensor::{UPDATE_APPLIED, UPDATE_NONFINITE, UPDATE_SKIPPED};
+    let Some(dev) = gpu_or_skip() else { return };
+    let device = dev.device();
+    let small = |seed: u64| -> Vec<Param> {
+        [5usize, 1000, 4099]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let s = seed + 10 * i as u64;
+                let value = random(&[n], s, 1.0).to_device(device).unwrap();
+                let v: Vec<f32> = random(&[n], s + 3, 0.1).to_vec().iter().map(|x| x.abs()).collect();
+                Param {
+                    copy: (i == 1).then(|| value.to_dtype(DType::Bf16).unwrap()),
+                    grad: random(&[n], s + 1, 0.5).to_device(device).unwrap(),
+                    m: random(&[n], s + 2, 0.1).to_device(device).unwrap(),
+                    v: Tensor::from_vec(&[n], v).unwrap().to_device(device).unwrap(),
+                    value,
+                    decays: i != 0,
+                }
+            })
+            .collect()
+    };
+    let status = |ps: &[Param], hp: &AdamWStep| -> f32 {
+        let t = table(ps);
+        // SAFETY: the tensors live in `ps` until the status is read (which waits for the stream).
+        let norm = unsafe { t.global_norm() }.unwrap();
+        unsafe { t.adamw(&norm, 1.0, hp) }.unwrap().to_vec()[0]
+    };
+    for bad in [f32::NAN, f32::INFINITY] {
+        let ps = small(3);
+        let mut g = ps[2].grad.to_vec();
+        g[4000] = bad;
+        let ps: Vec<Param> = ps.into_iter().enumerate().map(|(i, mut p)| {
+            if i == 2 {
+                p.grad = Tensor::from_vec(&[g.len()], g.clone()).unwrap().to_device(device).unwrap();
+            }
+            p
+        }).collect();
+        let before = state(&ps);
+        assert_eq!(status(&ps, &hp(1)), UPDATE_SKIPPED, "a {bad} gradient");
+        assert_eq!(state(&ps), before, "a skipped update changed nothing");
+    }
+    let ps = small(4);
+    let before = state(&ps);
+    assert_eq!(status(&ps, &hp(1)), UPDATE_APPLIED);
+    assert_ne!(state(&ps), before, "a normal update is applied");
+    let ps = small(5);
+    assert_eq!(status(&ps, &AdamWStep { lr: 3e38, ..hp(1) }), UPDATE_NONFINITE, "an overflowing update is flagged");
+}

@@ -111,7 +111,11 @@ pub(crate) fn oom_error(device: Device, oom: Oom) -> Error {
 /// A buffer of `len` elements with unspecified (but initialized) contents: a cached block
 /// of its size class when there is one, else a fresh zeroed one. NaN under [`set_poison`].
 pub(crate) fn take<T: HostElement>(len: usize) -> Result<HostBuf<T>> {
-    let class = size_class(len * size_of::<T>());
+    // Past half the address space no allocation can succeed (and the class would overflow).
+    let Some(bytes) = len.checked_mul(size_of::<T>()).filter(|&b| b <= isize::MAX as usize / 2) else {
+        return Err(oom_error(Device::Cpu, lock().oom(usize::MAX)));
+    };
+    let class = size_class(bytes);
     if class == 0 {
         return Ok(HostBuf::default());
     }
@@ -120,14 +124,37 @@ pub(crate) fn take<T: HostElement>(len: usize) -> Result<HostBuf<T>> {
     drop(evicted); // freed outside the lock
     let vec = match cached {
         Some(block) => T::unwrap(block),
-        // calloc for f32/u32: large blocks are fresh zero pages, touched only when written
-        None => vec![T::default(); class / size_of::<T>()],
+        // calloc: large blocks are fresh zero pages, touched only when written. The system
+        // refusing is out of memory like the budget refusing (an error, not an abort).
+        None => match zeroed_vec::<T>(class / size_of::<T>()) {
+            Some(vec) => vec,
+            None => {
+                let mut pool = lock();
+                pool.release(class);
+                return Err(oom_error(Device::Cpu, pool.oom(class)));
+            }
+        },
     };
     let mut buf = HostBuf { vec, len, charged: class, pooled: true };
     if let (true, Some(nan)) = (poison(), T::POISON) {
         buf.fill(nan);
     }
     Ok(buf)
+}
+
+/// `n` zeroed elements from the system allocator, or `None` when it refuses.
+fn zeroed_vec<T: HostElement>(n: usize) -> Option<Vec<T>> {
+    let layout = std::alloc::Layout::array::<T>(n).ok()?;
+    if layout.size() == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size. Every HostElement (f32, bf16, u32) is valid as
+    // all-zero bits, so the n elements are initialized; the Vec frees the block with the same
+    // layout (Layout::array::<T>(capacity)).
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut T;
+        (!ptr.is_null()).then(|| Vec::from_raw_parts(ptr, n, n))
+    }
 }
 
 /// Counts a buffer made outside the pool (its capacity) against the budget.
@@ -166,6 +193,16 @@ pub(super) fn empty_cache() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allocation_the_system_refuses_is_an_error_not_an_abort() {
+        let before = with_pool(|p| p.stats().in_use);
+        for len in [1usize << 58, usize::MAX / 2, usize::MAX] {
+            let err = take::<f32>(len).unwrap_err();
+            assert!(matches!(err, Error::OutOfMemory { device: Device::Cpu, .. }), "{len}: {err}");
+        }
+        assert_eq!(with_pool(|p| p.stats().in_use), before, "a refused allocation stays charged");
+    }
 
     #[test]
     fn buffers_are_recycled_by_class() {

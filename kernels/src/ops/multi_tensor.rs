@@ -26,6 +26,14 @@ const BLOCK: u32 = 256;
 const GRAD_BF16: u32 = 1;
 const DECAYS: u32 = 2;
 
+/// [`TensorTable::adamw`]'s status: the update was applied and everything it wrote is finite.
+pub const UPDATE_APPLIED: f32 = 0.0;
+/// [`TensorTable::adamw`]'s status: the gradient norm was NaN or infinite, so nothing was
+/// updated (parameters, moments and working copies are as they were).
+pub const UPDATE_SKIPPED: f32 = 1.0;
+/// [`TensorTable::adamw`]'s status: the update made a parameter or a moment NaN or infinite.
+pub const UPDATE_NONFINITE: f32 = 2.0;
+
 /// Blocks per tensor: norm.cu's per-tensor rule (`ops::norm::cuda`), at most 2048.
 fn blocks_for(n: usize) -> usize {
     n.div_ceil(BLOCK as usize * 16).clamp(1, 2048)
@@ -215,10 +223,15 @@ impl TensorTable {
     /// [`TensorTable::global_norm`]) when `max_norm > 0`. `hp.weight_decay` applies to the
     /// tensors flagged for decay. The same arithmetic as [`super::adamw::adamw_update`].
     ///
+    /// Returns the update's status, one f32 on the device (read it with the step's other
+    /// scalars): [`UPDATE_APPLIED`]; [`UPDATE_SKIPPED`] when `norm` is not finite (NaN or
+    /// infinite gradients), in which case nothing was changed; [`UPDATE_NONFINITE`] when the
+    /// update made a parameter or moment NaN or infinite.
+    ///
     /// # Safety
     /// Every tensor pushed is alive, unmoved and not otherwise in use; no two alias.
-    pub unsafe fn adamw(&self, norm: &Tensor, max_norm: f32, hp: &AdamWStep) -> Result<()> {
-        let Some(dev) = self.ready()? else { return Ok(()) };
+    pub unsafe fn adamw(&self, norm: &Tensor, max_norm: f32, hp: &AdamWStep) -> Result<Tensor> {
+        let Some(dev) = self.ready()? else { return Tensor::try_zeros(Device::Cpu, DType::F32, &[1]) };
         if !self.adamw || self.descs.iter().any(|d| d.param == 0) {
             return Err(Error::Invalid { op: OP, msg: "adamw needs every tensor pushed with push_adamw".into() });
         }
@@ -228,6 +241,7 @@ impl TensorTable {
         norm.expect_shape(OP, "norm", &[1])?;
         crate::ops::expect_dtype(OP, "norm", norm, DType::F32)?;
         let table = self.upload(&dev)?;
+        let mut status = Tensor::try_zeros(dev.device(), DType::F32, &[1])?;
         // The step constants, computed in f32 exactly as adamw.rs does.
         let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
         let bc2_sqrt = (1.0 - hp.beta2.powi(hp.step as i32)).sqrt();
@@ -239,12 +253,14 @@ impl TensorTable {
         let mut launch = dev.stream().launch_builder(&f);
         launch.arg(table.cuda_slice::<u32>()?).arg(&count).arg(norm.cuda_slice::<f32>()?).arg(&max_norm);
         launch.arg(&one_minus_beta1).arg(&hp.beta2).arg(&one_minus_beta2).arg(&step_size).arg(&bc2_sqrt).arg(&hp.eps).arg(&decay);
+        launch.arg(status.cuda_slice_mut::<f32>()?);
         // SAFETY: matches `multi_adamw(const Desc* table, int count, const float* norm, float max_norm,
         // float one_minus_beta1, float beta2, float one_minus_beta2, float step_size, float bc2_sqrt,
-        // float eps, float decay)`; every Desc has param, m, v (and maybe copy) of n elements
-        // (checked by push_adamw), valid and unaliased by the caller's contract; norm is 1 float.
+        // float eps, float decay, float* status)`; every Desc has param, m, v (and maybe copy) of n
+        // elements (checked by push_adamw), valid and unaliased by the caller's contract; norm and
+        // status are 1 float each.
         unsafe { launch.launch(self.launch_cfg()) }.map_err(dev.launch_error("multi_adamw"))?;
-        Ok(())
+        Ok(status)
     }
 
     /// Zeroes every gradient in the table.
