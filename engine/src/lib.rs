@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod hf;
+pub mod journal;
 pub mod logs;
 pub mod monitor;
 pub mod optim;
