@@ -202,7 +202,7 @@ enum KernelsCommand {
 /// as one line and returns a failure exit code.
 pub fn main_with(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
-    match kernels::ops::on_cpu_workers(|| run(cli, &registry)) {
+    match catch_file_size_limit().and_then(|()| kernels::ops::on_cpu_workers(|| run(cli, &registry))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", clip(&e.to_string()));
@@ -225,6 +225,17 @@ fn clip(msg: &str) -> String {
     let head: String = msg.chars().take(MAX_MESSAGE * 3 / 4).collect();
     let tail: String = msg.chars().skip(chars - MAX_MESSAGE / 4).collect();
     format!("{head} [... {} characters left out ...] {tail}", chars - MAX_MESSAGE)
+}
+
+/// A write past the file-size limit (`ulimit -f`, RLIMIT_FSIZE) raises SIGXFSZ, whose default
+/// action kills the process without a word. Caught (by a handler that does nothing), the
+/// write fails with EFBIG instead, which ends the command with the usual error line naming
+/// the file (a run's earlier checkpoints stay as they were).
+fn catch_file_size_limit() -> Result<()> {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGXFSZ, flag)
+        .map(drop)
+        .map_err(|e| Error::Usage(format!("cannot handle SIGXFSZ: {e}")))
 }
 
 /// SIGINT and SIGTERM ask the run to stop after its current step, with a checkpoint
@@ -275,7 +286,12 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             bench(suite, files, BenchOptions { configs, overrides, device, quick, quiet, registry: registry.clone() }, out)
         }
         Command::Report { run_dir } => {
-            println!("{}", crate::report::write_report(&run_dir)?.display());
+            let run = crate::report::load(&run_dir)?;
+            // What was skipped (a torn last line of a killed run), once per file, on stderr.
+            for note in &run.notes {
+                eprintln!("note: {note}");
+            }
+            println!("{}", crate::report::write_page(&run)?.display());
             Ok(())
         }
         Command::Plan { config, overrides, json } => {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod guard;
 pub mod hf;
+pub mod journal;
 pub mod logs;
 pub mod monitor;
 pub mod optim;

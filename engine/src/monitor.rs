@@ -5,7 +5,7 @@
 //! crate::telemetry, fields in docs/CONFIG.md.
 
 use std::fs;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use kernels::timing::Mark;
 
 use crate::config::Config;
 use crate::error::io;
+use crate::journal::{self, LineFile};
 use crate::logs::{self, Alert, AlertThresholds, Alerter, LoggingCost, StepRecord, Summary};
 use crate::telemetry::{Telemetry, TelemetryCost, TelemetryOptions, TelemetryThresholds};
 use crate::Result;
@@ -57,9 +58,9 @@ pub struct Monitor {
     log_interval: u64,
     peak: (Option<f64>, String),
     device: (String, String),
-    events_path: PathBuf,
-    log: (fs::File, PathBuf),
-    jsonl: Option<(fs::File, PathBuf)>,
+    events: LineFile,
+    log: LineFile,
+    jsonl: Option<LineFile>,
     records: Vec<StepRecord>,
     alerter: Alerter,
     alerts: Vec<Alert>,
@@ -71,16 +72,9 @@ pub struct Monitor {
     pending: Option<(StepRecord, (Mark, Mark))>,
 }
 
-/// Opens `path` for appending.
-fn append(path: &Path) -> Result<(fs::File, PathBuf)> {
-    let file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path))?;
-    Ok((file, path.to_path_buf()))
-}
-
-/// Appends one JSON line to `path`.
+/// Appends one JSON line to `path`, written whole ([`LineFile::append`]).
 pub fn append_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let (mut file, _) = append(path)?;
-    writeln!(file, "{}", serde_json::to_string(value).expect("serializable")).map_err(io(path))
+    LineFile::open(path)?.append_json(value)
 }
 
 /// "1h02m", "3m05s", "42s".
@@ -95,15 +89,33 @@ fn fmt_duration(d: Duration) -> String {
 
 impl Monitor {
     /// Opens the run's logs (appending on a resume) and starts telemetry and the progress
-    /// bar. The run directory must exist.
+    /// bar. The run directory must exist. A torn last line in a log (a killed run) is cut
+    /// away first, and on a resume so are the records of steps after `start_step`
+    /// (crate::journal); a line says so.
     pub fn start(setup: MonitorSetup<'_>) -> Result<Monitor> {
         let l = &setup.config.logs;
-        let log = append(&setup.run_dir.join("metrics.log"))?;
+        let dir = setup.run_dir;
+        let mut notes = Vec::new();
+        let mut open = |name: &str, step_of: fn(&str) -> Option<u64>| -> Result<LineFile> {
+            let (file, note) = journal::open_for_run(&dir.join(name), setup.start_step, step_of)?;
+            notes.extend(note);
+            Ok(file)
+        };
+        let log = open("metrics.log", journal::column_step)?;
+        let events = open("events.jsonl", journal::event_step)?;
+        let jsonl = if l.enabled {
+            Some(open("metrics.jsonl", journal::jsonl_step)?)
+        } else {
+            // Not written with logs off, but repaired all the same: a later run with logs on
+            // appends to it.
+            let path = dir.join("metrics.jsonl");
+            let resumed = (setup.start_step > 0).then_some(setup.start_step);
+            notes.extend(journal::repair(&path, resumed, journal::jsonl_step)?.note(&path, resumed));
+            None
+        };
         if setup.start_step == 0 {
-            let (mut file, path) = (&log.0, &log.1);
-            writeln!(file, "# step loss val_loss lr grad_norm tokens_per_s ms data_wait_ms").map_err(io(path))?;
+            log.append("# step loss val_loss lr grad_norm tokens_per_s ms data_wait_ms")?;
         }
-        let jsonl = if l.enabled { Some(append(&setup.run_dir.join("metrics.jsonl"))?) } else { None };
         let bar = (!setup.quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(setup.max_steps);
             bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} | eta {eta}").expect("template"));
@@ -121,7 +133,7 @@ impl Monitor {
             log_interval: setup.config.train.log_interval.max(1),
             peak: setup.peak,
             device: setup.device,
-            events_path: setup.run_dir.join("events.jsonl"),
+            events,
             log,
             jsonl,
             records: Vec::new(),
@@ -137,6 +149,9 @@ impl Monitor {
             step_logging_ms: 0.0,
             pending: None,
         };
+        for note in notes {
+            monitor.say(note);
+        }
         if l.enabled && l.telemetry_interval_ms > 0 {
             let telemetry = Telemetry::start(TelemetryOptions {
                 run_dir: setup.run_dir.to_path_buf(),
@@ -151,7 +166,7 @@ impl Monitor {
                 started: setup.started,
                 start_step: setup.start_step,
             })?;
-            if let Some(note) = &telemetry.note {
+            for note in telemetry.note.iter().chain(&telemetry.repaired) {
                 monitor.say(note.clone());
             }
             monitor.telemetry = Some(telemetry);
@@ -186,7 +201,7 @@ impl Monitor {
         let mut line = serde_json::Map::new();
         line.insert("event".into(), kind.into());
         line.insert(key.into(), serde_json::to_value(value).expect("serializable"));
-        append_json(&self.events_path, &line)
+        self.events.append_json(&line)
     }
 
     /// Step `step` has trained (its evaluation and checkpoint may follow): telemetry samples
@@ -227,17 +242,19 @@ impl Monitor {
     fn step_record(&mut self, record: StepRecord) -> Result<()> {
         let r = &record;
         let val_text = r.val_loss.map_or("-".to_string(), |v| format!("{v:.4}"));
-        let (file, path) = (&mut self.log.0, &self.log.1);
-        writeln!(file, "{} {:.6} {val_text} {:.6e} {:.4} {:.0} {:.1} {:.3}", r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s, r.step_ms, r.data_wait_ms)
-            .map_err(io(path))?;
-        if let Some((file, path)) = &mut self.jsonl {
-            writeln!(file, "{}", serde_json::to_string(r).expect("serializable")).map_err(io(&*path))?;
+        self.log.append(&format!(
+            "{} {:.6} {val_text} {:.6e} {:.4} {:.0} {:.1} {:.3}",
+            r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s, r.step_ms, r.data_wait_ms
+        ))?;
+        if let Some(file) = &self.jsonl {
+            file.append_json(r)?;
         }
         if self.enabled {
             let mut raised = self.alerter.check(r);
             if let Some(t) = &self.telemetry {
                 t.set_step(r.step);
                 raised.extend(t.take_alerts());
+                self.telemetry_failure();
             }
             for alert in raised {
                 self.alert(alert)?;
@@ -265,9 +282,23 @@ impl Monitor {
         Ok(())
     }
 
-    /// A checkpoint written after `step`: a line in events.jsonl.
-    pub fn checkpoint(&self, step: u64, path: &Path) -> Result<()> {
+    /// A checkpoint written after `step`: a line in events.jsonl, after the step's own lines
+    /// (on a GPU they may still be waiting for its optimizer's marks: a process killed
+    /// before the next step would otherwise never write them).
+    pub fn checkpoint(&mut self, step: u64, path: &Path) -> Result<()> {
+        self.flush()?;
         self.event("checkpoint", "checkpoint", &serde_json::json!({"step": step, "path": path}))
+    }
+
+    /// Says once, even with --quiet, that telemetry stopped on a failed write.
+    fn telemetry_failure(&self) {
+        if let Some(why) = self.telemetry.as_ref().and_then(Telemetry::take_failure) {
+            let line = format!("warning: {why}");
+            match &self.bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
     }
 
     /// The run ended: stops telemetry (raising what it saw last), flushes the logs, writes
@@ -275,9 +306,12 @@ impl Monitor {
     pub fn finish(mut self) -> Result<Option<Summary>> {
         self.flush()?;
         let mut telemetry_cost = Default::default();
-        if let Some(t) = self.telemetry.take() {
+        if let Some(mut t) = self.telemetry.take() {
             let last = t.take_alerts();
             telemetry_cost = t.stop()?;
+            self.telemetry = Some(t);
+            self.telemetry_failure();
+            self.telemetry = None;
             for alert in last {
                 self.alert(alert)?;
             }
@@ -285,9 +319,9 @@ impl Monitor {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        self.log.0.flush().map_err(io(&self.log.1))?;
-        let Some((mut file, path)) = self.jsonl.take() else { return Ok(None) };
-        file.flush().map_err(io(&path))?;
+        self.log.flush()?;
+        let Some(mut file) = self.jsonl.take() else { return Ok(None) };
+        file.flush()?;
         let wall = self.started.elapsed().as_secs_f64();
         let mut summary = logs::summarize(&self.records, self.warmup_steps, wall, self.peak.clone(), std::mem::take(&mut self.alerts), self.device.clone());
         let TelemetryCost { samples, ms } = telemetry_cost;

@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -24,7 +23,7 @@ use nvml_wrapper::Nvml;
 use serde::{Deserialize, Serialize};
 use sysinfo::{Disks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
-use crate::error::io;
+use crate::journal;
 use crate::logs::{Alert, Edges};
 use crate::Result;
 
@@ -206,8 +205,13 @@ pub struct Telemetry {
     step: Arc<AtomicU64>,
     alerts: Receiver<Alert>,
     thread: Option<JoinHandle<Result<TelemetryCost>>>,
+    /// Why sampling stopped early: a write to telemetry.jsonl failed (a full disk).
+    failure: Arc<Mutex<Option<String>>>,
     /// Why there is no GPU telemetry in a GPU run (NVML missing, the device not found).
     pub note: Option<String>,
+    /// What was cut from telemetry.jsonl when it was opened: a torn last line of a killed
+    /// run (crate::journal).
+    pub repaired: Option<String>,
 }
 
 /// The GPU half of a sampler, when NVML answers.
@@ -357,11 +361,15 @@ impl HostProbe {
 }
 
 impl Telemetry {
-    /// Starts sampling (the first sample at once). Only the file's opening can fail; NVML
-    /// missing is [`Telemetry::note`].
+    /// Starts sampling (the first sample at once). Only the file's opening (and the repair
+    /// of a torn last line, [`Telemetry::repaired`]) can fail; NVML missing is
+    /// [`Telemetry::note`]. A write that fails later stops sampling, not the run
+    /// ([`Telemetry::take_failure`]).
     pub fn start(options: TelemetryOptions) -> Result<Telemetry> {
         let path = options.run_dir.join("telemetry.jsonl");
-        let mut file = fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        // Samples are a time series of every invocation: a resume cuts no sample, only a
+        // torn last line.
+        let (file, repaired) = journal::open_for_run(&path, 0, journal::jsonl_step)?;
         let (gpu, note) = match &options.gpu_pci_bus_id {
             None => (None, None),
             Some(pci) => match GpuProbe::open(pci, options.nvml_library.as_ref()) {
@@ -372,8 +380,9 @@ impl Telemetry {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let step = Arc::new(AtomicU64::new(options.start_step));
         let (send, alerts): (Sender<Alert>, Receiver<Alert>) = mpsc::channel();
+        let failure = Arc::new(Mutex::new(None));
         let thread = {
-            let (stop, step) = (Arc::clone(&stop), Arc::clone(&step));
+            let (stop, step, failure) = (Arc::clone(&stop), Arc::clone(&step), Arc::clone(&failure));
             std::thread::Builder::new()
                 .name("telemetry".into())
                 .spawn(move || {
@@ -390,7 +399,10 @@ impl Telemetry {
                             gpu: gpu.as_ref().map(GpuProbe::sample),
                             host: host.sample(),
                         };
-                        writeln!(file, "{}", serde_json::to_string(&sample).expect("serializable")).map_err(io(&path))?;
+                        if let Err(e) = file.append_json(&sample) {
+                            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("telemetry stopped: {e}; training goes on"));
+                            return Ok(cost);
+                        }
                         for alert in alerter.check(&sample) {
                             // The trainer has gone: nobody to tell.
                             let _ = send.send(alert);
@@ -406,13 +418,19 @@ impl Telemetry {
                             stopped = wake.wait_timeout(stopped, left).unwrap_or_else(|p| p.into_inner()).0;
                         }
                         if *stopped {
-                            return file.flush().map(|()| cost).map_err(io(&path));
+                            return Ok(cost);
                         }
                     }
                 })
                 .map_err(|e| crate::Error::Usage(format!("cannot start the telemetry thread: {e}")))?
         };
-        Ok(Telemetry { stop, step, alerts, thread: Some(thread), note })
+        Ok(Telemetry { stop, step, alerts, thread: Some(thread), failure, note, repaired })
+    }
+
+    /// Why sampling stopped, once: a write to telemetry.jsonl failed (its error names the
+    /// file). `None` while it samples, and after the reason was taken.
+    pub fn take_failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Tells the sampler how many steps have completed.
@@ -425,9 +443,9 @@ impl Telemetry {
         self.alerts.try_iter().collect()
     }
 
-    /// Stops the thread; returns what sampling cost, or its error (a write to
-    /// telemetry.jsonl failing).
-    pub fn stop(mut self) -> Result<TelemetryCost> {
+    /// Stops the thread and returns what sampling cost (a write that failed is
+    /// [`Telemetry::take_failure`], not an error). Stopping again costs nothing.
+    pub fn stop(&mut self) -> Result<TelemetryCost> {
         self.shutdown()
     }
 
@@ -523,7 +541,7 @@ mod tests {
     #[test]
     fn without_nvml_the_host_is_still_sampled() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Telemetry::start(TelemetryOptions {
+        let mut t = Telemetry::start(TelemetryOptions {
             run_dir: dir.path().to_path_buf(),
             interval: Duration::from_millis(20),
             gpu_pci_bus_id: Some("00000000:65:00.0".into()),

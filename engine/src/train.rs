@@ -2,7 +2,6 @@
 //! periodic validation and checkpoints, a live progress line and a plain metrics log.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -853,12 +852,15 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let mut loader = Stager::new(device, Arc::clone(&data.train), train_index, sampler, loader_config)?;
     let mut copy_log = match device {
         Device::Cuda(_) => {
-            let path = run_dir.join("copy.log");
-            let mut file = fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
-            if start_step == 0 {
-                writeln!(file, "# step copy_ms copy_overlap copy_stall_ms").map_err(io(&path))?;
+            // A torn last line cut, and on a resume the steps after its checkpoint (crate::journal).
+            let (file, note) = crate::journal::open_for_run(&run_dir.join("copy.log"), start_step, crate::journal::column_step)?;
+            if let Some(note) = note {
+                monitor.say(note);
             }
-            Some((file, path))
+            if start_step == 0 {
+                file.append("# step copy_ms copy_overlap copy_stall_ms")?;
+            }
+            Some(file)
         }
         Device::Cpu => None,
     };
@@ -1040,9 +1042,9 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         group_steps.push(done);
         for (group, copy) in loader.take_copy_timing(reads)? {
             let copied = group_steps[group as usize];
-            if let Some((file, path)) = copy_log.as_mut() {
+            if let Some(file) = copy_log.as_mut() {
                 let overlap = copy.overlap().map_or("-".to_string(), |o| format!("{o:.3}"));
-                writeln!(file, "{copied} {:.3} {overlap} {:.3}", copy.copy_ms, copy.stall_ms).map_err(io(&*path))?;
+                file.append(&format!("{copied} {:.3} {overlap} {:.3}", copy.copy_ms, copy.stall_ms))?;
             }
             run.summary.copy_timings.push((copied, copy));
         }
@@ -1087,8 +1089,8 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     summary.final_plan = plan;
     summary.train_seconds = train_time.as_secs_f64();
     summary.tokens_per_sec = (trained * tokens_per_step) as f64 / summary.train_seconds.max(1e-9);
-    if let Some((mut file, path)) = copy_log {
-        file.flush().map_err(io(&path))?;
+    if let Some(mut file) = copy_log {
+        file.flush()?;
     }
     if summary.checkpoint.as_os_str().is_empty() {
         summary.checkpoint = checkpoint::resolve(&run_dir)?;

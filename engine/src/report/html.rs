@@ -121,6 +121,9 @@ fn header(page: &mut String, run: &Run) {
             lines.join(", ")
         );
     }
+    for note in &run.notes {
+        let _ = writeln!(page, "<p class=\"note\">{}</p>", escape(note));
+    }
 }
 
 /// Statistics rows: the summary's metric name, its label and how its values are written.

@@ -2,9 +2,10 @@
 //! and SVG charts, no script, no external resource) from `metrics.jsonl`, `summary.json`,
 //! `events.jsonl`, `telemetry.jsonl` and `config.toml` (docs/CONFIG.md, "Run directory").
 //!
-//! [`load`] reads the files (every malformed line is an error naming the file and line),
-//! [`render`] turns what was read into HTML without touching the disk, and [`write_report`]
-//! does both and writes the page atomically.
+//! [`load`] reads the files (a malformed line is an error naming the file and line, but for
+//! a torn last line, one without its newline as a killed run leaves it, which is skipped
+//! with a note), [`render`] turns what was read into HTML without touching the disk,
+//! [`write_page`] writes it atomically, and [`write_report`] does all three.
 
 mod chart;
 mod html;
@@ -241,6 +242,9 @@ pub struct Run {
     pub checkpoints_on_disk: Vec<String>,
     /// The directory name `checkpoints/latest` holds (e.g. `step-001000`); `None` without one.
     pub latest_checkpoint: Option<String>,
+    /// What reading the files skipped or resolved, one line each: a torn last line (a run
+    /// killed while writing it), steps logged twice (a resume from an earlier checkpoint).
+    pub notes: Vec<String>,
 }
 
 /// Reads `run_dir/report.html`'s sources; see [`Run`] for what is optional.
@@ -249,8 +253,9 @@ pub fn load(run_dir: &Path) -> Result<Run> {
         return Err(Error::Usage(format!("{} is not a run directory (expected <run.out_dir>/<run.name>, holding metrics.jsonl)", run_dir.display())));
     }
     let metrics_path = run_dir.join("metrics.jsonl");
-    let metrics = std::fs::read_to_string(&metrics_path).map_err(io(&metrics_path))?;
-    let (steps, restarts) = last_training(parse_lines::<Step>(&metrics_path, &metrics)?);
+    let metrics = read_text(&metrics_path).map_err(io(&metrics_path))?;
+    let mut notes = Vec::new();
+    let (steps, restarts) = last_training(&metrics_path, parse_lines::<Step>(&metrics_path, &metrics, &mut notes)?, &mut notes);
     let config = match read_optional(&run_dir.join("config.toml"))? {
         Some(text) => Some(toml::from_str::<toml::Table>(&text).map_err(|e| Error::RunFile {
             path: run_dir.join("config.toml"),
@@ -260,7 +265,7 @@ pub fn load(run_dir: &Path) -> Result<Run> {
         None => None,
     };
     let events_path = run_dir.join("events.jsonl");
-    let events = read_optional(&events_path)?.map(|text| parse_events(&events_path, &text)).transpose()?;
+    let events = read_optional(&events_path)?.map(|text| parse_events(&events_path, &text, &mut notes)).transpose()?;
     let summary_path = run_dir.join("summary.json");
     let summary = read_optional(&summary_path)?
         .map(|text| {
@@ -269,10 +274,10 @@ pub fn load(run_dir: &Path) -> Result<Run> {
         .transpose()?;
     let telemetry_path = run_dir.join("telemetry.jsonl");
     let telemetry = read_optional(&telemetry_path)?
-        .map(|text| parse_lines::<Sample>(&telemetry_path, &text).map(|v| continuous_time(v.into_iter().map(|(_, s)| s).collect())))
+        .map(|text| parse_lines::<Sample>(&telemetry_path, &text, &mut notes).map(|v| continuous_time(v.into_iter().map(|(_, s)| s).collect())))
         .transpose()?;
     let (checkpoints_on_disk, latest_checkpoint) = checkpoints(&run_dir.join("checkpoints"));
-    Ok(Run { dir: run_dir.to_path_buf(), config, steps, restarts, events, summary, telemetry, checkpoints_on_disk, latest_checkpoint })
+    Ok(Run { dir: run_dir.to_path_buf(), config, steps, restarts, events, summary, telemetry, checkpoints_on_disk, latest_checkpoint, notes })
 }
 
 /// Telemetry's `time_s` starts again at each invocation (a resumed run appends): each
@@ -292,8 +297,14 @@ fn continuous_time(mut samples: Vec<Sample>) -> Vec<Sample> {
 /// Writes `run_dir/report.html` (via a temporary file in the same directory, renamed into
 /// place, so a reader never sees half a page) and returns its path.
 pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
-    let run = load(run_dir)?;
-    let page = render(&run);
+    write_page(&load(run_dir)?)
+}
+
+/// Writes `run.dir/report.html` from what [`load`] read, atomically as [`write_report`];
+/// returns its path.
+pub fn write_page(run: &Run) -> Result<PathBuf> {
+    let page = render(run);
+    let run_dir = &run.dir;
     let path = run_dir.join("report.html");
     let tmp = run_dir.join(".report.html.tmp");
     std::fs::write(&tmp, page).map_err(io(&tmp))?;
@@ -301,9 +312,22 @@ pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The text of the regular file at `path`; anything else (a symlink to a device such as
+/// /dev/zero, whose reading would not end; a pipe) is refused unread.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file (a device, a pipe or a directory), not read"));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// The file's text; `None` when it does not exist.
 fn read_optional(path: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(path)(e)),
@@ -318,32 +342,61 @@ fn json_msg(e: &serde_json::Error) -> String {
     format!("{text} (column {})", e.column())
 }
 
-/// Each non-blank line of a JSON-lines file with its 1-based line number.
-fn parse_lines<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Vec<(usize, T)>> {
+/// Each non-blank line of a JSON-lines file with its 1-based line number. A last line that
+/// does not parse and has no newline is torn (its writer was killed): skipped, with a note.
+fn parse_lines<T: DeserializeOwned>(path: &Path, text: &str, notes: &mut Vec<String>) -> Result<Vec<(usize, T)>> {
     let mut out = Vec::new();
+    let torn = !text.is_empty() && !text.ends_with('\n');
+    let last = text.lines().count();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let value = serde_json::from_str(line).map_err(|e| Error::RunFile { path: path.to_path_buf(), line: Some(i + 1), msg: json_msg(&e) })?;
-        out.push((i + 1, value));
+        match serde_json::from_str(line) {
+            Ok(value) => out.push((i + 1, value)),
+            Err(_) if torn && i + 1 == last => notes.push(format!(
+                "{} line {}: skipped a torn last line ({} bytes without a newline: the run was killed while writing it)",
+                path.display(),
+                i + 1,
+                line.len()
+            )),
+            Err(e) => return Err(Error::RunFile { path: path.to_path_buf(), line: Some(i + 1), msg: json_msg(&e) }),
+        }
     }
     Ok(out)
 }
 
-/// The steps after the last place where the step number went back, and those places.
-fn last_training(lines: Vec<(usize, Step)>) -> (Vec<Step>, Vec<usize>) {
+/// The steps of the last training, and the lines where the step went back to 1 (trained
+/// again without `--resume`). A step going back to a later one is a resume from a checkpoint
+/// before steps already logged (the killed invocation trained past its last checkpoint):
+/// the later records of those steps replace the earlier ones, with a note.
+fn last_training(path: &Path, lines: Vec<(usize, Step)>, notes: &mut Vec<String>) -> (Vec<Step>, Vec<usize>) {
     let mut restarts = Vec::new();
-    let mut start = 0;
-    for i in 1..lines.len() {
-        if lines[i].1.step <= lines[i - 1].1.step {
-            restarts.push(lines[i].0);
-            start = i;
+    let mut kept: Vec<Step> = Vec::new();
+    let mut replaced = Vec::new();
+    for (line, step) in lines {
+        if kept.last().is_some_and(|last| step.step <= last.step) {
+            if step.step <= 1 {
+                restarts.push(line);
+                kept.clear();
+                replaced.clear();
+            } else {
+                let from = kept.partition_point(|s| s.step < step.step);
+                replaced.push((line, kept[from].step, kept.last().map_or(0, |s| s.step)));
+                kept.truncate(from);
+            }
         }
+        kept.push(step);
     }
-    (lines.into_iter().skip(start).map(|(_, s)| s).collect(), restarts)
+    for (line, first, last) in replaced {
+        notes.push(format!(
+            "{} line {line}: steps {first} to {last} were logged again (a resume from the checkpoint before them); the later records are shown",
+            path.display()
+        ));
+    }
+    (kept, restarts)
 }
 
-fn parse_events(path: &Path, text: &str) -> Result<Vec<Event>> {
+fn parse_events(path: &Path, text: &str, notes: &mut Vec<String>) -> Result<Vec<Event>> {
     let mut events = Vec::new();
-    for (line, value) in parse_lines::<serde_json::Value>(path, text)? {
+    for (line, value) in parse_lines::<serde_json::Value>(path, text, notes)? {
         let kind = value.get("event").and_then(|k| k.as_str()).unwrap_or("(no kind)").to_string();
         let body = |key: &str| value.get(key).cloned().unwrap_or(serde_json::Value::Null);
         let bad = |e: serde_json::Error| Error::RunFile { path: path.to_path_buf(), line: Some(line), msg: format!("{kind}: {e}") };
@@ -449,6 +502,56 @@ mod tests {
         assert!(matches!(&events[0], Event::Checkpoint(c) if c.step == 2));
         assert!(matches!(&events[1], Event::Other { kind, json } if kind == "thermal" && json.contains("\"gpu\":0")));
         assert!(run.summary.is_none() && run.telemetry.is_none() && run.config.is_none());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_with_a_note() {
+        let good = format!("{}\n{}\n", step_line(1, "5.5"), step_line(2, "5.4"));
+        let torn = &step_line(3, "5.3")[..40];
+        let event = "{\"event\":\"checkpoint\",\"checkpoint\":{\"step\":2,\"path\":\"checkpoints/step-000002\"}}\n";
+        let sample = "{\"time_s\":0.5,\"step\":1,\"gpu\":null,\"host\":{\"cpu_pct\":1.0,\"process_cpu_pct\":1.0,\"rss\":1,\"disk_free\":null}}\n";
+        let dir = dir_with(&[
+            ("metrics.jsonl", &format!("{good}{torn}")),
+            ("events.jsonl", &format!("{event}{{\"event\":\"alert\",\"al")),
+            ("telemetry.jsonl", &format!("{sample}{{")),
+        ]);
+        let run = load(dir.path()).unwrap();
+        assert_eq!(run.steps.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!((run.events.as_ref().unwrap().len(), run.telemetry.as_ref().unwrap().len()), (1, 1));
+        assert_eq!(run.notes.len(), 3, "{:?}", run.notes);
+        let want = format!("{} line 3: skipped a torn last line (40 bytes without a newline", dir.path().join("metrics.jsonl").display());
+        assert!(run.notes[0].starts_with(&want), "{:?}", run.notes);
+        assert!(run.notes[1].contains("events.jsonl line 2: skipped a torn last line") && run.notes[2].contains("telemetry.jsonl line 2"), "{:?}", run.notes);
+        assert!(render(&run).contains("skipped a torn last line"));
+        // A whole last record without its newline is no tear: kept, no note.
+        let dir = dir_with(&[("metrics.jsonl", &format!("{good}{}", step_line(3, "5.3")))]);
+        let run = load(dir.path()).unwrap();
+        assert_eq!((run.steps.len(), run.notes.len()), (3, 0));
+        // The same bytes in the middle of the file are an error naming the line.
+        let dir = dir_with(&[("metrics.jsonl", &format!("{good}{torn}\n{}\n", step_line(3, "5.3")))]);
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl line 3: "), "{err}");
+    }
+
+    #[test]
+    fn steps_logged_again_after_a_resume_replace_the_earlier_records() {
+        // Checkpoint at 2, killed after logging 3 and 4; resumed, 3 to 5 trained again; then
+        // trained again from scratch, and resumed again from 1.
+        let lines = [(1, "5.0"), (2, "4.0"), (3, "9.0"), (4, "9.0"), (3, "3.0"), (4, "2.0"), (5, "1.0")];
+        let metrics: String = lines.iter().map(|&(s, l)| step_line(s, l) + "\n").collect();
+        let dir = dir_with(&[("metrics.jsonl", &metrics)]);
+        let run = load(dir.path()).unwrap();
+        let steps: Vec<(u64, f64)> = run.steps.iter().map(|s| (s.step, s.loss.unwrap())).collect();
+        assert_eq!(steps, [(1, 5.0), (2, 4.0), (3, 3.0), (4, 2.0), (5, 1.0)]);
+        assert!(run.restarts.is_empty());
+        assert_eq!(run.notes.len(), 1);
+        assert!(run.notes[0].ends_with("metrics.jsonl line 5: steps 3 to 4 were logged again (a resume from the checkpoint before them); the later records are shown"), "{:?}", run.notes);
+        let again = format!("{metrics}{}\n{}\n{}\n", step_line(1, "5.0"), step_line(2, "8.0"), step_line(2, "4.0"));
+        let dir = dir_with(&[("metrics.jsonl", &again)]);
+        let run = load(dir.path()).unwrap();
+        assert_eq!(run.steps.iter().map(|s| (s.step, s.loss.unwrap())).collect::<Vec<_>>(), [(1, 5.0), (2, 4.0)]);
+        assert_eq!((run.restarts.as_slice(), run.notes.len()), ([8].as_slice(), 1));
+        assert!(run.notes[0].contains("line 10: steps 2 to 2"), "{:?}", run.notes);
     }
 
     #[test]
