@@ -50,7 +50,8 @@ enum Command {
         /// Print only alerts and the final summary (no progress).
         #[arg(long)]
         quiet: bool,
-        /// Continue from the run directory's newest checkpoint.
+        /// Continue from the run directory's newest checkpoint that verifies against its
+        /// manifest (falling back past a missing, dangling or damaged `latest`, and saying so).
         #[arg(long)]
         resume: bool,
     },

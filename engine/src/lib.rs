@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod hf;
 pub mod logs;
+pub mod manifest;
 pub mod monitor;
 pub mod optim;
 pub mod plan;

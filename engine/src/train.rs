@@ -32,7 +32,8 @@ use crate::{Error, Result};
 pub struct TrainOptions {
     /// No progress on the terminal: only alerts (stderr) and, from the CLI, the final summary.
     pub quiet: bool,
-    /// Continue from the run directory's newest checkpoint.
+    /// Continue from the run directory's newest checkpoint (the newest that verifies, see
+    /// [`checkpoint::resolve_noting`]).
     pub resume: bool,
     /// Called before each micro-batch's forward with (step, micro-batch), both counting from
     /// 0 (again for a step that is redone), on the training thread: for a library user's own
@@ -416,11 +417,11 @@ pub fn peak_rate(config: &Config, device: Device) -> Result<(Option<f64>, String
 /// A checkpoint of the run directory, if it has one, and its state.
 type Previous = Option<(PathBuf, CheckpointState)>;
 
-/// The run directory's newest checkpoint, refused when it holds a model of another kind, of
-/// another shape, or over another vocabulary than this config's: training there would
-/// overwrite `checkpoints/latest` with an unrelated model. Checked before anything is written.
+/// The run directory's newest checkpoint that verifies, refused when it holds a model of another kind, of another shape, or over another vocabulary than
+/// this config's: training there would overwrite `checkpoints/latest` with an unrelated
+/// model. So is a run directory whose checkpoints all fail verification. Checked before
+/// anything is written.
 fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<(Previous, Option<String>)> {
-    let Ok((dir, note)) = checkpoint::resolve_noting(run_dir) else { return Ok((None, None)) };
     let refuse = |what: String| {
         Error::Usage(format!(
             "run directory {} holds {what}; refusing to train there (nothing was written): set run.name (or run.out_dir) \
@@ -428,7 +429,13 @@ fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<(
             run_dir.display()
         ))
     };
-    let (state, previous) = match checkpoint::read_state(&dir, &config.registry) {
+    let found = match checkpoint::resolve_noting(run_dir) {
+        Ok(found) => Some(found),
+        Err(e) if !checkpoint::checkpoints(run_dir).is_empty() => return Err(refuse(format!("no checkpoint that verifies ({e})"))),
+        Err(_) => None,
+    };
+    let Some((dir, note)) = found else { return Ok((None, None)) };
+    let (state, previous) = match checkpoint::read_state_unverified(&dir, &config.registry) {
         Ok(read) => read,
         Err(e) => return Err(refuse(format!("a checkpoint this config cannot continue ({e})"))),
     };
@@ -627,6 +634,7 @@ impl Run<'_> {
             vocab_size: self.vocab_size,
             config_toml: self.config.to_toml(),
             sampler: Some(SamplerCheckpoint { epoch: sampled.epoch, position: sampled.position, windows, rank: 0, world_size: 1 }),
+            run_id: crate::manifest::read_run_id(&self.config.run_dir())?,
         };
         self.summary.checkpoint = checkpoint::save(&self.config.run_dir(), self.model.as_ref(), &self.opt, &state)?;
         self.monitor.checkpoint(done, &self.summary.checkpoint)
@@ -659,6 +667,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             0
         }
     };
+    crate::manifest::ensure_run_id(&run_dir, previous.as_ref().and_then(|(_, state)| state.run_id.as_deref()))?;
     write_run_files(config, &run_dir, &plan)?;
     let peak = peak_rate(config, device)?;
     let gpu = match device {

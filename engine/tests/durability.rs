@@ -1,0 +1,314 @@
+//! Durable checkpoints and the run-directory lock: every checkpoint file and directory is
+//! fsynced; `manifest.json` catches a changed, truncated or missing file and a checkpoint of
+//! another run; `--resume` falls back past a bad `latest` to the newest checkpoint that
+//! verifies.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use engine::checkpoint::{self, fsync_count};
+use engine::config::Config;
+use engine::kernels::Device;
+use engine::manifest::{sha256_hex, Manifest};
+use engine::models::Precision;
+use engine::optim::AdamW;
+use engine::registry::Registry;
+use engine::train::{adamw_config, train as train_lib, TrainOptions};
+use tempfile::TempDir;
+
+const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
+const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+
+/// In-process runs and saves take this, so the fsync counter counts one test's calls only.
+static IN_PROCESS: Mutex<()> = Mutex::new(());
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn said(out: &Output) -> String {
+    text(&out.stdout) + &text(&out.stderr)
+}
+
+/// Asserts a clean failure: exit code 1 and one stderr line `error: ...` holding every needle.
+#[track_caller]
+fn assert_fails(out: &Output, needles: &[&str]) -> String {
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{stderr}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "stderr does not name {needle:?}: {}", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+#[track_caller]
+fn assert_succeeds(out: &Output) {
+    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
+}
+
+/// The `--set` overrides of a tiny run named `name` under `dir`.
+fn tiny_sets(dir: &Path, name: &str, max_steps: u64) -> Vec<String> {
+    vec![
+        "model.n_layer=1".into(),
+        "model.n_embd=16".into(),
+        "model.n_head=2".into(),
+        "model.context_length=16".into(),
+        "train.seq_len=16".into(),
+        "train.batch_size=2".into(),
+        format!("train.max_steps={max_steps}"),
+        "train.eval_batches=1".into(),
+        "run.device=cpu".into(),
+        "logs.telemetry_interval_ms=0".into(),
+        format!("run.name={name}"),
+        format!("run.out_dir='{}'", dir.display()),
+    ]
+}
+
+/// `engine train <shipped config> <tiny run `name`> <extra...>` in `dir` (progress shown
+/// unless `extra` says `--quiet`).
+fn train(dir: &Path, name: &str, max_steps: u64, extra: &[&str]) -> Output {
+    let mut args = vec!["train".to_string(), SHIPPED_CONFIG.to_string()];
+    for set in tiny_sets(dir, name, max_steps) {
+        args.extend(["--set".to_string(), set]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(ENGINE).args(&args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
+}
+
+fn engine(dir: &Path, args: &[&str]) -> Output {
+    Command::new(ENGINE).args(args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
+}
+
+fn ckpt(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.clone(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Flips every bit of the last byte of `path` (in model.safetensors: a weight's last byte,
+/// still a well-formed file).
+fn flip_last_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    fs::write(path, bytes).unwrap();
+}
+
+fn read_manifest(dir: &Path) -> Manifest {
+    serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn every_checkpoint_file_and_directory_is_fsynced_and_listed_in_the_manifest() {
+    let _serial = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new().unwrap();
+    let config = Config::load(Path::new(SHIPPED_CONFIG), &tiny_sets(dir.path(), "sync", 1)).unwrap();
+    let before = fsync_count();
+    let summary = train_lib(&config, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    // A fresh run directory: run_id (file, directory), checkpoints/ created (the run
+    // directory), then one checkpoint as below.
+    assert_eq!(fsync_count() - before, 2 + 1 + 9, "fsyncs of a fresh one-checkpoint run");
+
+    // Another save into the same run directory: its 5 files, the temporary directory, then
+    // checkpoints/ after the rename; latest's temporary file, then checkpoints/ again.
+    let run = summary.run_dir.clone();
+    let loaded = checkpoint::load_model(&summary.checkpoint, Device::Cpu, Precision::Fp32, &Registry::builtin()).unwrap();
+    let opt = AdamW::try_new(adamw_config(&config), loaded.model.as_ref()).unwrap();
+    let mut state = loaded.state.clone().unwrap();
+    state.step = 2;
+    let before = fsync_count();
+    let saved = checkpoint::save(&run, loaded.model.as_ref(), &opt, &state).unwrap();
+    assert_eq!(fsync_count() - before, 5 + 1 + 1 + 1 + 1, "fsyncs of one save");
+    assert_eq!(saved, ckpt(&run, 2));
+
+    // The manifest: every other file with its size and hash, the step and the run's id.
+    assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    let manifest = read_manifest(&saved);
+    let run_id = fs::read_to_string(run.join("run_id")).unwrap();
+    assert_eq!(run_id.len(), 32, "{run_id:?}");
+    assert_eq!((manifest.format, manifest.step, manifest.run_id.as_deref()), (1, 2, Some(run_id.as_str())));
+    let names: Vec<&str> = manifest.files.keys().map(String::as_str).collect();
+    assert_eq!(names, ["config.json", "model.safetensors", "optimizer.safetensors", "state.json"]);
+    for (name, entry) in &manifest.files {
+        let bytes = fs::read(saved.join(name)).unwrap();
+        assert_eq!((entry.bytes, entry.sha256.as_str()), (bytes.len() as u64, sha256_hex(&bytes).as_str()), "{name}");
+    }
+    let state_json: serde_json::Value = serde_json::from_str(&fs::read_to_string(saved.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state_json["run_id"].as_str(), Some(run_id.as_str()));
+    assert_eq!(fs::read_to_string(run.join("checkpoints/latest")).unwrap(), "step-000002");
+}
+
+#[test]
+fn a_changed_truncated_or_missing_file_is_refused_naming_it() {
+    let dir = TempDir::new().unwrap();
+    assert_succeeds(&train(dir.path(), "x", 3, &["--quiet"]));
+    let run = dir.path().join("x");
+    let c = ckpt(&run, 3);
+    let model = c.join("model.safetensors");
+    let pristine = fs::read(&model).unwrap();
+    flip_last_byte(&model);
+    let needles = ["step-000003", "model.safetensors does not match manifest.json", "sha256"];
+    assert_fails(&engine(dir.path(), &["eval", s(&c)]), &needles);
+    assert_fails(&engine(dir.path(), &["eval", s(&run)]), &needles);
+    assert_fails(&engine(dir.path(), &["sample", s(&run), "--tokens", "3"]), &needles);
+    let err = checkpoint::load_model(&c, Device::Cpu, Precision::Fp32, &Registry::builtin()).err().expect("refused");
+    assert!(err.to_string().contains("model.safetensors does not match manifest.json"), "{err}");
+    let err = checkpoint::read_state(&c, &Registry::builtin()).err().expect("refused");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    // Resume (and training over it) refuse, before writing anything.
+    let before = snapshot(&run);
+    assert_fails(&train(dir.path(), "x", 5, &["--resume", "--quiet"]), &["no checkpoint that verifies", "model.safetensors", "sha256"]);
+    assert!(snapshot(&run) == before, "a refused resume changed the run directory");
+    // One byte more: the size.
+    let mut longer = pristine.clone();
+    longer.push(0);
+    fs::write(&model, &longer).unwrap();
+    assert_fails(&engine(dir.path(), &["eval", s(&c)]), &["model.safetensors does not match manifest.json", "bytes"]);
+    fs::write(&model, &pristine).unwrap();
+    assert_succeeds(&engine(dir.path(), &["eval", s(&c)]));
+    // A listed file gone; an unlisted one added is fine.
+    fs::write(c.join("notes.txt"), "mine").unwrap();
+    assert_succeeds(&engine(dir.path(), &["eval", s(&c)]));
+    fs::rename(c.join("config.json"), dir.path().join("config.json")).unwrap();
+    assert_fails(&engine(dir.path(), &["eval", s(&c)]), &["config.json is missing", "manifest.json lists it"]);
+}
+
+#[test]
+fn an_optimizer_or_checkpoint_from_another_run_is_refused() {
+    let dir = TempDir::new().unwrap();
+    assert_succeeds(&train(dir.path(), "a", 3, &["--quiet"]));
+    assert_succeeds(&train(dir.path(), "b", 3, &["--quiet", "--set", "run.seed=7"]));
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (ca, cb) = (ckpt(&a, 3), ckpt(&b, 3));
+    // b's optimizer state in a's checkpoint.
+    let ours = fs::read(ca.join("optimizer.safetensors")).unwrap();
+    fs::copy(cb.join("optimizer.safetensors"), ca.join("optimizer.safetensors")).unwrap();
+    let needles = ["optimizer.safetensors does not match manifest.json", "sha256"];
+    assert_fails(&engine(dir.path(), &["eval", s(&ca)]), &needles);
+    assert_fails(&train(dir.path(), "a", 5, &["--resume", "--quiet"]), &needles);
+    fs::write(ca.join("optimizer.safetensors"), ours).unwrap();
+
+    // A manifest that disagrees with state.json about the step or the run.
+    let pristine = fs::read_to_string(ca.join("manifest.json")).unwrap();
+    let mut m = read_manifest(&ca);
+    m.step = 2;
+    fs::write(ca.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+    assert_fails(&engine(dir.path(), &["eval", s(&ca)]), &["state.json records step 3, manifest.json step 2"]);
+    let mut m = read_manifest(&cb);
+    m.files = read_manifest(&ca).files;
+    m.step = 3;
+    fs::write(ca.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+    assert_fails(&engine(dir.path(), &["eval", s(&ca)]), &["state.json records run_id", "they come from different runs"]);
+    fs::write(ca.join("manifest.json"), pristine).unwrap();
+
+    // b's whole checkpoint copied into a: consistent in itself (eval of that directory reads
+    // it), but not a's, so a's run directory does not continue it.
+    assert_ne!(fs::read_to_string(a.join("run_id")).unwrap(), fs::read_to_string(b.join("run_id")).unwrap());
+    let foreign = ckpt(&a, 4);
+    fs::create_dir_all(&foreign).unwrap();
+    for entry in fs::read_dir(&cb).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), foreign.join(entry.file_name())).unwrap();
+    }
+    // (its state says step 3; make it a step-4 checkpoint of b, as b would have written)
+    let mut state: serde_json::Value = serde_json::from_str(&fs::read_to_string(foreign.join("state.json")).unwrap()).unwrap();
+    state["step"] = 4.into();
+    let state_text = serde_json::to_string_pretty(&state).unwrap();
+    fs::write(foreign.join("state.json"), &state_text).unwrap();
+    let mut m = read_manifest(&foreign);
+    m.step = 4;
+    let entry = m.files.get_mut("state.json").unwrap();
+    (entry.bytes, entry.sha256) = (state_text.len() as u64, sha256_hex(state_text.as_bytes()));
+    fs::write(foreign.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+    fs::write(a.join("checkpoints/latest"), "step-000004").unwrap();
+    assert_succeeds(&engine(dir.path(), &["eval", s(&foreign)]));
+    // Plain --resume passes it over for a's own newest, and says so.
+    let out = train(dir.path(), "a", 5, &["--resume"]);
+    assert_succeeds(&out);
+    let all = said(&out);
+    assert!(all.contains("checkpoints/latest names `step-000004`, which fails verification") && all.contains("comes from another run"), "{all}");
+    assert!(all.contains("using the newest complete checkpoint that verifies") && all.contains("step-000003"), "{all}");
+    assert!(all.contains("step 4/5"), "did not resume at step 4: {all}");
+}
+
+#[test]
+fn a_bad_latest_resumes_from_the_newest_checkpoint_that_verifies() {
+    let dir = TempDir::new().unwrap();
+    assert_succeeds(&train(dir.path(), "x", 6, &["--quiet", "--set", "train.checkpoint_interval=2"]));
+    let run = dir.path().join("x");
+    let latest = run.join("checkpoints/latest");
+    // latest names a checkpoint whose weights were damaged.
+    flip_last_byte(&ckpt(&run, 6).join("model.safetensors"));
+    let out = engine(dir.path(), &["eval", s(&run), "--json"]);
+    assert_succeeds(&out);
+    assert!(text(&out.stdout).contains("\"step\":4"), "{}", text(&out.stdout));
+    let out = train(dir.path(), "x", 7, &["--resume", "--set", "train.checkpoint_interval=2"]);
+    assert_succeeds(&out);
+    let all = said(&out);
+    let notes: Vec<&str> = all.lines().filter(|l| l.contains("which fails verification")).collect();
+    assert_eq!(notes.len(), 1, "one note: {all}");
+    assert!(notes[0].contains("names `step-000006`") && notes[0].contains("model.safetensors does not match") && notes[0].contains("step-000004"), "{}", notes[0]);
+    assert!(all.contains("step 5/7"), "did not resume at step 5: {all}");
+    assert_eq!(fs::read_to_string(&latest).unwrap(), "step-000007");
+
+    // latest gone, and the newest checkpoint damaged: the one before, naming what was passed over.
+    fs::remove_file(&latest).unwrap();
+    flip_last_byte(&ckpt(&run, 7).join("optimizer.safetensors"));
+    let out = train(dir.path(), "x", 7, &["--resume"]);
+    assert_succeeds(&out);
+    let all = said(&out);
+    assert!(all.contains("checkpoints/latest is missing; using the newest complete checkpoint that verifies"), "{all}");
+    assert!(all.contains("step-000006") && all.contains("newer ones fail verification") && all.contains("optimizer.safetensors"), "{all}");
+    assert!(all.contains("step 7/7"), "did not resume at step 7: {all}");
+
+    // latest dangling.
+    fs::write(&latest, "step-000009").unwrap();
+    let out = train(dir.path(), "x", 8, &["--resume"]);
+    assert_succeeds(&out);
+    let all = said(&out);
+    assert!(all.contains("names `step-000009`, which is no complete checkpoint") && all.contains("step 8/8"), "{all}");
+}
+
+#[test]
+fn a_checkpoint_without_a_manifest_loads_with_one_note() {
+    let dir = TempDir::new().unwrap();
+    assert_succeeds(&train(dir.path(), "x", 3, &["--quiet"]));
+    let run = dir.path().join("x");
+    // As written before manifests (and run ids) were.
+    fs::remove_file(ckpt(&run, 3).join("manifest.json")).unwrap();
+    fs::remove_file(run.join("run_id")).unwrap();
+    assert_succeeds(&engine(dir.path(), &["eval", s(&run)]));
+    let out = train(dir.path(), "x", 4, &["--resume"]);
+    assert_succeeds(&out);
+    let all = said(&out);
+    assert_eq!(all.matches("no manifest; not verified").count(), 1, "{all}");
+    assert!(all.contains("step 4/4"), "{all}");
+    // The run directory has an id again, and its new checkpoint a manifest.
+    let id = fs::read_to_string(run.join("run_id")).unwrap();
+    assert_eq!(read_manifest(&ckpt(&run, 4)).run_id.as_deref(), Some(id.as_str()));
+}
+
