@@ -253,6 +253,26 @@ fn unverified(dir: &Path, verified: &Verification) -> Option<String> {
     }
 }
 
+/// Run directory `run_dir`'s checkpoint of step `step` (`engine train --resume-step`),
+/// verified as [`resolve_noting`] verifies, with its note. A step with no checkpoint, or one
+/// that fails verification, is an error listing the steps that have one.
+pub fn resolve_step(run_dir: &Path, step: u64) -> Result<(PathBuf, Option<String>)> {
+    let dir = run_dir.join("checkpoints").join(step_name(step));
+    let steps: Vec<String> = checkpoints(run_dir).iter().map(|(s, _)| s.to_string()).collect();
+    let available = match steps.is_empty() {
+        true => format!("{} has no checkpoints", run_dir.display()),
+        false => format!("checkpoints of {}: steps {}", run_dir.display(), steps.join(", ")),
+    };
+    if !dir.join("state.json").is_file() {
+        return Err(Error::Usage(format!("--resume-step {step}: there is no checkpoint of step {step} ({}); {available}", dir.display())));
+    }
+    let run_id = manifest::read_run_id(run_dir)?;
+    match manifest::verify(&dir, run_id.as_deref()) {
+        Ok(verified) => Ok((dir.clone(), unverified(&dir, &verified))),
+        Err(e) => Err(Error::Usage(format!("--resume-step {step}: {e}; {available}"))),
+    }
+}
+
 /// Run directory `run_dir`'s checkpoints, `(step, directory)` by step: every
 /// `checkpoints/step-N` holding a `state.json` (renamed into place whole, so complete unless
 /// damaged after the fact; [`resolve`] verifies).

@@ -35,6 +35,10 @@ pub struct TrainOptions {
     /// Continue from the run directory's newest checkpoint (the newest that verifies, see
     /// [`checkpoint::resolve_noting`]).
     pub resume: bool,
+    /// Continue from the run directory's checkpoint of this step instead of the newest
+    /// (`engine train --resume-step STEP`); implies `resume`. A step without a checkpoint,
+    /// or whose checkpoint fails verification, is an error listing the steps there are.
+    pub resume_step: Option<u64>,
     /// Called before each micro-batch's forward with (step, micro-batch), both counting from
     /// 0 (again for a step that is redone), on the training thread: for a library user's own
     /// bookkeeping, or a test that changes the conditions mid-step (the memory budget).
@@ -417,11 +421,12 @@ pub fn peak_rate(config: &Config, device: Device) -> Result<(Option<f64>, String
 /// A checkpoint of the run directory, if it has one, and its state.
 type Previous = Option<(PathBuf, CheckpointState)>;
 
-/// The run directory's newest checkpoint that verifies, refused when it holds a model of another kind, of another shape, or over another vocabulary than
+/// The run directory's newest checkpoint that verifies (or that of `resume_step`), refused
+/// when it holds a model of another kind, of another shape, or over another vocabulary than
 /// this config's: training there would overwrite `checkpoints/latest` with an unrelated
 /// model. So is a run directory whose checkpoints all fail verification. Checked before
 /// anything is written.
-fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<(Previous, Option<String>)> {
+fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize, resume_step: Option<u64>) -> Result<(Previous, Option<String>)> {
     let refuse = |what: String| {
         Error::Usage(format!(
             "run directory {} holds {what}; refusing to train there (nothing was written): set run.name (or run.out_dir) \
@@ -429,10 +434,13 @@ fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<(
             run_dir.display()
         ))
     };
-    let found = match checkpoint::resolve_noting(run_dir) {
-        Ok(found) => Some(found),
-        Err(e) if !checkpoint::checkpoints(run_dir).is_empty() => return Err(refuse(format!("no checkpoint that verifies ({e})"))),
-        Err(_) => None,
+    let found = match resume_step {
+        Some(step) => Some(checkpoint::resolve_step(run_dir, step)?),
+        None => match checkpoint::resolve_noting(run_dir) {
+            Ok(found) => Some(found),
+            Err(e) if !checkpoint::checkpoints(run_dir).is_empty() => return Err(refuse(format!("no checkpoint that verifies ({e})"))),
+            Err(_) => None,
+        },
     };
     let Some((dir, note)) = found else { return Ok((None, None)) };
     let (state, previous) = match checkpoint::read_state_unverified(&dir, &config.registry) {
@@ -646,7 +654,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let (device, precision, device_note) = resolve_device(config)?;
     let data = load_dataset(config)?;
     let run_dir = config.run_dir();
-    let (previous, fallback_note) = check_run_dir(config, &run_dir, data.vocab_size)?;
+    let (previous, fallback_note) = check_run_dir(config, &run_dir, data.vocab_size, options.resume_step)?;
     let budget = resolve_budget(config, device)?;
     let plan = plan_run(config, device, precision, data.vocab_size, budget)?;
     let memory_note = set_budget_line(config, device, budget);
@@ -658,7 +666,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     // Training windows: a fresh permutation every epoch, one rank of one.
     let train_index = data.train.windows(t.seq_len)?;
     let mut sampler = EpochSampler::new(config.run.seed, train_index.count(), 0, 1, Order::Shuffled)?;
-    let start_step = match options.resume {
+    let start_step = match options.resume || options.resume_step.is_some() {
         true => resume(&previous, &run_dir, model.as_mut(), &mut opt, &mut sampler, global, t.seq_len)?,
         false => {
             if let Some(dir) = &config.model.init_from {
@@ -694,7 +702,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     if plan.source == "planner" {
         monitor.say(plan.table());
     }
-    if let (Some(dir), false) = (&config.model.init_from, options.resume) {
+    if let (Some(dir), false) = (&config.model.init_from, options.resume || options.resume_step.is_some()) {
         monitor.say(format!("model: initialized from {} (model.init_from)", dir.display()));
     }
     monitor.say(format!(

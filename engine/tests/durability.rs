@@ -1,7 +1,7 @@
 //! Durable checkpoints and the run-directory lock: every checkpoint file and directory is
 //! fsynced; `manifest.json` catches a changed, truncated or missing file and a checkpoint of
 //! another run; `--resume` falls back past a bad `latest` to the newest checkpoint that
-//! verifies.
+//! verifies; `--resume-step` continues from the step asked for, bit for bit.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -210,6 +210,7 @@ fn an_optimizer_or_checkpoint_from_another_run_is_refused() {
     let needles = ["optimizer.safetensors does not match manifest.json", "sha256"];
     assert_fails(&engine(dir.path(), &["eval", s(&ca)]), &needles);
     assert_fails(&train(dir.path(), "a", 5, &["--resume", "--quiet"]), &needles);
+    assert_fails(&train(dir.path(), "a", 5, &["--resume-step", "3", "--quiet"]), &needles);
     fs::write(ca.join("optimizer.safetensors"), ours).unwrap();
 
     // A manifest that disagrees with state.json about the step or the run.
@@ -227,7 +228,9 @@ fn an_optimizer_or_checkpoint_from_another_run_is_refused() {
 
     // b's whole checkpoint copied into a: consistent in itself (eval of that directory reads
     // it), but not a's, so a's run directory does not continue it.
-    assert_ne!(fs::read_to_string(a.join("run_id")).unwrap(), fs::read_to_string(b.join("run_id")).unwrap());
+    let a_id = fs::read_to_string(a.join("run_id")).unwrap();
+    let b_id = fs::read_to_string(b.join("run_id")).unwrap();
+    assert_ne!(a_id, b_id);
     let foreign = ckpt(&a, 4);
     fs::create_dir_all(&foreign).unwrap();
     for entry in fs::read_dir(&cb).unwrap() {
@@ -246,6 +249,8 @@ fn an_optimizer_or_checkpoint_from_another_run_is_refused() {
     fs::write(foreign.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
     fs::write(a.join("checkpoints/latest"), "step-000004").unwrap();
     assert_succeeds(&engine(dir.path(), &["eval", s(&foreign)]));
+    let line = assert_fails(&train(dir.path(), "a", 6, &["--resume-step", "4", "--quiet"]), &["--resume-step 4", "comes from another run", &b_id, &a_id]);
+    assert!(line.contains("steps 3, 4"), "{line}");
     // Plain --resume passes it over for a's own newest, and says so.
     let out = train(dir.path(), "a", 5, &["--resume"]);
     assert_succeeds(&out);
@@ -310,5 +315,43 @@ fn a_checkpoint_without_a_manifest_loads_with_one_note() {
     // The run directory has an id again, and its new checkpoint a manifest.
     let id = fs::read_to_string(run.join("run_id")).unwrap();
     assert_eq!(read_manifest(&ckpt(&run, 4)).run_id.as_deref(), Some(id.as_str()));
+}
+
+#[test]
+fn resume_step_continues_from_that_checkpoint_bit_for_bit() {
+    let dir = TempDir::new().unwrap();
+    let interval = ["--quiet", "--set", "train.checkpoint_interval=2"];
+    assert_succeeds(&train(dir.path(), "whole", 6, &interval));
+    assert_succeeds(&train(dir.path(), "again", 6, &interval));
+    let (whole, again) = (dir.path().join("whole"), dir.path().join("again"));
+
+    // Steps that have no checkpoint are refused, listing those that have; nothing written.
+    let before = snapshot(&again);
+    let line = assert_fails(&train(dir.path(), "again", 6, &["--resume-step", "3", "--quiet"]), &["--resume-step 3", "no checkpoint of step 3"]);
+    assert!(line.contains("steps 2, 4, 6"), "{line}");
+    assert!(snapshot(&again) == before, "a refused resume changed the run directory");
+    // So is a damaged one.
+    let model4 = ckpt(&again, 4).join("model.safetensors");
+    let pristine = fs::read(&model4).unwrap();
+    flip_last_byte(&model4);
+    let line = assert_fails(&train(dir.path(), "again", 6, &["--resume-step", "4", "--quiet"]), &["--resume-step 4", "model.safetensors does not match"]);
+    assert!(line.contains("steps 2, 4, 6"), "{line}");
+    fs::write(&model4, pristine).unwrap();
+
+    // From step 2 to 6 again: the weights and AdamW moments of an uninterrupted run.
+    let out = train(dir.path(), "again", 6, &["--resume-step", "2", "--set", "train.checkpoint_interval=2"]);
+    assert_succeeds(&out);
+    assert!(said(&out).contains("step 3/6"), "did not resume at step 3: {}", said(&out));
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(fs::read(ckpt(&whole, 6).join(file)).unwrap() == fs::read(ckpt(&again, 6).join(file)).unwrap(), "{file} differs");
+    }
+    let losses = |run: &Path| -> Vec<String> {
+        let log = fs::read_to_string(run.join("metrics.log")).unwrap();
+        log.lines().filter(|l| !l.starts_with('#')).map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect()
+    };
+    // metrics.log: steps 1-6, then 3-6 again, with the same losses.
+    let (w, a) = (losses(&whole), losses(&again));
+    assert_eq!(a.len(), 10, "{a:?}");
+    assert_eq!(&a[6..], &w[2..], "the resumed steps' losses differ");
 }
 
