@@ -13,7 +13,7 @@
 //! place (the directories fsynced too), so a crash never leaves a half-written checkpoint
 //! under the final name, nor one whose files the disk has not got.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -289,8 +289,61 @@ pub fn checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
-/// Removes what an interrupted [`save`] left in `run_dir/checkpoints`: `.step-N.tmp`
-/// directories and `.latest.tmp` (never a complete checkpoint).
+/// `train.keep_checkpoints` and `train.keep_best` after the checkpoint of `saved` was
+/// written: removes run directory `run_dir`'s checkpoints beyond the newest `keep` of those
+/// up to step `saved`, never the one `checkpoints/latest` names, nor (with `keep_best`) the
+/// one of the lowest `val_loss` its `state.json` records. Checkpoints of later steps (left by
+/// an earlier run that went further, before a `--resume-step`) are left alone. `keep` 0
+/// keeps everything. Returns the directories removed. Each is renamed to `.step-N.removing.tmp`
+/// first, so a crash mid-removal leaves debris the next run removes, never a partial checkpoint.
+pub fn prune(run_dir: &Path, keep: u64, keep_best: bool, saved: u64) -> Result<Vec<PathBuf>> {
+    if keep == 0 {
+        return Ok(Vec::new());
+    }
+    let root = run_dir.join("checkpoints");
+    let candidates: Vec<(u64, PathBuf)> = checkpoints(run_dir).into_iter().filter(|(step, _)| *step <= saved).collect();
+    let mut kept: HashSet<PathBuf> = candidates.iter().rev().take(usize::try_from(keep).unwrap_or(usize::MAX)).map(|(_, d)| d.clone()).collect();
+    if let Ok(name) = fs::read_to_string(root.join(LATEST)) {
+        kept.insert(root.join(name.trim()));
+    }
+    if keep_best {
+        #[derive(Deserialize)]
+        struct Recorded {
+            #[serde(default)]
+            val_loss: Option<f32>,
+        }
+        let val_loss = |dir: &Path| -> Option<f32> {
+            let text = fs::read_to_string(dir.join("state.json")).ok()?;
+            serde_json::from_str::<Recorded>(&text).ok()?.val_loss.filter(|v| v.is_finite())
+        };
+        // The lowest loss; of equal ones, the newest.
+        let best = candidates
+            .iter()
+            .filter_map(|(step, dir)| val_loss(dir).map(|v| (v, *step, dir)))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        if let Some((_, _, dir)) = best {
+            kept.insert(dir.clone());
+        }
+    }
+    let mut removed = Vec::new();
+    for (step, dir) in candidates.into_iter().filter(|(_, dir)| !kept.contains(dir)) {
+        let doomed = root.join(format!(".{}.removing.tmp", step_name(step)));
+        if doomed.exists() {
+            fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+        }
+        fs::rename(&dir, &doomed).map_err(io(&dir))?;
+        fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+        removed.push(dir);
+    }
+    if !removed.is_empty() {
+        sync_dir(&root)?;
+    }
+    Ok(removed)
+}
+
+/// Removes what an interrupted [`save`] (or [`prune`]) left in `run_dir/checkpoints`:
+/// `.step-N.tmp` and `.step-N.removing.tmp` directories and `.latest.tmp` (never a
+/// complete checkpoint).
 pub fn remove_debris(run_dir: &Path) -> Result<()> {
     let root = run_dir.join("checkpoints");
     for entry in fs::read_dir(&root).into_iter().flatten().filter_map(|e| e.ok()) {

@@ -645,6 +645,8 @@ impl Run<'_> {
             run_id: crate::manifest::read_run_id(&self.config.run_dir())?,
         };
         self.summary.checkpoint = checkpoint::save(&self.config.run_dir(), self.model.as_ref(), &self.opt, &state)?;
+        let t = &self.config.train;
+        checkpoint::prune(&self.config.run_dir(), t.keep_checkpoints, t.keep_best, done)?;
         self.monitor.checkpoint(done, &self.summary.checkpoint)
     }
 }

@@ -1,7 +1,8 @@
 //! Durable checkpoints and the run-directory lock: every checkpoint file and directory is
 //! fsynced; `manifest.json` catches a changed, truncated or missing file and a checkpoint of
 //! another run; `--resume` falls back past a bad `latest` to the newest checkpoint that
-//! verifies; `--resume-step` continues from the step asked for, bit for bit.
+//! verifies; `--resume-step` continues from the step asked for, bit for bit;
+//! `train.keep_checkpoints` / `train.keep_best` prune.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,11 @@ fn flip_last_byte(path: &Path) {
     let mut bytes = fs::read(path).unwrap();
     *bytes.last_mut().unwrap() ^= 0xff;
     fs::write(path, bytes).unwrap();
+}
+
+/// The steps of the run's checkpoints.
+fn steps(run: &Path) -> Vec<u64> {
+    checkpoint::checkpoints(run).into_iter().map(|(step, _)| step).collect()
 }
 
 fn read_manifest(dir: &Path) -> Manifest {
@@ -353,5 +359,50 @@ fn resume_step_continues_from_that_checkpoint_bit_for_bit() {
     let (w, a) = (losses(&whole), losses(&again));
     assert_eq!(a.len(), 10, "{a:?}");
     assert_eq!(&a[6..], &w[2..], "the resumed steps' losses differ");
+}
+
+#[test]
+fn keep_checkpoints_keeps_the_newest_and_keep_best_the_best() {
+    let dir = TempDir::new().unwrap();
+    let every = ["--quiet", "--set", "train.checkpoint_interval=1", "--set", "train.eval_interval=1"];
+    let mut keep2 = every.to_vec();
+    keep2.extend(["--set", "train.keep_checkpoints=2"]);
+    assert_succeeds(&train(dir.path(), "k", 6, &keep2));
+    let run = dir.path().join("k");
+    assert_eq!(steps(&run), [5, 6]);
+    assert_eq!(fs::read_to_string(run.join("checkpoints/latest")).unwrap(), "step-000006");
+    assert!(fs::read_dir(run.join("checkpoints")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+
+    // keep_best: step 1 made the best (its recorded val_loss lowest) is kept beside the newest two.
+    assert_succeeds(&train(dir.path(), "b", 3, &every));
+    let run = dir.path().join("b");
+    let path = ckpt(&run, 1).join("state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    state["val_loss"] = 0.001.into();
+    fs::write(&path, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    let mut best = keep2.clone();
+    best.extend(["--resume", "--set", "train.keep_best=true"]);
+    assert_succeeds(&train(dir.path(), "b", 6, &best));
+    assert_eq!(steps(&run), [1, 5, 6]);
+    // Without keep_best, it goes too.
+    let mut plain = keep2.clone();
+    plain.push("--resume");
+    assert_succeeds(&train(dir.path(), "b", 7, &plain));
+    assert_eq!(steps(&run), [6, 7]);
+
+    // Checkpoints beyond the step resumed from (an abandoned continuation) are left alone.
+    assert_succeeds(&train(dir.path(), "r", 6, &["--quiet", "--set", "train.checkpoint_interval=2"]));
+    let run = dir.path().join("r");
+    let args = ["--quiet", "--resume-step", "2", "--set", "train.checkpoint_interval=1", "--set", "train.keep_checkpoints=1"];
+    assert_succeeds(&train(dir.path(), "r", 3, &args));
+    assert_eq!(steps(&run), [3, 4, 6]);
+
+    // Bad values name the key.
+    let out = train(dir.path(), "v", 2, &["--set", "train.keep_best=true"]);
+    assert_fails(&out, &["key `train.keep_best`", "train.keep_checkpoints"]);
+    let out = train(dir.path(), "v", 2, &["--set", "train.keep_checkpoints=-1"]);
+    assert_fails(&out, &["train.keep_checkpoints"]);
+    let out = train(dir.path(), "v", 2, &["--set", "train.keep_best=3"]);
+    assert_fails(&out, &["train.keep_best"]);
 }
 
