@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod hf;
+pub mod lock;
 pub mod logs;
 pub mod manifest;
 pub mod monitor;

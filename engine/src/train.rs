@@ -475,9 +475,9 @@ fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize, resume_step
 /// the run continues exactly as an uninterrupted one would. Returns the step to start from.
 fn resume(previous: &Previous, run_dir: &Path, model: &mut dyn Model, opt: &mut AdamW, sampler: &mut EpochSampler, global: usize, seq_len: usize) -> Result<u64> {
     let Some((dir, state)) = previous else {
-        // No checkpoint: the error says what the directory holds instead.
-        checkpoint::resolve(run_dir)?;
-        unreachable!("check_run_dir found no checkpoint where resolve finds one");
+        // check_run_dir refused a run directory with checkpoints that fail verification.
+        let msg = "nothing to resume: there is no checkpoint (checkpoints/step-N) here; train without --resume to start the run";
+        return Err(Error::Checkpoint { path: run_dir.to_path_buf(), msg: msg.into() });
     };
     checkpoint::load_weights(dir, model)?;
     checkpoint::load_optimizer(dir, model, opt, state.step)?;
@@ -653,6 +653,8 @@ impl Run<'_> {
 
 fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let run_started = Instant::now();
+    // Before anything is written to the run directory; held (by the OS) until we return.
+    let _lock = crate::lock::RunLock::acquire(&config.run_dir())?;
     let (device, precision, device_note) = resolve_device(config)?;
     let data = load_dataset(config)?;
     let run_dir = config.run_dir();

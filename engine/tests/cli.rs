@@ -359,7 +359,8 @@ fn checkpoint_with_an_invalid_recorded_config_names_state_json_and_key() {
 fn resume_without_a_checkpoint_fails() {
     let dir = TempDir::new().unwrap();
     let out = train(dir.path(), 3, &["--resume"]);
-    assert_fails(&out, &["checkpoint", "tiny", "no such file or directory"]);
+    assert_fails(&out, &["checkpoint", "tiny", "nothing to resume", "without --resume"]);
+    assert!(!dir.path().join("tiny").exists(), "a refused resume left a run directory");
 }
 
 /// Every file under `dir` with its bytes, to show that a refused command wrote nothing.

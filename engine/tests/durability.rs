@@ -2,12 +2,14 @@
 //! fsynced; `manifest.json` catches a changed, truncated or missing file and a checkpoint of
 //! another run; `--resume` falls back past a bad `latest` to the newest checkpoint that
 //! verifies; `--resume-step` continues from the step asked for, bit for bit;
-//! `train.keep_checkpoints` / `train.keep_best` prune.
+//! `train.keep_checkpoints` / `train.keep_best` prune; a second `train` on a run directory in
+//! use is refused with the holder's pid.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use engine::checkpoint::{self, fsync_count};
 use engine::config::Config;
@@ -166,6 +168,7 @@ fn every_checkpoint_file_and_directory_is_fsynced_and_listed_in_the_manifest() {
     let state_json: serde_json::Value = serde_json::from_str(&fs::read_to_string(saved.join("state.json")).unwrap()).unwrap();
     assert_eq!(state_json["run_id"].as_str(), Some(run_id.as_str()));
     assert_eq!(fs::read_to_string(run.join("checkpoints/latest")).unwrap(), "step-000002");
+    assert!(!run.join(".lock").exists(), "the lock file outlived the run");
 }
 
 #[test]
@@ -406,3 +409,66 @@ fn keep_checkpoints_keeps_the_newest_and_keep_best_the_best() {
     assert_fails(&out, &["train.keep_best"]);
 }
 
+#[test]
+fn a_second_run_on_a_directory_in_use_is_refused_and_the_first_finishes() {
+    let dir = TempDir::new().unwrap();
+    let mut args = vec!["train".to_string(), SHIPPED_CONFIG.to_string(), "--quiet".into()];
+    for set in tiny_sets(dir.path(), "busy", 100_000) {
+        args.extend(["--set".to_string(), set]);
+    }
+    let mut first = Command::new(ENGINE).args(&args).current_dir(dir.path()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let run = dir.path().join("busy");
+    let started = Instant::now();
+    while fs::read_to_string(run.join("metrics.log")).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first run did not get going");
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read_to_string(run.join(".lock")).unwrap().trim(), first.id().to_string(), ".lock holds the holder's pid");
+    let run_id = fs::read_to_string(run.join("run_id")).unwrap();
+    let config = fs::read_to_string(run.join("config.toml")).unwrap();
+    for extra in [&[][..], &["--resume"][..]] {
+        let out = train(dir.path(), "busy", 5, extra);
+        let pid = format!("(pid {})", first.id());
+        assert_fails(&out, &["run directory", "busy", "is in use by another training run", &pid, "wait for it or choose another run.name"]);
+    }
+    // The library says the same.
+    let config_lib = Config::load(Path::new(SHIPPED_CONFIG), &tiny_sets(dir.path(), "busy", 5)).unwrap();
+    let err = train_lib(&config_lib, &TrainOptions { quiet: true, ..Default::default() }).err().expect("refused");
+    assert!(err.to_string().contains("is in use by another training run"), "{err}");
+    assert!(first.try_wait().unwrap().is_none(), "the first run stopped");
+    // The second wrote nothing the first owns.
+    assert_eq!(fs::read_to_string(run.join("run_id")).unwrap(), run_id);
+    assert_eq!(fs::read_to_string(run.join("config.toml")).unwrap(), config);
+    assert_eq!(fs::read_to_string(run.join(".lock")).unwrap().trim(), first.id().to_string());
+
+    // The first finishes its step with a checkpoint (SIGTERM), unharmed, and lets go.
+    // SAFETY: kill(2) on our child's pid, not waited for yet.
+    assert_eq!(unsafe { libc::kill(first.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    let line = text(&out.stderr).lines().find(|l| l.starts_with("error: ")).expect("one error line").to_string();
+    let step: u64 = line.split("after step ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    assert!(!run.join(".lock").exists(), "the lock file outlived the run");
+    let out = engine(dir.path(), &["eval", s(&run), "--json"]);
+    assert_succeeds(&out);
+    assert!(text(&out.stdout).contains(&format!("\"step\":{step}")), "{}", text(&out.stdout));
+    let out = train(dir.path(), "busy", step + 2, &["--resume", "--quiet"]);
+    assert_succeeds(&out);
+    assert!(text(&out.stdout).starts_with(&format!("trained {} steps", step + 2)), "{}", text(&out.stdout));
+}
+
+#[test]
+fn a_stale_lock_file_does_not_block_and_a_refused_run_leaves_no_directory() {
+    let dir = TempDir::new().unwrap();
+    let run = dir.path().join("stale");
+    fs::create_dir_all(&run).unwrap();
+    // Left by a run that was killed (the OS released its lock): only the pid remains.
+    fs::write(run.join(".lock"), "4000000\n").unwrap();
+    assert_succeeds(&train(dir.path(), "stale", 2, &["--quiet"]));
+    assert!(!run.join(".lock").exists());
+    // A run refused before writing anything leaves no run directory behind.
+    let out = train(dir.path(), "never", 2, &["--quiet", "--set", "data.path=absent.txt"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!dir.path().join("never").exists(), "a refused run left its run directory");
+}
