@@ -5,12 +5,15 @@
 //!   directory loads with `transformers`' `from_pretrained`;
 //! - `optimizer.safetensors`: AdamW's m and v (`<name>.m`, `<name>.v`, stored shapes);
 //! - `state.json`: the step, the resolved run config (its `[model]` table records the model's
-//!   kind and every setting of it), the last losses and the data sampler's position.
+//!   kind and every setting of it), the last losses, the data sampler's position and the run's id;
+//! - `manifest.json`: every other file's size and SHA-256, the step and the run id
+//!   ([`crate::manifest`]), checked whenever the checkpoint is read.
 //!
-//! A checkpoint is written into a temporary directory and renamed into place, so a crash
-//! never leaves a half-written checkpoint under the final name.
+//! A checkpoint is written into a temporary directory, each file fsynced, and renamed into
+//! place (the directories fsynced too), so a crash never leaves a half-written checkpoint
+//! under the final name, nor one whose files the disk has not got.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::io;
+use crate::manifest::{self, sync_dir, write_synced, Manifest, Verification};
 use crate::optim::AdamW;
 use crate::registry::{BuildContext, Registry, DEFAULT_KIND, KIND_KEY};
 use crate::{Error, Result};
@@ -29,6 +33,8 @@ use crate::{Error, Result};
 /// The `state.json` format this engine writes and reads; a checkpoint of any other is refused.
 pub const FORMAT: u32 = 1;
 const LATEST: &str = "latest";
+
+pub use crate::manifest::fsync_count;
 
 /// A checkpoint's `state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,6 +63,11 @@ pub struct CheckpointState {
     /// when none was taken and the outlier policy is off (then it is the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardState>,
+    /// The id of the run directory that wrote it (`<run_dir>/run_id`), also in its
+    /// `manifest.json`: resume refuses a checkpoint of another run. Absent in checkpoints
+    /// written before run ids, or saved by a library caller without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// The sampler's (epoch, position) with what it was sampling from.
@@ -83,20 +94,33 @@ fn f32_bytes(data: &[f32]) -> Vec<u8> {
     data.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn write_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<u8>)>, metadata: HashMap<String, String>) -> Result<()> {
+/// A safetensors file of F32 `tensors` as bytes (hashed and written by the caller).
+fn safetensors_bytes(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<u8>)>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, shape, bytes)| (name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).expect("sizes match")))
         .collect();
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| ckpt_err(path, e.to_string()))
+    safetensors::serialize(views, Some(metadata)).map_err(|e| ckpt_err(path, e.to_string()))
+}
+
+/// `step-XXXXXX`, a checkpoint's directory name.
+fn step_name(step: u64) -> String {
+    format!("step-{step:06}")
 }
 
 /// Writes a checkpoint for `step` under `run_dir/checkpoints/step-XXXXXX` and points
-/// `run_dir/checkpoints/latest` at it. Returns its path.
+/// `run_dir/checkpoints/latest` at it. Returns its path. Every file is fsynced before the
+/// checkpoint directory is renamed into place, that directory before the rename and
+/// `checkpoints/` after it; `latest` likewise (its temporary file, then `checkpoints/`).
+/// `manifest.json` lists the others' sizes and hashes, computed from the bytes written.
 pub fn save(run_dir: &Path, model: &dyn Model, opt: &AdamW, state: &CheckpointState) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
+    let created = !root.is_dir();
     fs::create_dir_all(&root).map_err(io(&root))?;
-    let name = format!("step-{:06}", state.step);
+    if created {
+        sync_dir(run_dir)?;
+    }
+    let name = step_name(state.step);
     let dir = root.join(&name);
     let tmp = root.join(format!(".{name}.tmp"));
     if tmp.exists() {
@@ -126,63 +150,98 @@ pub fn save(run_dir: &Path, model: &dyn Model, opt: &AdamW, state: &CheckpointSt
         })();
     });
     copied?;
+    let mut manifest = Manifest::new(state.step, state.run_id.clone());
+    // Each host copy goes as soon as it is serialized: at most one file's bytes twice.
     let pt = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&tmp.join("model.safetensors"), weights, pt)?;
-    write_safetensors(&tmp.join("optimizer.safetensors"), moments, HashMap::from([("step".into(), opt.step.to_string())]))?;
+    let bytes = safetensors_bytes(&tmp.join("model.safetensors"), weights, pt)?;
+    manifest.write_file(&tmp, "model.safetensors", &bytes)?;
+    drop(bytes);
+    let step_meta = HashMap::from([("step".into(), opt.step.to_string())]);
+    let bytes = safetensors_bytes(&tmp.join("optimizer.safetensors"), moments, step_meta)?;
+    manifest.write_file(&tmp, "optimizer.safetensors", &bytes)?;
+    drop(bytes);
     if let Some(json) = model.hf_config_json() {
-        fs::write(tmp.join("config.json"), json).map_err(io(tmp.join("config.json")))?;
+        manifest.write_file(&tmp, "config.json", json.as_bytes())?;
     }
     let state_json = serde_json::to_string_pretty(state).expect("state serializes");
-    fs::write(tmp.join("state.json"), state_json).map_err(io(tmp.join("state.json")))?;
+    manifest.write_file(&tmp, "state.json", state_json.as_bytes())?;
+    manifest.write(&tmp)?;
+    sync_dir(&tmp)?;
 
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
     fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    sync_dir(&root)?;
     let latest = root.join(LATEST);
     let latest_tmp = root.join(".latest.tmp");
-    fs::write(&latest_tmp, &name).map_err(io(&latest_tmp))?;
+    write_synced(&latest_tmp, name.as_bytes())?;
     fs::rename(&latest_tmp, &latest).map_err(io(&latest))?;
+    sync_dir(&root)?;
     Ok(dir)
 }
 
-/// A checkpoint directory from either a checkpoint directory or a run directory (whose
-/// newest checkpoint is used: the one `checkpoints/latest` names, or, when `latest` is
-/// missing or names no complete checkpoint, the complete one of the highest step).
+/// A checkpoint directory from either a checkpoint directory (verified against its
+/// manifest) or a run directory: its newest checkpoint that verifies, the one
+/// `checkpoints/latest` names or, when `latest` is missing, dangling or names one that fails
+/// verification, the verifying one of the highest step (see [`resolve_noting`]).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     resolve_noting(path).map(|(dir, _)| dir)
 }
 
-/// [`resolve`], with a note saying so when `latest` was missing or dangling and the newest
-/// complete checkpoint was taken instead (a run killed while `latest` was being replaced).
+/// [`resolve`], with a note for the user: that `latest` was missing, dangling or named a
+/// checkpoint that fails verification (a run killed while `latest` was being replaced, a
+/// corrupted file) and which checkpoint was taken instead; or that the checkpoint has no
+/// manifest (written by an older version) and was not verified. In a run directory, a
+/// checkpoint must also come from that run (its manifest's run id the run directory's,
+/// [`crate::manifest::ensure_run_id`]).
 pub fn resolve_noting(path: &Path) -> Result<(PathBuf, Option<String>)> {
     if path.join("state.json").is_file() {
-        return Ok((path.to_path_buf(), None));
+        let verified = manifest::verify(path, None)?;
+        return Ok((path.to_path_buf(), unverified(path, &verified)));
     }
     let root = path.join("checkpoints");
+    let run_id = manifest::read_run_id(path)?;
     let latest = root.join(LATEST);
-    if let Ok(name) = fs::read_to_string(&latest) {
-        let dir = root.join(name.trim());
+    let named = fs::read_to_string(&latest).ok().map(|name| name.trim().to_string());
+    let mut failures = Vec::new();
+    let mut why = "checkpoints/latest is missing".to_string();
+    let mut tried = None;
+    if let Some(name) = &named {
+        let dir = root.join(name);
+        why = format!("checkpoints/latest names `{name}`, which is no complete checkpoint");
         if dir.join("state.json").is_file() {
-            return Ok((dir, None));
+            match manifest::verify(&dir, run_id.as_deref()) {
+                Ok(verified) => return Ok((dir.clone(), unverified(&dir, &verified))),
+                Err(e) => {
+                    why = format!("checkpoints/latest names `{name}`, which fails verification ({e})");
+                    failures.push(e.to_string());
+                }
+            }
+            tried = Some(dir);
         }
     }
-    // Checkpoints are renamed into place whole, so every step-N directory is complete.
-    let step_of = |p: &Path| p.file_name()?.to_str()?.strip_prefix("step-")?.parse::<u64>().ok();
-    let newest = fs::read_dir(&root)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("state.json").is_file())
-        .filter_map(|p| step_of(&p).map(|step| (step, p)))
-        .max();
-    if let Some((_, dir)) = newest {
-        let why = match fs::read_to_string(&latest) {
-            Ok(name) => format!("checkpoints/latest names `{}`, which is no complete checkpoint", name.trim()),
-            Err(_) => "checkpoints/latest is missing".to_string(),
-        };
-        let note = format!("{}: {why}; using the newest complete checkpoint, {}", path.display(), dir.display());
-        return Ok((dir, Some(note)));
+    let mut skipped = Vec::new();
+    for (_, dir) in checkpoints(path).into_iter().rev().filter(|(_, dir)| Some(dir) != tried.as_ref()) {
+        match manifest::verify(&dir, run_id.as_deref()) {
+            Ok(verified) => {
+                let mut note = format!("{}: {why}; using the newest complete checkpoint that verifies, {}", path.display(), dir.display());
+                if !skipped.is_empty() {
+                    note += &format!(" (newer ones fail verification: {})", skipped.join("; "));
+                }
+                if let Some(unverified) = unverified(&dir, &verified) {
+                    note = format!("{note}; {unverified}");
+                }
+                return Ok((dir, Some(note)));
+            }
+            Err(e) => {
+                skipped.push(e.to_string());
+                failures.push(e.to_string());
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(ckpt_err(path, format!("no checkpoint of this run directory verifies: {}", failures.join("; "))));
     }
     if !path.exists() {
         return Err(ckpt_err(path, "no such file or directory"));
@@ -190,8 +249,105 @@ pub fn resolve_noting(path: &Path) -> Result<(PathBuf, Option<String>)> {
     Err(ckpt_err(path, "not a checkpoint (no state.json) nor a run directory with checkpoints/latest"))
 }
 
-/// Removes what an interrupted [`save`] left in `run_dir/checkpoints`: `.step-N.tmp`
-/// directories and `.latest.tmp` (never a complete checkpoint).
+/// The note for a checkpoint [`manifest::verify`] could not check.
+fn unverified(dir: &Path, verified: &Verification) -> Option<String> {
+    match verified {
+        Verification::Verified(_) => None,
+        Verification::Unverified => Some(manifest::unverified_note(dir)),
+    }
+}
+
+/// Run directory `run_dir`'s checkpoint of step `step` (`engine train --resume-step`),
+/// verified as [`resolve_noting`] verifies, with its note. A step with no checkpoint, or one
+/// that fails verification, is an error listing the steps that have one.
+pub fn resolve_step(run_dir: &Path, step: u64) -> Result<(PathBuf, Option<String>)> {
+    let dir = run_dir.join("checkpoints").join(step_name(step));
+    let steps: Vec<String> = checkpoints(run_dir).iter().map(|(s, _)| s.to_string()).collect();
+    let available = match steps.is_empty() {
+        true => format!("{} has no checkpoints", run_dir.display()),
+        false => format!("checkpoints of {}: steps {}", run_dir.display(), steps.join(", ")),
+    };
+    if !dir.join("state.json").is_file() {
+        return Err(Error::Usage(format!("--resume-step {step}: there is no checkpoint of step {step} ({}); {available}", dir.display())));
+    }
+    let run_id = manifest::read_run_id(run_dir)?;
+    match manifest::verify(&dir, run_id.as_deref()) {
+        Ok(verified) => Ok((dir.clone(), unverified(&dir, &verified))),
+        Err(e) => Err(Error::Usage(format!("--resume-step {step}: {e}; {available}"))),
+    }
+}
+
+/// Run directory `run_dir`'s checkpoints, `(step, directory)` by step: every
+/// `checkpoints/step-N` holding a `state.json` (renamed into place whole, so complete unless
+/// damaged after the fact; [`resolve`] verifies).
+pub fn checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let step_of = |p: &Path| p.file_name()?.to_str()?.strip_prefix("step-")?.parse::<u64>().ok();
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(run_dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("state.json").is_file())
+        .filter_map(|p| step_of(&p).map(|step| (step, p)))
+        .collect();
+    found.sort();
+    found
+}
+
+/// `train.keep_checkpoints` and `train.keep_best` after the checkpoint of `saved` was
+/// written: removes run directory `run_dir`'s checkpoints beyond the newest `keep` of those
+/// up to step `saved`, never the one `checkpoints/latest` names, nor (with `keep_best`) the
+/// one of the lowest `val_loss` its `state.json` records. Checkpoints of later steps (left by
+/// an earlier run that went further, before a `--resume-step`) are left alone. `keep` 0
+/// keeps everything. Returns the directories removed. Each is renamed to `.step-N.removing.tmp`
+/// first, so a crash mid-removal leaves debris the next run removes, never a partial checkpoint.
+pub fn prune(run_dir: &Path, keep: u64, keep_best: bool, saved: u64) -> Result<Vec<PathBuf>> {
+    if keep == 0 {
+        return Ok(Vec::new());
+    }
+    let root = run_dir.join("checkpoints");
+    let candidates: Vec<(u64, PathBuf)> = checkpoints(run_dir).into_iter().filter(|(step, _)| *step <= saved).collect();
+    let mut kept: HashSet<PathBuf> = candidates.iter().rev().take(usize::try_from(keep).unwrap_or(usize::MAX)).map(|(_, d)| d.clone()).collect();
+    if let Ok(name) = fs::read_to_string(root.join(LATEST)) {
+        kept.insert(root.join(name.trim()));
+    }
+    if keep_best {
+        #[derive(Deserialize)]
+        struct Recorded {
+            #[serde(default)]
+            val_loss: Option<f32>,
+        }
+        let val_loss = |dir: &Path| -> Option<f32> {
+            let text = fs::read_to_string(dir.join("state.json")).ok()?;
+            serde_json::from_str::<Recorded>(&text).ok()?.val_loss.filter(|v| v.is_finite())
+        };
+        // The lowest loss; of equal ones, the newest.
+        let best = candidates
+            .iter()
+            .filter_map(|(step, dir)| val_loss(dir).map(|v| (v, *step, dir)))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        if let Some((_, _, dir)) = best {
+            kept.insert(dir.clone());
+        }
+    }
+    let mut removed = Vec::new();
+    for (step, dir) in candidates.into_iter().filter(|(_, dir)| !kept.contains(dir)) {
+        let doomed = root.join(format!(".{}.removing.tmp", step_name(step)));
+        if doomed.exists() {
+            fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+        }
+        fs::rename(&dir, &doomed).map_err(io(&dir))?;
+        fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+        removed.push(dir);
+    }
+    if !removed.is_empty() {
+        sync_dir(&root)?;
+    }
+    Ok(removed)
+}
+
+/// Removes what an interrupted [`save`] (or [`prune`]) left in `run_dir/checkpoints`:
+/// `.step-N.tmp` and `.step-N.removing.tmp` directories and `.latest.tmp` (never a
+/// complete checkpoint).
 pub fn remove_debris(run_dir: &Path) -> Result<()> {
     let root = run_dir.join("checkpoints");
     for entry in fs::read_dir(&root).into_iter().flatten().filter_map(|e| e.ok()) {
@@ -205,9 +361,17 @@ pub fn remove_debris(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A checkpoint's state and its run's config, `[model]` resolved by `registry`. A model kind
+/// A checkpoint's state and its run's config, `[model]` resolved by `registry`, after
+/// checking the checkpoint against its manifest ([`crate::manifest::verify`]). A model kind
 /// `registry` does not know is an error naming it.
 pub fn read_state(dir: &Path, registry: &Registry) -> Result<(CheckpointState, Config)> {
+    manifest::verify(dir, None)?;
+    read_state_unverified(dir, registry)
+}
+
+/// [`read_state`] without checking the manifest: for a directory that [`resolve`] has just
+/// returned (and so verified), so that its files are hashed once.
+pub fn read_state_unverified(dir: &Path, registry: &Registry) -> Result<(CheckpointState, Config)> {
     let path = dir.join("state.json");
     let text = fs::read_to_string(&path).map_err(|e| ckpt_err(dir, format!("cannot read state.json: {e}")))?;
     let state: CheckpointState = serde_json::from_str(&text).map_err(|e| ckpt_err(dir, format!("state.json is malformed: {e}")))?;
@@ -409,10 +573,12 @@ pub struct LoadedModel {
 pub fn inspect(path: &Path, registry: &Registry) -> Result<(PathBuf, Option<CheckpointState>, Config)> {
     match resolve(path) {
         Ok(dir) => {
-            let (state, config) = read_state(&dir, registry)?;
+            let (state, config) = read_state_unverified(&dir, registry)?;
             Ok((dir, Some(state), config))
         }
-        Err(_) if crate::hf::is_hf_dir(path) => Ok((path.to_path_buf(), None, crate::hf::config_for(path, registry)?)),
+        // A checkpoint that fails verification holds config.json and model.safetensors too:
+        // it is refused, never read as a Hugging Face directory.
+        Err(_) if !path.join("state.json").is_file() && crate::hf::is_hf_dir(path) => Ok((path.to_path_buf(), None, crate::hf::config_for(path, registry)?)),
         Err(e) => Err(e),
     }
 }

@@ -54,9 +54,16 @@ enum Command {
         /// Print only alerts and the final summary (no progress).
         #[arg(long)]
         quiet: bool,
-        /// Continue from the run directory's newest checkpoint.
+        /// Continue from the run directory's newest checkpoint that verifies against its
+        /// manifest (falling back past a missing, dangling or damaged `latest`, and saying so).
         #[arg(long)]
         resume: bool,
+        /// Continue from the run directory's checkpoint of step STEP (checkpoints/step-XXXXXX,
+        /// the step zero-padded to 6 digits) instead of the newest; implies --resume. A step
+        /// with no checkpoint, or one that fails verification, is an error listing the steps
+        /// that have one.
+        #[arg(long, value_name = "STEP")]
+        resume_step: Option<u64>,
     },
     /// Show the memory plan (micro-batch, gradient accumulation, recomputation) that fits
     /// memory.budget, measured on the device, without training.
@@ -265,9 +272,10 @@ const MAX_MESSAGE: usize = 2000;
 
 fn run(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {
-        Command::Train { config, overrides, quiet, resume } => {
+        Command::Train { config, overrides, quiet, resume, resume_step } => {
             let config = Config::load_in(&config, &overrides, registry)?;
-            let s = train(&config, &TrainOptions { quiet, resume, stop: Some(stop_on_signals()?), ..Default::default() })?;
+            let resume = resume || resume_step.is_some();
+            let s = train(&config, &TrainOptions { quiet, resume, resume_step, stop: Some(stop_on_signals()?), ..Default::default() })?;
             let val = s.val_losses.last().map_or("-".into(), |(_, v)| format!("{v:.4}"));
             let m = &s.memory;
             println!(

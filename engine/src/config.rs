@@ -227,6 +227,12 @@ pub struct TrainConfig {
     pub log_interval: u64,
     /// A checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_interval: u64,
+    /// After each checkpoint, remove the oldest beyond the newest this many (never the one
+    /// `checkpoints/latest` names); 0: keep every checkpoint (default).
+    pub keep_checkpoints: u64,
+    /// With `keep_checkpoints`, also keep the checkpoint of the lowest `val_loss` its
+    /// `state.json` records.
+    pub keep_best: bool,
     /// "auto" (bf16 on a GPU, fp32 on the CPU), "fp32" or "bf16" (mixed precision: bf16
     /// weight copies and activations, fp32 master weights, gradients and AdamW state; GPU only).
     pub precision: String,
@@ -271,6 +277,8 @@ impl Default for TrainConfig {
             eval_batches: 20,
             log_interval: 10,
             checkpoint_interval: 0,
+            keep_checkpoints: 0,
+            keep_best: false,
             precision: "auto".into(),
             recompute: "none".into(),
             on_divergence: "stop".into(),
@@ -463,6 +471,13 @@ impl Config {
         }
         if t.max_steps == 0 {
             return Err("key `train.max_steps`: must be at least 1, got 0".into());
+        }
+        if t.keep_best && t.keep_checkpoints == 0 {
+            return Err(
+                "key `train.keep_best`: true needs train.keep_checkpoints >= 1 (with 0, the default, every checkpoint is kept \
+                 anyway); set train.keep_checkpoints or drop train.keep_best"
+                    .into(),
+            );
         }
         for (key, v) in [("train.lr", t.lr), ("train.min_lr", t.min_lr), ("train.weight_decay", t.weight_decay), ("train.grad_clip", t.grad_clip)] {
             if !(v.is_finite() && v >= 0.0) {

@@ -32,8 +32,13 @@ use crate::{Error, Result};
 pub struct TrainOptions {
     /// No progress on the terminal: only alerts (stderr) and, from the CLI, the final summary.
     pub quiet: bool,
-    /// Continue from the run directory's newest checkpoint.
+    /// Continue from the run directory's newest checkpoint (the newest that verifies, see
+    /// [`checkpoint::resolve_noting`]).
     pub resume: bool,
+    /// Continue from the run directory's checkpoint of this step instead of the newest
+    /// (`engine train --resume-step STEP`); implies `resume`. A step without a checkpoint,
+    /// or whose checkpoint fails verification, is an error listing the steps there are.
+    pub resume_step: Option<u64>,
     /// Called before each micro-batch's forward with (step, micro-batch), both counting from
     /// 0 (again for a step that is redone), on the training thread: for a library user's own
     /// bookkeeping, or a test that changes the conditions mid-step (the memory budget).
@@ -487,11 +492,12 @@ pub fn peak_rate(config: &Config, device: Device) -> Result<(Option<f64>, String
 /// A checkpoint of the run directory, if it has one, and its state.
 type Previous = Option<(PathBuf, CheckpointState)>;
 
-/// The run directory's newest checkpoint, refused when it holds a model of another kind, of
-/// another shape, or over another vocabulary than this config's: training there would
-/// overwrite `checkpoints/latest` with an unrelated model. Checked before anything is written.
-fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<(Previous, Option<String>)> {
-    let Ok((dir, note)) = checkpoint::resolve_noting(run_dir) else { return Ok((None, None)) };
+/// The run directory's newest checkpoint that verifies (or that of `resume_step`), refused
+/// when it holds a model of another kind, of another shape, or over another vocabulary than
+/// this config's: training there would overwrite `checkpoints/latest` with an unrelated
+/// model. So is a run directory whose checkpoints all fail verification. Checked before
+/// anything is written.
+fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize, resume_step: Option<u64>) -> Result<(Previous, Option<String>)> {
     let refuse = |what: String| {
         Error::Usage(format!(
             "run directory {} holds {what}; refusing to train there (nothing was written): set run.name (or run.out_dir) \
@@ -499,7 +505,16 @@ fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<(
             run_dir.display()
         ))
     };
-    let (state, previous) = match checkpoint::read_state(&dir, &config.registry) {
+    let found = match resume_step {
+        Some(step) => Some(checkpoint::resolve_step(run_dir, step)?),
+        None => match checkpoint::resolve_noting(run_dir) {
+            Ok(found) => Some(found),
+            Err(e) if !checkpoint::checkpoints(run_dir).is_empty() => return Err(refuse(format!("no checkpoint that verifies ({e})"))),
+            Err(_) => None,
+        },
+    };
+    let Some((dir, note)) = found else { return Ok((None, None)) };
+    let (state, previous) = match checkpoint::read_state_unverified(&dir, &config.registry) {
         Ok(read) => read,
         Err(e) => return Err(refuse(format!("a checkpoint this config cannot continue ({e})"))),
     };
@@ -531,9 +546,9 @@ fn check_run_dir(config: &Config, run_dir: &Path, vocab_size: usize) -> Result<(
 /// the run continues exactly as an uninterrupted one would. Returns the step to start from.
 fn resume(previous: &Previous, run_dir: &Path, model: &mut dyn Model, opt: &mut AdamW, sampler: &mut EpochSampler, global: usize, seq_len: usize) -> Result<u64> {
     let Some((dir, state)) = previous else {
-        // No checkpoint: the error says what the directory holds instead.
-        checkpoint::resolve(run_dir)?;
-        unreachable!("check_run_dir found no checkpoint where resolve finds one");
+        // check_run_dir refused a run directory with checkpoints that fail verification.
+        let msg = "nothing to resume: there is no checkpoint (checkpoints/step-N) here; train without --resume to start the run";
+        return Err(Error::Checkpoint { path: run_dir.to_path_buf(), msg: msg.into() });
     };
     checkpoint::load_weights(dir, model)?;
     checkpoint::load_optimizer(dir, model, opt, state.step)?;
@@ -765,21 +780,26 @@ impl Run<'_> {
             config_toml: self.config.to_toml(),
             sampler: Some(SamplerCheckpoint { epoch: sampled.epoch, position: sampled.position, windows, rank: 0, world_size: 1 }),
             guard: (guard != GuardState::default()).then(|| guard.clone()),
+            run_id: crate::manifest::read_run_id(&self.config.run_dir())?,
         };
         self.summary.checkpoint = checkpoint::save(&self.config.run_dir(), self.model.as_ref(), &self.opt, &state)?;
         // Every step up to `done` was read back finite before this write (a checkpoint step
         // always reads back), so these weights are good.
         self.good = Some((self.summary.checkpoint.clone(), done, guard));
+        let t = &self.config.train;
+        checkpoint::prune(&self.config.run_dir(), t.keep_checkpoints, t.keep_best, done)?;
         self.monitor.checkpoint(done, &self.summary.checkpoint)
     }
 }
 
 fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let run_started = Instant::now();
+    // Before anything is written to the run directory; held (by the OS) until we return.
+    let _lock = crate::lock::RunLock::acquire(&config.run_dir())?;
     let (device, precision, device_note) = resolve_device(config)?;
     let data = load_dataset(config)?;
     let run_dir = config.run_dir();
-    let (previous, fallback_note) = check_run_dir(config, &run_dir, data.vocab_size)?;
+    let (previous, fallback_note) = check_run_dir(config, &run_dir, data.vocab_size, options.resume_step)?;
     check_host_memory(config, device)?;
     let budget = resolve_budget(config, device)?;
     let plan = plan_run(config, device, precision, data.vocab_size, budget)?;
@@ -792,7 +812,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     // Training windows: a fresh permutation every epoch, one rank of one.
     let train_index = data.train.windows(t.seq_len)?;
     let mut sampler = EpochSampler::new(config.run.seed, train_index.count(), 0, 1, Order::Shuffled)?;
-    let start_step = match options.resume {
+    let start_step = match options.resume || options.resume_step.is_some() {
         true => resume(&previous, &run_dir, model.as_mut(), &mut opt, &mut sampler, global, t.seq_len)?,
         false => {
             if let Some(dir) = &config.model.init_from {
@@ -801,6 +821,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             0
         }
     };
+    crate::manifest::ensure_run_id(&run_dir, previous.as_ref().and_then(|(_, state)| state.run_id.as_deref()))?;
     write_run_files(config, &run_dir, &plan)?;
     let peak = peak_rate(config, device)?;
     let gpu = match device {
@@ -827,7 +848,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     if plan.source == "planner" {
         monitor.say(plan.table());
     }
-    if let (Some(dir), false) = (&config.model.init_from, options.resume) {
+    if let (Some(dir), false) = (&config.model.init_from, options.resume || options.resume_step.is_some()) {
         monitor.say(format!("model: initialized from {} (model.init_from)", dir.display()));
     }
     monitor.say(format!(
@@ -885,7 +906,7 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     };
     // What a resumed run's checkpoint says of rollbacks and recent steps; the checkpoint it
     // resumed from is where a rollback goes until it writes one.
-    let (guard, good) = match (&previous, options.resume) {
+    let (guard, good) = match (&previous, options.resume || options.resume_step.is_some()) {
         (Some((dir, state)), true) => {
             let guard = state.guard.clone().unwrap_or_default();
             (guard.clone(), Some((dir.clone(), state.step, guard)))

@@ -275,8 +275,17 @@ fn eval_with_zero_batches_is_rejected() {
     assert_fails(&out, &["--batches", "at least 1"]);
 }
 
-/// Rewrites the checkpoint's recorded config (state.json `config_toml`) with `edit`.
+/// Removes the checkpoint's manifest.json, as if written before manifests were, so that what
+/// a test changes in it reaches the loaders' own checks: with its manifest, any change is
+/// refused as a mismatch first (tests/durability.rs).
+fn without_manifest(ckpt: &Path) {
+    fs::remove_file(ckpt.join("manifest.json")).unwrap();
+}
+
+/// Rewrites the checkpoint's recorded config (state.json `config_toml`) with `edit` (and
+/// removes its manifest).
 fn edit_state_config(ckpt: &Path, edit: impl Fn(&str) -> String) {
+    without_manifest(ckpt);
     let path = ckpt.join("state.json");
     let mut state: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     let toml = state["config_toml"].as_str().unwrap().to_string();
@@ -301,6 +310,7 @@ fn checkpoint_whose_config_disagrees_with_its_weights_names_file_and_shapes() {
 fn checkpoint_with_garbage_weights_is_named_malformed() {
     let dir = TempDir::new().unwrap();
     let run = trained_run(dir.path());
+    without_manifest(&checkpoint_dir(&run, 3));
     fs::write(checkpoint_dir(&run, 3).join("model.safetensors"), b"this is not a safetensors file at all").unwrap();
     let out = engine_in(dir.path(), &["eval", s(&run)]);
     assert_fails(&out, &["step-000003", "model.safetensors is malformed"]);
@@ -313,6 +323,7 @@ fn checkpoint_with_garbage_weights_is_named_malformed() {
 fn checkpoint_missing_a_tensor_names_it() {
     let dir = TempDir::new().unwrap();
     let run = trained_run(dir.path());
+    without_manifest(&checkpoint_dir(&run, 3));
     let path = checkpoint_dir(&run, 3).join("model.safetensors");
     let bytes = fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -329,6 +340,7 @@ fn checkpoint_missing_a_tensor_names_it() {
 fn checkpoint_with_malformed_state_json_is_named() {
     let dir = TempDir::new().unwrap();
     let run = trained_run(dir.path());
+    without_manifest(&checkpoint_dir(&run, 3));
     fs::write(checkpoint_dir(&run, 3).join("state.json"), "{not json").unwrap();
     let out = engine_in(dir.path(), &["eval", s(&checkpoint_dir(&run, 3))]);
     assert_fails(&out, &["step-000003", "state.json is malformed"]);
@@ -347,7 +359,8 @@ fn checkpoint_with_an_invalid_recorded_config_names_state_json_and_key() {
 fn resume_without_a_checkpoint_fails() {
     let dir = TempDir::new().unwrap();
     let out = train(dir.path(), 3, &["--resume"]);
-    assert_fails(&out, &["checkpoint", "tiny", "no such file or directory"]);
+    assert_fails(&out, &["checkpoint", "tiny", "nothing to resume", "without --resume"]);
+    assert!(!dir.path().join("tiny").exists(), "a refused resume left a run directory");
 }
 
 /// Every file under `dir` with its bytes, to show that a refused command wrote nothing.
@@ -678,9 +691,11 @@ fn gpt2_blocks_are_configurable_and_checked() {
     assert_fails(&out, &["--set model.activation=relu", "key `model.activation`", "\"gelu\" or \"swiglu\""]);
 }
 
-/// Rewrites tensor `name` of `dir/model.safetensors` with element `i` set to `value`.
+/// Rewrites tensor `name` of `dir/model.safetensors` with element `i` set to `value` (and
+/// removes the checkpoint's manifest, if it is still there).
 fn poison(dir: &Path, name: &str, i: usize, value: f32) {
     use safetensors::tensor::TensorView;
+    let _ = fs::remove_file(dir.join("manifest.json"));
     let path = dir.join("model.safetensors");
     let bytes = fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

@@ -219,7 +219,7 @@ fn a_checkpoint_past_the_file_size_limit_is_one_error_and_the_earlier_ones_stay(
     assert!(fs::metadata(run.join("metrics.jsonl")).unwrap().len() < limit / 4);
     let out = train(dir.path(), 10, 2, &["--quiet", "--resume"], Some(limit));
     let tmp = run.join("checkpoints/.step-000008.tmp");
-    assert_fails(&out, &[&format!("checkpoint {}: ", tmp.join("optimizer.safetensors").display()), "File too large"]);
+    assert_fails(&out, &[&format!("{}: ", tmp.join("optimizer.safetensors").display()), "File too large"]);
     // The failed checkpoint is debris under its temporary name; `latest` and step 6 unmoved.
     assert!(tmp.is_dir() && !ckpt(&run, 8).exists());
     assert_eq!(latest(&run), "step-000006");
