@@ -589,6 +589,19 @@ pub fn inspect(path: &Path, registry: &Registry) -> Result<(PathBuf, Option<Chec
 /// rounded for the bf16 working copies.
 pub fn load_model(path: &Path, device: Device, precision: Precision, registry: &Registry) -> Result<LoadedModel> {
     let (dir, state, config) = inspect(path, registry)?;
+    build_loaded(dir, state, config, device, precision)
+}
+
+/// [`load_model`] in the precision the directory's own config gives for `device`
+/// (`train.precision`; fp32 where that cannot be had, e.g. bf16 on the CPU): what
+/// `engine eval` and `engine sample` load. The checkpoint is read and verified once.
+pub fn load_model_for(path: &Path, device: Device, registry: &Registry) -> Result<LoadedModel> {
+    let (dir, state, config) = inspect(path, registry)?;
+    let precision = config.precision(device).unwrap_or(Precision::Fp32);
+    build_loaded(dir, state, config, device, precision)
+}
+
+fn build_loaded(dir: PathBuf, state: Option<CheckpointState>, config: Config, device: Device, precision: Precision) -> Result<LoadedModel> {
     let vocab_size = match &state {
         Some(state) => state.vocab_size,
         None => crate::hf::vocab_size(&dir, &crate::hf::read_config(&dir)?)?,

@@ -20,7 +20,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kernels::device::{select, DeviceRequest};
-use models::Precision;
 
 use crate::bench::BenchOptions;
 use crate::checkpoint::{self, LoadedModel};
@@ -442,10 +441,8 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
 fn load_checkpoint_on(path: &Path, device: &str, registry: &Registry) -> Result<LoadedModel> {
     let request = DeviceRequest::parse(device)
         .ok_or_else(|| Error::Usage(format!("--device: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"{device}\"")))?;
-    let (dir, _, config) = checkpoint::inspect(path, registry)?;
     let (device, _) = select(request)?;
-    let precision = config.precision(device).unwrap_or(Precision::Fp32);
-    checkpoint::load_model(&dir, device, precision, registry)
+    checkpoint::load_model_for(path, device, registry)
 }
 
 /// Writes the evaluated windows, `rows` (windows, T+1), as int32.

@@ -577,6 +577,10 @@ fn resume(previous: &Previous, run_dir: &Path, model: &mut dyn Model, opt: &mut 
 /// config the config's `[model]` was checked against when it was parsed. A vocabulary other
 /// than the data's is an error naming both.
 fn init_from(dir: &Path, model: &mut dyn Model, config: &Config, vocab_size: usize) -> Result<()> {
+    // An engine checkpoint given as the starting point is verified like any other load.
+    if dir.join(crate::manifest::MANIFEST).is_file() {
+        crate::manifest::verify(dir, None)?;
+    }
     let theirs = crate::hf::vocab_size(dir, &crate::hf::read_config(dir)?)?;
     if theirs != vocab_size {
         return Err(Error::Usage(format!(
