@@ -226,3 +226,28 @@ fn optimizer_keys_are_checked_in_f32() {
         Config::parse(&toml, "f32.toml", &[set.to_string()]).unwrap_or_else(|e| panic!("{set}: {e}"));
     }
 }
+
+/// Sizes past what the engine or this machine can hold are one error naming the key, before
+/// anything is allocated or written: the loader's threads and ring, and a run whose loader
+/// ring and (on the CPU) model need more memory than the host has.
+#[test]
+fn loader_and_host_memory_sizes_are_named() {
+    let dir = TempDir::new().unwrap();
+    for (set, says) in [
+        ("data.prefetch=100000000", "key `data.prefetch`: at most 1024"),
+        ("data.num_workers=5000", "key `data.num_workers`: at most 1024"),
+    ] {
+        let err = Config::parse(&format!("[run]\nout_dir = '{}'\n", dir.path().display()), "sizes.toml", &[set.to_string()]).unwrap_err().to_string();
+        assert!(err.contains(says), "{set}: {err}");
+    }
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    let host_gib = system.total_memory() as f64 / (1u64 << 30) as f64;
+    // A batch whose lower bound is about twice this machine's memory (the tiny model needs
+    // roughly 17 KiB per sequence of 32 tokens), well under the engine's 1024 GiB limit.
+    let batch = ((2.0 * host_gib * (1u64 << 30) as f64) / 17_000.0) as usize;
+    let c = config(dir.path(), &[&format!("train.batch_size={batch}")]);
+    let err = run(&c, false).unwrap_err().to_string();
+    assert!(err.contains("too large for this machine's") && err.contains("train.batch_size"), "{err}");
+    assert!(!dir.path().join("g").exists(), "a refused run left its directory behind");
+}
