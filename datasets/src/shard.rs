@@ -102,10 +102,28 @@ pub fn write_shard(path: &Path, tokens: &[u32], width: TokenWidth) -> Result<()>
     result
 }
 
-/// A validated, memory-mapped shard.
+/// A shard's bytes: the file memory-mapped ([`Shard::open`]) or held in memory
+/// ([`Shard::from_bytes`]); both are checked and read by the same code.
+enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(map) => map,
+            Bytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// A validated shard, memory-mapped (or, from [`Shard::from_bytes`], in memory).
 pub struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     width: TokenWidth,
     len: usize,
 }
@@ -124,15 +142,32 @@ impl Shard {
     /// The file must not be truncated or rewritten in place while mapped (replacing it by
     /// rename, as [`write_shard`] does, is safe).
     pub fn open(path: &Path, vocab_size: Option<usize>) -> Result<Self> {
-        let bad = |problem: String| Error::BadShard { path: path.to_path_buf(), problem };
         let file = File::open(path).map_err(io_err("open", path))?;
         let size = file.metadata().map_err(io_err("read metadata of", path))?.len();
         if size < HEADER_BYTES as u64 {
-            return Err(bad(format!("truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header")));
+            return Err(Error::BadShard {
+                path: path.to_path_buf(),
+                problem: format!("truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header"),
+            });
         }
         // SAFETY: the map is read-only; the contract above (no in-place truncation while
         // mapped) is what every mmap reader relies on.
         let map = unsafe { Mmap::map(&file) }.map_err(io_err("memory-map", path))?;
+        Self::check(path, Bytes::Map(map), vocab_size)
+    }
+
+    /// A shard from its bytes (the whole file), checked as [`Shard::open`] checks a file;
+    /// `path` only names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>, vocab_size: Option<usize>) -> Result<Self> {
+        Self::check(path, Bytes::Owned(bytes), vocab_size)
+    }
+
+    fn check(path: &Path, map: Bytes, vocab_size: Option<usize>) -> Result<Self> {
+        let bad = |problem: String| Error::BadShard { path: path.to_path_buf(), problem };
+        let size = map.len() as u64;
+        if size < HEADER_BYTES as u64 {
+            return Err(bad(format!("truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header")));
+        }
         let word = |i: usize| i32::from_le_bytes(map[4 * i..4 * i + 4].try_into().expect("4 bytes"));
         let (magic, version, count) = (word(0), word(1), word(2));
         let width = match magic {

@@ -141,3 +141,20 @@ fn missing_shard_names_the_path() {
     let err = open_err(Path::new("no/such/shard.bin"), None);
     assert!(err.starts_with("cannot open no/such/shard.bin: "), "{err}");
 }
+
+#[test]
+fn from_bytes_checks_and_reads_as_open_does() {
+    let dir = TempDir::new().unwrap();
+    let tokens: Vec<u32> = (0..300u32).map(|i| (i * 31) % 256).collect();
+    let path = dir.path().join("c.bin");
+    write_shard(&path, &tokens, TokenWidth::U16).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    let shard = Shard::from_bytes(&path, bytes.clone(), Some(256)).unwrap();
+    assert_eq!((shard.len(), shard.width(), shard.to_vec()), (300, TokenWidth::U16, tokens));
+    // The same errors, naming the same path.
+    for (vocab, cut) in [(Some(100), bytes.len()), (None, bytes.len() - 1), (None, 10)] {
+        let file = raw(dir.path(), "bad.bin", &bytes[..cut]);
+        let from_bytes = Shard::from_bytes(&file, bytes[..cut].to_vec(), vocab).expect_err("a bad shard must not open");
+        assert_eq!(from_bytes.to_string(), open_err(&file, vocab));
+    }
+}

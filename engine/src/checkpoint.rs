@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::error::io;
 use crate::manifest::{self, sync_dir, write_synced, Manifest, Verification};
 use crate::optim::AdamW;
-use crate::registry::{BuildContext, Registry, DEFAULT_KIND, KIND_KEY};
+use crate::registry::{BuildContext, ModelSpec, Registry, DEFAULT_KIND, KIND_KEY};
 use crate::{Error, Result};
 
 /// The `state.json` format this engine writes and reads; a checkpoint of any other is refused.
@@ -553,6 +553,33 @@ pub fn load_optimizer(dir: &Path, model: &dyn Model, opt: &mut AdamW, step: u64)
     Ok(())
 }
 
+/// Models whose fp32 values take at most this are built before their weights are checked
+/// (the tensors' shapes then say where a config and its weights disagree); a larger one must
+/// fit in its `model.safetensors` first ([`check_weights_fit`]).
+const BUILT_UNCHECKED_BYTES: f64 = 256.0 * 1024.0 * 1024.0;
+
+/// Refuses a `model.safetensors` too small for the (large) model the directory's config
+/// describes (every parameter is stored, in 2 bytes at the least) before that model is
+/// built: a corrupted or edited state.json (or config.json) naming a far larger model would
+/// otherwise allocate and initialise all of it first, gigabytes or more than the machine has.
+/// A missing file is left to the loading to report.
+fn check_weights_fit(dir: &Path, spec: &dyn ModelSpec, vocab_size: usize) -> Result<()> {
+    let file = "model.safetensors";
+    let Ok(bytes) = fs::metadata(dir.join(file)).map(|m| m.len()) else { return Ok(()) };
+    let params = spec.min_params(vocab_size as f64);
+    if 4.0 * params > BUILT_UNCHECKED_BYTES && 2.0 * params > bytes as f64 {
+        return Err(ckpt_err(
+            dir,
+            format!(
+                "{file} holds {bytes} bytes, too few for the model its config describes ({}, vocabulary {vocab_size}: at least \
+                 {params:.0} parameters of 2 bytes or more); the config and the weights do not belong together",
+                spec.describe()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A model read back from a checkpoint, with where it came from.
 pub struct LoadedModel {
     /// The checkpoint (or Hugging Face) directory.
@@ -607,6 +634,7 @@ fn build_loaded(dir: PathBuf, state: Option<CheckpointState>, config: Config, de
         None => crate::hf::vocab_size(&dir, &crate::hf::read_config(&dir)?)?,
     };
     let at = BuildContext { vocab_size, device, precision, seed: config.run.seed };
+    check_weights_fit(&dir, config.model.spec(), vocab_size)?;
     let mut model = config.model.spec().build(&at)?;
     let naming = if state.is_some() { Naming::Engine } else { Naming::HuggingFace };
     load_weights_named(&dir, model.as_mut(), naming)?;

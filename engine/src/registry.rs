@@ -105,6 +105,15 @@ pub trait ModelSpec: fmt::Debug + Send + Sync {
         0.0
     }
 
+    /// A lower bound of the parameters (values, as a checkpoint stores them) of the model
+    /// over a vocabulary of `vocab_size`, in f64 so that absurd sizes cannot overflow.
+    /// Loading a checkpoint refuses a `model.safetensors` too small to hold them before the
+    /// model is built, so a config that describes a far larger model than its weights fails
+    /// at once instead of allocating that model. The default, 0, skips that check.
+    fn min_params(&self, _vocab_size: f64) -> f64 {
+        0.0
+    }
+
     /// The Hugging Face architectures (`config.json`'s `architectures`, e.g.
     /// `GPT2LMHeadModel`) this kind reads, for `model.init_from` and `engine eval`/`sample`
     /// of a `save_pretrained` directory. None by default.
@@ -442,13 +451,19 @@ impl ModelSpec for GptSpec {
     /// Parameters with their gradients and AdamW's m and v (4 f32 copies), plus one
     /// micro-batch's logits and the (B, H, T, T) attention scores each layer keeps on the CPU.
     fn min_memory_bytes(&self, vocab: f64, b: f64, seq: f64) -> f64 {
-        let (l, c, ctx, h) = (self.n_layer as f64, self.n_embd as f64, self.context_length as f64, self.n_head as f64);
+        let (l, h) = (self.n_layer as f64, self.n_head as f64);
+        let activations = b * seq * vocab + l * b * h * seq * seq;
+        4.0 * (4.0 * self.min_params(vocab) + activations)
+    }
+
+    /// The embeddings (the classifier tied to them), the blocks' matrices and LayerNorms
+    /// (the projections' biases left out) and the final LayerNorm.
+    fn min_params(&self, vocab: f64) -> f64 {
+        let (l, c, ctx) = (self.n_layer as f64, self.n_embd as f64, self.context_length as f64);
         let inner = self.n_inner.map_or(4.0 * c, |n| n as f64);
         let mlp = if self.activation == "swiglu" { 3.0 } else { 2.0 } * c * inner;
         let positions = if self.learned_positions { ctx * c } else { 0.0 };
-        let params = vocab * c + positions + l * (4.0 * c * c + mlp + 4.0 * c) + 2.0 * c;
-        let activations = b * seq * vocab + l * b * h * seq * seq;
-        4.0 * (4.0 * params + activations)
+        vocab * c + positions + l * (4.0 * c * c + mlp + 4.0 * c) + 2.0 * c
     }
 
     fn hf_architectures() -> &'static [&'static str] {
@@ -618,13 +633,18 @@ impl ModelSpec for LlamaSpec {
     }
 
     fn min_memory_bytes(&self, vocab: f64, b: f64, seq: f64) -> f64 {
+        let (l, nh) = (self.n_layer as f64, self.n_head as f64);
+        let activations = b * seq * vocab + l * b * nh * seq * seq;
+        4.0 * (4.0 * self.min_params(vocab) + activations)
+    }
+
+    /// Every parameter: the embedding (and an untied classifier), the blocks and the final norm.
+    fn min_params(&self, vocab: f64) -> f64 {
         let (l, c, h, nh) = (self.n_layer as f64, self.n_embd as f64, self.intermediate_size as f64, self.n_head as f64);
         let hs = c / nh;
         let heads = if self.tie_embeddings { 1.0 } else { 2.0 };
         let qkv = c * (nh + 2.0 * self.n_kv_head as f64) * hs;
-        let params = heads * vocab * c + l * (qkv + c * c + 3.0 * c * h + 2.0 * c) + c;
-        let activations = b * seq * vocab + l * b * nh * seq * seq;
-        4.0 * (4.0 * params + activations)
+        heads * vocab * c + l * (qkv + c * c + 3.0 * c * h + 2.0 * c) + c
     }
 
     fn hf_architectures() -> &'static [&'static str] {

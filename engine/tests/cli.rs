@@ -337,6 +337,23 @@ fn checkpoint_missing_a_tensor_names_it() {
 }
 
 #[test]
+fn checkpoint_whose_config_describes_a_far_larger_model_is_refused_before_building_it() {
+    // The fuzz target's out-of-memory (fuzz/corpus/checkpoint/oom-n_embd-16384): a 16384-wide
+    // model over this checkpoint's weights used to be built (13 GB, initialised) before the
+    // weights were found not to fit; now the file's size refuses it at once. A vocabulary
+    // edited to 10^12 (a model that could never be allocated) likewise.
+    let dir = TempDir::new().unwrap();
+    let run = trained_run(dir.path());
+    let ckpt = checkpoint_dir(&run, 3);
+    let original = fs::read_to_string(ckpt.join("state.json")).unwrap();
+    edit_state_config(&ckpt, |t| t.replace("n_embd = 16", "n_embd = 16384"));
+    let needles = ["step-000003", "model.safetensors holds", "too few for the model its config describes", "16384 wide"];
+    assert_fails(&engine_in(dir.path(), &["eval", s(&run)]), &needles);
+    fs::write(ckpt.join("state.json"), original.replace("\"vocab_size\": 256", "\"vocab_size\": 1000000000000")).unwrap();
+    assert_fails(&engine_in(dir.path(), &["sample", s(&run), "--tokens", "3"]), &["model.safetensors holds", "vocabulary 1000000000000"]);
+}
+
+#[test]
 fn checkpoint_with_malformed_state_json_is_named() {
     let dir = TempDir::new().unwrap();
     let run = trained_run(dir.path());
