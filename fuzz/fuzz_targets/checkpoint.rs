@@ -5,7 +5,8 @@
 //!
 //! Input: the files' bytes separated by SEPARATOR, in the order of FILES; a missing or empty
 //! piece leaves its file out (without a state.json, a directory with a config.json is read as
-//! a Hugging Face `save_pretrained` directory). Separators past the last file are its bytes.
+//! a Hugging Face `save_pretrained` directory; without a manifest.json the checkpoint loads
+//! unverified, with one it is verified). Separators past the last file are its bytes.
 #![no_main]
 
 use std::fs;
@@ -20,7 +21,7 @@ use engine::registry::Registry;
 use libfuzzer_sys::fuzz_target;
 
 const SEPARATOR: &[u8] = b"\n==> fuzz: next file <==\n";
-const FILES: [&str; 4] = ["state.json", "model.safetensors", "optimizer.safetensors", "config.json"];
+const FILES: [&str; 5] = ["state.json", "model.safetensors", "optimizer.safetensors", "config.json", "manifest.json"];
 
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
