@@ -7,7 +7,7 @@
 //! (`kernels::ops::multi_tensor`): the squares of every gradient, the norm, AdamW on every
 //! parameter with the clip factor read on the device, and (in [`zero_grad`]) one zeroing.
 
-use kernels::ops::adamw::{adamw_update, adamw_update_with_copy, AdamWStep};
+use kernels::ops::adamw::{adamw_update_with_copy, cpu::adamw_update as adamw_cpu, AdamWStep};
 use std::sync::Arc;
 
 use kernels::cuda::CudaDevice;
@@ -123,12 +123,16 @@ impl AdamW {
             let (m, v) = &mut self.state[i];
             i += 1;
             result = match &mut p.working {
-                Some(working) => adamw_update_with_copy(&mut p.value, working, &p.grad, m, v, &hp),
-                None => adamw_update(&mut p.value, &p.grad, m, v, &hp),
+                Some(working) => adamw_update_with_copy(&mut p.value, working, &p.grad, m, v, &hp).map(|()| {
+                    finite &= [&p.value, &*m, &*v].iter().all(|t| t.f32().is_ok_and(|x| x.iter().all(|x| x.is_finite())));
+                }),
+                // The plain update checks what it writes as it writes it (no extra pass).
+                None => (|| -> kernels::Result<()> {
+                    expect_same_shapes(&p.value, &p.grad, m, v)?;
+                    finite &= adamw_cpu(p.value.f32_mut()?, p.grad.f32()?, m.f32_mut()?, v.f32_mut()?, &hp);
+                    Ok(())
+                })(),
             };
-            if result.is_ok() && finite {
-                finite = [&p.value, &*m, &*v].iter().all(|t| t.f32().is_ok_and(|x| x.iter().all(|x| x.is_finite())));
-            }
         });
         result?;
         Ok(GradNorm::Host(value, if finite { Update::Applied } else { Update::NonFinite }))
@@ -171,6 +175,15 @@ impl AdamW {
         self.step += 1;
         Ok(GradNorm::Device(device, norm, status))
     }
+}
+
+/// The shape checks of `kernels::ops::adamw::adamw_update`, for the CPU path that calls its
+/// slice kernel directly.
+fn expect_same_shapes(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor) -> kernels::Result<()> {
+    let op = "adamw_update";
+    grad.expect_shape(op, "grad", param.shape())?;
+    m.expect_shape(op, "m", param.shape())?;
+    v.expect_shape(op, "v", param.shape())
 }
 
 fn first_device(model: &dyn Model) -> Option<Device> {

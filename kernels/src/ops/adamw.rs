@@ -28,7 +28,9 @@ pub fn adamw_update(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut T
     }
     match same_device(op, &[param, grad, m, v])? {
         Device::Cuda(_) => cuda::adamw_update(param, None, grad, m, v, hp)?,
-        Device::Cpu => cpu::adamw_update(param.f32_mut()?, grad.f32()?, m.f32_mut()?, v.f32_mut()?, hp),
+        Device::Cpu => {
+            cpu::adamw_update(param.f32_mut()?, grad.f32()?, m.f32_mut()?, v.f32_mut()?, hp);
+        }
     }
     Ok(())
 }
@@ -72,7 +74,9 @@ pub mod cpu {
 
     const CHUNK: usize = 4096;
 
-    pub fn adamw_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamWStep) {
+    /// The update in place; returns whether every new parameter and moment is finite (the
+    /// trainer's guard, checked on the values as they are written).
+    pub fn adamw_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamWStep) -> bool {
         let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
         let bc2_sqrt = (1.0 - hp.beta2.powi(hp.step as i32)).sqrt();
         let step_size = hp.lr / bc1;
@@ -81,15 +85,20 @@ pub mod cpu {
             .par_chunks_mut(CHUNK)
             .zip(grad.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((p, g), (m, v))| {
+            .map(|((p, g), (m, v))| {
+                // x - x is 0 for a finite x, NaN for NaN and infinities.
+                let mut finite = true;
                 for i in 0..p.len() {
                     let g = g[i];
                     m[i] += (1.0 - hp.beta1) * (g - m[i]);
                     v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g * g;
                     p[i] *= decay;
                     p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + hp.eps);
+                    finite &= (p[i] - p[i]) + (m[i] - m[i]) + (v[i] - v[i]) == 0.0;
                 }
-            });
+                finite
+            })
+            .reduce(|| true, |a, b| a && b)
     }
 }
 
