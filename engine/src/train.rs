@@ -339,7 +339,7 @@ pub fn check_host_memory(config: &Config, device: Device) -> Result<()> {
         return Ok(()); // unknown: nothing to compare with
     }
     let gib = |b: f64| b / (1u64 << 30) as f64;
-    let staging = config.staging_bytes().map_err(|e| Error::Usage(e))?;
+    let staging = config.staging_bytes().map_err(Error::Usage)?;
     let model = if device == Device::Cpu { config.min_memory_bytes() } else { 0.0 };
     if staging + model > total {
         let what = match device {

@@ -4,34 +4,19 @@
 //! configs) is one clear error line.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use engine::bench::hash_settings;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
+mod common;
 
+use common::{assert_fails, command_in, text};
+
+/// `engine args...` in the current directory.
 fn engine(args: &[&str]) -> Output {
-    Command::new(ENGINE).args(args).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Exit code 1 and one `error: ` line naming every needle.
-#[track_caller]
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = text(&out.stderr);
-    assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
-    let line = stderr.lines().last().unwrap_or_default().to_string();
-    assert!(line.starts_with("error: "), "{stderr}");
-    for needle in needles {
-        assert!(line.contains(needle), "stderr does not name {needle:?}: {line}");
-    }
-    line
+    command_in(Path::new("."), args).output().expect("the engine binary runs")
 }
 
 fn schema() -> jsonschema::Validator {

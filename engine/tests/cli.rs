@@ -8,65 +8,18 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
-const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
-const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+mod common;
 
-/// Runs `engine args...` in `cwd` with `RUST_BACKTRACE` unset, so a panic would show its
-/// "run with `RUST_BACKTRACE=1`" hint.
-fn engine_in(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(ENGINE).args(args).current_dir(cwd).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
-}
+use common::{assert_fails, assert_succeeds, checkpoint_dir, engine_in, s, set_args, snapshot, text, tiny_sets, train_tiny, write, ENGINE, SHIPPED_CONFIG};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts a clean failure: exit code 1, exactly one stderr line starting with `error: `
-/// that contains every one of `needles`, and no sign of a panic. Returns that line.
-#[track_caller]
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = text(&out.stderr);
-    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "panicked:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{stderr}");
-    let line = lines[0];
-    assert!(line.starts_with("error: "), "stderr does not start with `error: `: {line}");
-    for needle in needles {
-        assert!(line.contains(needle), "stderr does not name {needle:?}: {line}");
-    }
-    line.to_string()
-}
-
-#[track_caller]
-fn assert_succeeds(out: &Output) {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
-}
-
-/// `--set` overrides for a model and run small enough to train in well under a second.
+/// `--set` arguments of the tiny run `dir/tiny` ([`common::tiny_sets`]).
 fn tiny_args(out_dir: &Path, max_steps: u64) -> Vec<String> {
-    let sets = [
-        "model.n_layer=1".to_string(),
-        "model.n_embd=16".into(),
-        "model.n_head=2".into(),
-        "model.context_length=16".into(),
-        "train.seq_len=16".into(),
-        "train.batch_size=2".into(),
-        format!("train.max_steps={max_steps}"),
-        "train.eval_batches=1".into(),
-        "run.name=tiny".into(),
-        // A TOML literal string, so the path is taken as written.
-        format!("run.out_dir='{}'", out_dir.display()),
-    ];
-    sets.into_iter().flat_map(|s| ["--set".to_string(), s]).collect()
+    set_args(&tiny_sets(out_dir, "tiny", max_steps))
 }
 
-/// `engine train <shipped config> <tiny overrides> <extra...> --quiet`.
+/// `engine train <shipped config> --quiet <tiny run dir/tiny> <extra...>`.
 fn train(dir: &Path, max_steps: u64, extra: &[&str]) -> Output {
-    let mut args = vec!["train".to_string(), SHIPPED_CONFIG.to_string(), "--quiet".into()];
-    args.extend(tiny_args(dir, max_steps));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    engine_in(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    train_tiny(dir, "tiny", max_steps, extra)
 }
 
 /// Trains a tiny 3-step run under `dir`; returns its run directory.
@@ -76,26 +29,12 @@ fn trained_run(dir: &Path) -> PathBuf {
     dir.join("tiny")
 }
 
-fn checkpoint_dir(run: &Path, step: u64) -> PathBuf {
-    run.join("checkpoints").join(format!("step-{step:06}"))
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, body).unwrap();
-    path
-}
-
 /// `engine train <config file with body>` from a fresh temporary directory.
 fn train_config(name: &str, body: &str) -> (TempDir, Output) {
     let dir = TempDir::new().unwrap();
     let config = write(dir.path(), name, body);
     let out = engine_in(dir.path(), &["train", config.to_str().unwrap(), "--quiet"]);
     (dir, out)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 // ---- config files ----
@@ -378,24 +317,6 @@ fn resume_without_a_checkpoint_fails() {
     let out = train(dir.path(), 3, &["--resume"]);
     assert_fails(&out, &["checkpoint", "tiny", "nothing to resume", "without --resume"]);
     assert!(!dir.path().join("tiny").exists(), "a refused resume left a run directory");
-}
-
-/// Every file under `dir` with its bytes, to show that a refused command wrote nothing.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push((path.clone(), fs::read(&path).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]

@@ -8,42 +8,32 @@
 //! root); its write fails through the same path as the file-size limit's (EFBIG), which is.
 
 use std::fs;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
 use tempfile::TempDir;
 
-const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
-const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+mod common;
+
+use common::{assert_fails, assert_succeeds, command_in, json_lines, set_args, text, tiny_sets, ENGINE, SHIPPED_CONFIG};
 
 /// `engine train` of a tiny CPU model into `<dir>/tiny`, to `max_steps`, a checkpoint every
 /// `every` steps, with `extra` arguments; under a file-size limit of `fsize` bytes if given.
 fn train(dir: &Path, max_steps: u64, every: u64, extra: &[&str], fsize: Option<u64>) -> Output {
-    let sets = [
-        "model.n_layer=1".to_string(),
-        "model.n_embd=16".into(),
-        "model.n_head=2".into(),
-        "model.context_length=16".into(),
-        "train.seq_len=16".into(),
-        "train.batch_size=2".into(),
-        "train.eval_batches=1".into(),
-        "train.eval_interval=0".into(),
-        format!("train.max_steps={max_steps}"),
+    let mut sets = tiny_sets(dir, "tiny", max_steps);
+    sets.extend([
+        "train.eval_interval=0".to_string(),
         format!("train.checkpoint_interval={every}"),
-        "run.device=cpu".into(),
-        "run.name=tiny".into(),
-        format!("run.out_dir='{}'", dir.display()),
         // Fewer timing-dependent alert lines on stderr.
         "logs.alert_data_stall=0.9999".into(),
-    ];
-    let mut cmd = Command::new(ENGINE);
-    cmd.arg("train").arg(SHIPPED_CONFIG);
-    for s in sets {
-        cmd.args(["--set", &s]);
-    }
-    cmd.args(extra).current_dir(dir).env_remove("RUST_BACKTRACE");
+        // Telemetry on (its default interval): these tests damage and fill its file too.
+        "logs.telemetry_interval_ms=1000".into(),
+    ]);
+    let mut args = vec!["train".to_string(), SHIPPED_CONFIG.to_string()];
+    args.extend(set_args(&sets));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut cmd = command_in(dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
     if let Some(limit) = fsize {
         // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
         unsafe {
@@ -57,42 +47,6 @@ fn train(dir: &Path, max_steps: u64, every: u64, extra: &[&str], fsize: Option<u
         }
     }
     cmd.output().expect("the engine binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn assert_succeeds(out: &Output) -> String {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
-    text(&out.stderr)
-}
-
-/// A clean failure: exit code 1 (no death by a signal), exactly one `error: ` line on
-/// stderr containing every needle (other lines only alerts), no panic. Returns the line.
-#[track_caller]
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.signal(), None, "killed by a signal; stderr:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("alert: ")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line, got:\n{stderr}");
-    assert!(errors[0].starts_with("error: "), "{stderr}");
-    for needle in needles {
-        assert!(errors[0].contains(needle), "the error does not name {needle:?}: {}", errors[0]);
-    }
-    errors[0].to_string()
-}
-
-/// Every line of `file` parsed as JSON (panics naming the line that does not parse, or a
-/// last line without its newline).
-#[track_caller]
-fn json_lines(file: &Path) -> Vec<Value> {
-    let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    assert!(text.is_empty() || text.ends_with('\n'), "{} does not end with a newline", file.display());
-    text.lines().enumerate().map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{} line {}: {e}: {l}", file.display(), i + 1))).collect()
 }
 
 /// `metrics.jsonl`'s (step, loss bits), in order.

@@ -6,7 +6,7 @@
 //! use is refused with the holder's pid.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,96 +21,20 @@ use engine::registry::Registry;
 use engine::train::{adamw_config, train as train_lib, TrainOptions};
 use tempfile::TempDir;
 
-const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
-const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+mod common;
+
+use common::{assert_fails, assert_succeeds, checkpoint_dir as ckpt, command_in, engine_in as engine, s, said, set_args, snapshot, text, tiny_sets, ENGINE, SHIPPED_CONFIG};
 
 /// In-process runs and saves take this, so the fsync counter counts one test's calls only.
 static IN_PROCESS: Mutex<()> = Mutex::new(());
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn said(out: &Output) -> String {
-    text(&out.stdout) + &text(&out.stderr)
-}
-
-/// Asserts a clean failure: exit code 1 and one stderr line `error: ...` holding every needle.
-#[track_caller]
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = text(&out.stderr);
-    assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{stderr}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "stderr does not name {needle:?}: {}", lines[0]);
-    }
-    lines[0].to_string()
-}
-
-#[track_caller]
-fn assert_succeeds(out: &Output) {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
-}
-
-/// The `--set` overrides of a tiny run named `name` under `dir`.
-fn tiny_sets(dir: &Path, name: &str, max_steps: u64) -> Vec<String> {
-    vec![
-        "model.n_layer=1".into(),
-        "model.n_embd=16".into(),
-        "model.n_head=2".into(),
-        "model.context_length=16".into(),
-        "train.seq_len=16".into(),
-        "train.batch_size=2".into(),
-        format!("train.max_steps={max_steps}"),
-        "train.eval_batches=1".into(),
-        "run.device=cpu".into(),
-        "logs.telemetry_interval_ms=0".into(),
-        format!("run.name={name}"),
-        format!("run.out_dir='{}'", dir.display()),
-    ]
-}
 
 /// `engine train <shipped config> <tiny run `name`> <extra...>` in `dir` (progress shown
 /// unless `extra` says `--quiet`).
 fn train(dir: &Path, name: &str, max_steps: u64, extra: &[&str]) -> Output {
     let mut args = vec!["train".to_string(), SHIPPED_CONFIG.to_string()];
-    for set in tiny_sets(dir, name, max_steps) {
-        args.extend(["--set".to_string(), set]);
-    }
+    args.extend(set_args(&tiny_sets(dir, name, max_steps)));
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(ENGINE).args(&args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
-}
-
-fn engine(dir: &Path, args: &[&str]) -> Output {
-    Command::new(ENGINE).args(args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
-}
-
-fn ckpt(run: &Path, step: u64) -> PathBuf {
-    run.join("checkpoints").join(format!("step-{step:06}"))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push((path.clone(), fs::read(&path).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
+    command_in(dir, &args.iter().map(String::as_str).collect::<Vec<_>>()).output().expect("the engine binary runs")
 }
 
 /// Flips every bit of the last byte of `path` (in model.safetensors: a weight's last byte,

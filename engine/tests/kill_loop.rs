@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
-const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+mod common;
+
+use common::{command_in, set_args, tiny_sets, ENGINE};
+
 const KILLS: usize = 40;
 const MAX_STEPS: u64 = 600;
 const EVERY: u64 = 3;
@@ -49,32 +51,20 @@ impl Rng {
 
 /// `engine train` of the tiny config into `<out_dir>/tiny`.
 fn command(out_dir: &Path, resume: bool) -> Command {
-    let sets = [
-        "model.n_layer=1".to_string(),
-        "model.n_embd=16".into(),
-        "model.n_head=2".into(),
-        "model.context_length=16".into(),
-        "train.seq_len=16".into(),
-        "train.batch_size=2".into(),
-        "train.eval_batches=1".into(),
-        "train.eval_interval=0".into(),
-        format!("train.max_steps={MAX_STEPS}"),
+    let mut sets = tiny_sets(out_dir, "tiny", MAX_STEPS);
+    sets.extend([
+        "train.eval_interval=0".to_string(),
         format!("train.checkpoint_interval={EVERY}"),
-        "run.device=cpu".into(),
-        "run.name=tiny".into(),
-        format!("run.out_dir='{}'", out_dir.display()),
         // Telemetry often enough that its file is being written when a kill lands.
         "logs.telemetry_interval_ms=50".into(),
-    ];
-    let mut cmd = Command::new(ENGINE);
-    cmd.arg("train").arg(SHIPPED_CONFIG).arg("--quiet");
-    for s in sets {
-        cmd.args(["--set", &s]);
-    }
+    ]);
+    let mut args = vec!["train".to_string(), common::SHIPPED_CONFIG.to_string(), "--quiet".into()];
+    args.extend(set_args(&sets));
     if resume {
-        cmd.arg("--resume");
+        args.push("--resume".into());
     }
-    cmd.current_dir(out_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut cmd = command_in(out_dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     cmd
 }
 

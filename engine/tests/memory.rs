@@ -9,42 +9,14 @@ use engine::config::Config;
 use engine::kernels::memory::Budget;
 use tempfile::TempDir;
 
-const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
-const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+mod common;
+
+use common::{assert_fails, engine_in, train_tiny, ENGINE, SHIPPED_CONFIG};
 
 /// `engine train <shipped config> --quiet` with a tiny model, 2 steps, and `extra` `--set`s.
 fn train(dir: &Path, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["train".into(), SHIPPED_CONFIG.into(), "--quiet".into()];
-    let sets = [
-        "model.n_layer=1".to_string(),
-        "model.n_embd=16".into(),
-        "model.n_head=2".into(),
-        "model.context_length=16".into(),
-        "train.seq_len=16".into(),
-        "train.batch_size=2".into(),
-        "train.max_steps=2".into(),
-        "train.eval_batches=1".into(),
-        "run.name=tiny".into(),
-        format!("run.out_dir='{}'", dir.display()),
-    ];
-    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.extend(["--set".into(), s.to_string()]);
-    }
-    Command::new(ENGINE).args(&args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
-}
-
-/// Exit code 1 and exactly one stderr line, `error: ...`, containing every needle; no panic.
-#[track_caller]
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "panicked:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{stderr}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "stderr does not name {needle:?}: {}", lines[0]);
-    }
-    lines[0].to_string()
+    let args: Vec<&str> = extra.iter().flat_map(|s| ["--set", s]).collect();
+    train_tiny(dir, "tiny", 2, &args)
 }
 
 #[test]
@@ -103,7 +75,7 @@ fn plan(dir: &Path, extra: &[&str]) -> Output {
     for s in sets.iter().chain(extra) {
         args.extend(["--set".into(), s.to_string()]);
     }
-    Command::new(ENGINE).args(&args).current_dir(dir).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
+    engine_in(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// A 2 x 32 model at T = 32, 64 sequences per step, `budget`: micro-batch and policy free.
@@ -155,7 +127,7 @@ fn a_budget_below_micro_batch_1_with_full_recomputation_names_the_numbers() {
     let config = dir.path().join("free.toml");
     std::fs::write(&config, free_config("100KiB")).unwrap();
     for command in ["plan", "train"] {
-        let out = Command::new(ENGINE).args([command, config.to_str().unwrap()]).current_dir(dir.path()).env_remove("RUST_BACKTRACE").output().unwrap();
+        let out = engine_in(dir.path(), &[command, config.to_str().unwrap()]);
         let line = assert_fails(&out, &["memory.budget = \"100KiB\" (100.00 KiB) is too small", "even micro-batch 1 with full recomputation needs ", "raise memory.budget to at least "]);
         assert!(!line.contains("unset train.batch_size"), "nothing was fixed: {line}");
     }

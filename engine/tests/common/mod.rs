@@ -132,10 +132,12 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// Every line of `file` parsed as JSON (panics naming a line that does not parse).
+/// Every line of `file` parsed as JSON (panics naming a line that does not parse, or a last
+/// line without its newline: a torn write).
 #[track_caller]
 pub fn json_lines(file: &Path) -> Vec<serde_json::Value> {
     let body = fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    assert!(body.is_empty() || body.ends_with('\n'), "{} does not end with a newline", file.display());
     body.lines()
         .enumerate()
         .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{} line {}: {e}: {l}", file.display(), i + 1)))
