@@ -23,6 +23,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def telemetry_numbers(sample):
     out = {}
     for part in ("gpu", "host"):
         if sample.get(part):
-            out.update({f"{part}/{k}": v for k, v in numbers({part: sample[part]}, {"index"}).items()})
+            out.update(numbers({part: sample[part]}, {"index"}))
     return out
 
 
@@ -210,6 +211,7 @@ def run(engine):
     # file's values from step 41 on), then on to 100.
     train(100, "--resume-step", "40")
     check(run_dir)
+    shutil.rmtree(out)
 
 
 def golden(path):
