@@ -93,6 +93,9 @@ pub struct LogsConfig {
     /// Alert when the GPU's clocks are held down (thermal, power, hardware slowdown) in this
     /// many telemetry samples in a row; 0 disables.
     pub alert_throttle_samples: usize,
+    /// TensorBoard event files in `<run_dir>/tb/` (crate::tensorboard): every step's scalars,
+    /// the telemetry samples, the resolved config as text. Needs `enabled`. Default off.
+    pub tensorboard: bool,
 }
 
 impl Default for LogsConfig {
@@ -107,6 +110,7 @@ impl Default for LogsConfig {
             alert_loss_spike: 2.0,
             alert_gpu_util: 0.5,
             alert_throttle_samples: 3,
+            tensorboard: false,
         }
     }
 }
@@ -575,6 +579,11 @@ impl Config {
         }
         if l.telemetry_interval_ms > 0 && l.telemetry_interval_ms < 50 {
             return Err(format!("key `logs.telemetry_interval_ms`: expected 0 (off) or at least 50 (milliseconds), got {}", l.telemetry_interval_ms));
+        }
+        if l.tensorboard && !l.enabled {
+            return Err("key `logs.tensorboard`: true needs logs.enabled = true (the event files mirror metrics.jsonl and telemetry.jsonl); \
+                        set logs.enabled = true or drop logs.tensorboard"
+                .into());
         }
         if self.memory.min_micro_tokens == 0 {
             return Err("key `memory.min_micro_tokens`: must be at least 1, got 0".into());

@@ -25,6 +25,7 @@ pub mod sample;
 pub mod schedule;
 pub mod staging;
 pub mod telemetry;
+pub mod tensorboard;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! What a run tells its user while it trains: the run directory's logs (metrics.log,
-//! metrics.jsonl, events.jsonl, telemetry.jsonl, summary.json, report.html), the alerts,
+//! metrics.jsonl, events.jsonl, telemetry.jsonl, summary.json, report.html, and with
+//! `logs.tensorboard` the TensorBoard event files in tb/), the alerts,
 //! and the terminal (a progress bar on a TTY, plain lines otherwise, nothing but errors
 //! with --quiet). The trainer hands it each step's record; formats are in crate::logs and
 //! crate::telemetry, fields in docs/CONFIG.md.
@@ -17,6 +18,7 @@ use crate::error::io;
 use crate::journal::{self, LineFile};
 use crate::logs::{self, Alert, AlertThresholds, Alerter, LoggingCost, StepRecord, Summary};
 use crate::telemetry::{Telemetry, TelemetryCost, TelemetryOptions, TelemetryThresholds};
+use crate::tensorboard::{self, EventWriter};
 use crate::Result;
 
 /// What the monitor needs to know of the run.
@@ -65,6 +67,9 @@ pub struct Monitor {
     alerter: Alerter,
     alerts: Vec<Alert>,
     telemetry: Option<Telemetry>,
+    /// `logs.tensorboard`: this invocation's event file; `None` when off, or after a write
+    /// to it failed (a warning said so).
+    tensorboard: Option<EventWriter>,
     bar: Option<ProgressBar>,
     /// Time spent in [`Monitor::step`], milliseconds.
     step_logging_ms: f64,
@@ -145,6 +150,7 @@ impl Monitor {
             }),
             alerts: Vec::new(),
             telemetry: None,
+            tensorboard: None,
             bar,
             step_logging_ms: 0.0,
             pending: None,
@@ -170,6 +176,14 @@ impl Monitor {
                 monitor.say(note.clone());
             }
             monitor.telemetry = Some(telemetry);
+        }
+        if l.tensorboard {
+            // A new file per invocation; its session start drops what earlier files hold for
+            // the steps this one trains (again, on a resume from an earlier checkpoint).
+            let mut writer = EventWriter::create(&setup.run_dir.join("tb"))?;
+            writer.session_start(setup.start_step as i64 + 1)?;
+            writer.text(setup.start_step as i64, "config", &config_text(setup.config, setup.start_step))?;
+            monitor.tensorboard = Some(writer);
         }
         Ok(monitor)
     }
@@ -249,6 +263,7 @@ impl Monitor {
         if let Some(file) = &self.jsonl {
             file.append_json(r)?;
         }
+        self.tensorboard_step(r);
         if self.enabled {
             let mut raised = self.alerter.check(r);
             if let Some(t) = &self.telemetry {
@@ -288,6 +303,27 @@ impl Monitor {
     pub fn checkpoint(&mut self, step: u64, path: &Path) -> Result<()> {
         self.flush()?;
         self.event("checkpoint", "checkpoint", &serde_json::json!({"step": step, "path": path}))
+    }
+
+    /// The step's scalars (every number of its metrics.jsonl record) and the newest telemetry
+    /// sample's, to the event file. A failed write stops the TensorBoard files, not the run
+    /// (metrics.jsonl has every step), as telemetry does: a warning says so, once.
+    fn tensorboard_step(&mut self, r: &StepRecord) {
+        let Some(writer) = &mut self.tensorboard else { return };
+        let mut values = Vec::with_capacity(32);
+        tensorboard::flatten(&serde_json::to_value(r).expect("serializable"), &tensorboard::metrics_group, &["step"], &mut values);
+        if let Some(sample) = self.telemetry.as_ref().and_then(Telemetry::take_sample) {
+            let parts = serde_json::json!({"gpu": sample.gpu, "host": sample.host});
+            tensorboard::flatten(&parts, &|_| "telemetry", &["index"], &mut values);
+        }
+        if let Err(e) = writer.scalars(r.step as i64, &values) {
+            self.tensorboard = None;
+            let line = format!("warning: tensorboard stopped: {e}; training goes on (metrics.jsonl has every step)");
+            match &self.bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
     }
 
     /// Says once, even with --quiet, that telemetry stopped on a failed write.
@@ -341,6 +377,14 @@ impl Monitor {
     }
 }
 
+/// The config text of the TensorBoard files: a title line, a blank line, then config.toml
+/// indented by four spaces (a Markdown code block, which the text dashboard shows as is).
+fn config_text(config: &Config, start_step: u64) -> String {
+    let body: Vec<String> = config.to_toml().lines().map(|l| if l.is_empty() { String::new() } else { format!("    {l}") }).collect();
+    let from = if start_step == 0 { "a new run".to_string() } else { format!("resumed at step {start_step}") };
+    format!("The resolved config (config.toml) of this invocation, {from}:\n\n{}\n", body.join("\n"))
+}
+
 /// A run that ends in an error still logs its last step.
 impl Drop for Monitor {
     fn drop(&mut self) {
@@ -357,5 +401,57 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_secs(42)), "42s");
         assert_eq!(fmt_duration(Duration::from_secs(185)), "3m05s");
         assert_eq!(fmt_duration(Duration::from_secs(3720)), "1h02m");
+    }
+
+    fn record(step: u64) -> StepRecord {
+        StepRecord {
+            step,
+            time_s: step as f64,
+            loss: 3.0,
+            val_loss: None,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens: 32,
+            tokens_per_s: 1e4,
+            mfu: None,
+            step_ms: 3.2,
+            data_wait_ms: 0.0,
+            forward_ms: Some(1.0),
+            backward_ms: Some(2.0),
+            optimizer_ms: Some(0.2),
+            memory: logs::MemoryRecord::default(),
+            micro_batch: 2,
+            grad_accum: 1,
+            recompute: "none".into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_tensorboard_write_stops_the_event_file_not_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse("[logs]\ntensorboard = true\ntelemetry_interval_ms = 0\n", "test.toml", &[]).unwrap();
+        let mut m = Monitor::start(MonitorSetup {
+            config: &config,
+            run_dir: dir.path(),
+            gpu_pci_bus_id: None,
+            start_step: 0,
+            max_steps: 3,
+            peak: (None, String::new()),
+            quiet: true,
+            device: ("cpu".into(), "fp32".into()),
+            started: Instant::now(),
+        })
+        .unwrap();
+        m.step_record(record(1)).unwrap();
+        let path = m.tensorboard.as_ref().map(|w| w.path().to_path_buf()).expect("an event file");
+        assert!(path.starts_with(dir.path().join("tb")), "{}", path.display());
+        let size = fs::metadata(&path).unwrap().len();
+        m.tensorboard = Some(EventWriter::at(Path::new("/dev/full")).unwrap());
+        m.step_record(record(2)).unwrap();
+        assert!(m.tensorboard.is_none(), "the event file is given up after a failed write");
+        m.step_record(record(3)).unwrap();
+        m.finish().unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().count(), 3, "every step in metrics.jsonl");
+        assert_eq!(fs::metadata(&path).unwrap().len(), size);
     }
 }

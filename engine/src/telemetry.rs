@@ -207,6 +207,8 @@ pub struct Telemetry {
     thread: Option<JoinHandle<Result<TelemetryCost>>>,
     /// Why sampling stopped early: a write to telemetry.jsonl failed (a full disk).
     failure: Arc<Mutex<Option<String>>>,
+    /// The newest sample written, until [`Telemetry::take_sample`] takes it.
+    latest: Arc<Mutex<Option<Sample>>>,
     /// Why there is no GPU telemetry in a GPU run (NVML missing, the device not found).
     pub note: Option<String>,
     /// What was cut from telemetry.jsonl when it was opened: a torn last line of a killed
@@ -381,8 +383,9 @@ impl Telemetry {
         let step = Arc::new(AtomicU64::new(options.start_step));
         let (send, alerts): (Sender<Alert>, Receiver<Alert>) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
+        let latest = Arc::new(Mutex::new(None));
         let thread = {
-            let (stop, step, failure) = (Arc::clone(&stop), Arc::clone(&step), Arc::clone(&failure));
+            let (stop, step, failure, latest) = (Arc::clone(&stop), Arc::clone(&step), Arc::clone(&failure), Arc::clone(&latest));
             std::thread::Builder::new()
                 .name("telemetry".into())
                 .spawn(move || {
@@ -407,6 +410,7 @@ impl Telemetry {
                             // The trainer has gone: nobody to tell.
                             let _ = send.send(alert);
                         }
+                        *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(sample);
                         cost.samples += 1;
                         cost.ms += began.elapsed().as_secs_f64() * 1e3;
                         let next = Instant::now() + options.interval;
@@ -424,13 +428,19 @@ impl Telemetry {
                 })
                 .map_err(|e| crate::Error::Usage(format!("cannot start the telemetry thread: {e}")))?
         };
-        Ok(Telemetry { stop, step, alerts, thread: Some(thread), failure, note, repaired })
+        Ok(Telemetry { stop, step, alerts, thread: Some(thread), failure, latest, note, repaired })
     }
 
     /// Why sampling stopped, once: a write to telemetry.jsonl failed (its error names the
     /// file). `None` while it samples, and after the reason was taken.
     pub fn take_failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The newest sample written to telemetry.jsonl since the last call, if any (the
+    /// TensorBoard files take one per step record, crate::monitor).
+    pub fn take_sample(&self) -> Option<Sample> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Tells the sampler how many steps have completed.
@@ -561,6 +571,8 @@ mod tests {
         let samples: Vec<Sample> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert!(samples.len() >= 4, "{} samples", samples.len());
         assert_eq!(cost.samples, samples.len() as u64);
+        assert_eq!(t.take_sample().as_ref(), samples.last(), "the newest sample, once");
+        assert_eq!(t.take_sample(), None);
         assert!(cost.ms > 0.0 && cost.ms < 200.0, "{cost:?}");
         assert!(samples.iter().all(|s| s.gpu.is_none() && s.host.rss > 1 << 20), "{samples:?}");
         assert!(samples.windows(2).all(|w| w[1].time_s > w[0].time_s));
