@@ -102,6 +102,20 @@ fn header(page: &mut String, run: &Run) {
                 ),
             ));
         }
+        if let Some(h) = run.steps.iter().rev().find(|s| s.hellaswag_examples.is_some()) {
+            let pct = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.2} %", 100.0 * v));
+            rows.push((
+                "HellaSwag (last)",
+                format!(
+                    "step {}: acc_norm {}, acc {} (lm-eval-harness); llmc_acc_norm {} ({} examples)",
+                    h.step,
+                    pct(h.hellaswag_acc_norm),
+                    pct(h.hellaswag_acc),
+                    pct(h.hellaswag_llmc_acc_norm),
+                    h.hellaswag_examples.unwrap_or(0)
+                ),
+            ));
+        }
         let val = s.final_val_loss.map_or("–".into(), |v| format!("{v:.4}"));
         rows.push(("final loss", format!("train {}, validation {val}", s.final_loss.map_or("–".into(), |v| format!("{v:.4}")))));
     } else if let Some(last) = run.steps.last() {
@@ -264,6 +278,28 @@ fn charts(page: &mut String, run: &Run) {
         y_fmt: &plain,
     };
     figure(page, &loss, "no finite loss recorded");
+    let scored: Vec<&Step> = run.steps.iter().filter(|s| s.hellaswag_examples.is_some()).collect();
+    if !scored.is_empty() {
+        let points = |f: fn(&Step) -> Option<f64>| -> Vec<(f64, f64)> { scored.iter().filter_map(|s| Some((s.step as f64, 100.0 * f(s)?))).collect() };
+        let percent = |v: f64| format!("{v:.1}");
+        let chart = Chart {
+            title: "HellaSwag",
+            x_desc: "step",
+            y_desc: "accuracy (%)",
+            series: vec![
+                Series::new("acc_norm", chart::BLUE, Kind::Line, points(|s| s.hellaswag_acc_norm)),
+                Series::new("acc", chart::GREEN, Kind::Line, points(|s| s.hellaswag_acc)),
+                Series::new("llmc_acc_norm", chart::ORANGE, Kind::Line, points(|s| s.hellaswag_llmc_acc_norm)),
+            ]
+            .into_iter()
+            // An llm.c .bin has no lm-eval-harness rendering.
+            .filter(|s| !s.points.is_empty())
+            .collect(),
+            hlines: vec![("chance".to_string(), 25.0)],
+            y_fmt: &percent,
+        };
+        figure(page, &chart, "no HellaSwag accuracy recorded");
+    }
     let thousands_fmt = |v: f64| thousands(v);
     let throughput = Chart {
         title: "Throughput",
