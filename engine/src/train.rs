@@ -224,13 +224,13 @@ pub fn evaluate_windows(model: &mut dyn Model, split: &Split, windows: usize, ch
     Ok(((total / count.max(1) as f64) as f32, seen))
 }
 
-/// The HellaSwag file of `train.hellaswag_interval`, read and checked against the
-/// tokenizer and the vocabulary; `None` when that is 0.
-pub fn hellaswag_task(config: &Config, vocab_size: usize) -> Result<Option<crate::hellaswag::Task>> {
+/// The HellaSwag file of `train.hellaswag_interval`, read and tokenized with
+/// `data.tokenizer`; `None` when that is 0.
+pub fn hellaswag_task(config: &Config) -> Result<Option<crate::hellaswag::Task>> {
     let t = &config.train;
     let (Some(path), true) = (&t.hellaswag_data, t.hellaswag_interval > 0) else { return Ok(None) };
     let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
-    let task = crate::hellaswag::load(path, tokenizer.as_ref(), vocab_size).map_err(|e| Error::Usage(format!("train.hellaswag_data: {e}")))?;
+    let task = crate::hellaswag::load(path, tokenizer.as_ref(), tokenizer.vocab_size()).map_err(|e| Error::Usage(format!("train.hellaswag_data: {e}")))?;
     Ok(Some(task))
 }
 
@@ -809,11 +809,12 @@ impl Run<'_> {
 
 fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let run_started = Instant::now();
+    // Read and checked before anything is written.
+    let hellaswag = hellaswag_task(config)?;
     // Before anything is written to the run directory; held (by the OS) until we return.
     let _lock = crate::lock::RunLock::acquire(&config.run_dir())?;
     let (device, precision, device_note) = resolve_device(config)?;
     let data = load_dataset(config)?;
-    let hellaswag = hellaswag_task(config, data.vocab_size)?;
     let run_dir = config.run_dir();
     let (previous, fallback_note) = check_run_dir(config, &run_dir, data.vocab_size, options.resume_step)?;
     check_host_memory(config, device)?;
