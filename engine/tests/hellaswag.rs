@@ -67,8 +67,20 @@ fn cases() -> Vec<Case> {
             ctx: "A very long introduction about a kitchen, a chef, a pot, a spoon and a soup that simmers for hours. THE CHEF",
             endings: [" stirs it again.", " adds salt to the pot.", " goes home.", " falls asleep on the floor."],
         },
+        // Against a near-uniform model, the ending of most characters per token wins
+        // acc_norm (per character), whatever its tokens' mean loss.
+        Case {
+            example: example("Words", "Say", "one word", json!(1), ["a b c d e f g h", "international", "x y z w", "1 2 3 4 5 6"]),
+            query: "Words: Say One word",
+            choices: [" a b c d e f g h", " international", " x y z w", " 1 2 3 4 5 6"],
+            ctx: "Say one word",
+            endings: [" a b c d e f g h", " international", " x y z w", " 1 2 3 4 5 6"],
+        },
     ]
 }
+
+/// The right ending of each of [`cases`].
+const LABELS: [usize; 4] = [2, 0, 1, 1];
 
 fn write_jsonl(dir: &Path, name: &str, examples: &[Value]) -> PathBuf {
     let body: String = examples.iter().map(|e| format!("{e}\n")).collect();
@@ -145,7 +157,7 @@ fn scores_match_an_independent_log_softmax_and_the_memorized_ending_wins() {
     let model = loaded.model.as_mut();
     let (mut hits, mut hits_norm, mut hits_llmc, mut hits_llmc_norm, mut truncated) = (0, 0, 0, 0, 0);
     for (i, (case, row)) in cases.iter().zip(&engine_rows).enumerate() {
-        let label = [2, 0, 1][i];
+        let label = LABELS[i];
         assert_eq!(row["label"], label, "example {i}");
         let harness: Vec<(f64, usize)> = case.choices.iter().map(|c| loglik(model, case.query, c)).collect();
         let llmc: Vec<(f64, usize)> = case.endings.iter().map(|e| loglik(model, case.ctx, e)).collect();
@@ -210,7 +222,7 @@ fn scores_match_an_independent_log_softmax_and_the_memorized_ending_wins() {
     assert_succeeds(&out);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let acc_norm = format!("acc_norm {:.4}", hits_norm as f64 / n);
-    assert!(text.starts_with("hellaswag: 3 examples") && text.contains(&acc_norm), "{text}");
+    assert!(text.starts_with("hellaswag: 4 examples") && text.contains(&acc_norm), "{text}");
 }
 
 /// A GPT-2-tokenizer run of a few steps (context 64), in `dir/name`.
@@ -257,7 +269,7 @@ fn an_llmc_bin_scores_as_its_jsonl_does_with_the_gpt2_tokenizer() {
     let bin_examples: Vec<(usize, Vec<u32>, Vec<Vec<u32>>)> = cases
         .iter()
         .enumerate()
-        .map(|(i, c)| ([2, 0, 1][i], gpt2.encode(c.ctx.as_bytes()), c.endings.iter().map(|e| gpt2.encode(e.as_bytes())).collect()))
+        .map(|(i, c)| (LABELS[i], gpt2.encode(c.ctx.as_bytes()), c.endings.iter().map(|e| gpt2.encode(e.as_bytes())).collect()))
         .collect();
     let bin = dir.path().join("hs.bin");
     write_bin(&bin, &bin_examples, 20240522);
@@ -281,6 +293,14 @@ fn an_llmc_bin_scores_as_its_jsonl_does_with_the_gpt2_tokenizer() {
             close(&a["llmc"]["loglik"][k], b["llmc"]["loglik"][k].as_f64().unwrap(), "llm.c loglik, JSONL vs .bin");
         }
     }
+    // acc_norm divides by the ending's characters (the delimiter's space not counted).
+    for (case, row) in cases.iter().zip(&jsonl_rows) {
+        let chars: Vec<usize> = case.choices.iter().map(|c| c.chars().count() - 1).collect();
+        assert_eq!(row["chars"], json!(chars));
+        let per_char: Vec<f64> = (0..4).map(|k| row["harness"]["loglik"][k].as_f64().unwrap() / chars[k] as f64).collect();
+        assert_eq!(row["pred_norm"], argmax(&per_char), "{row}");
+    }
+    assert_eq!((&jsonl_rows[3]["pred_norm"], &jsonl_rows[3]["pred"]), (&json!(1), &json!(1)), "{}", jsonl_rows[3]);
     // The harness's ending tokens are those past the query's in the encoding of the whole.
     let first = &jsonl_rows[0];
     for (k, choice) in cases[0].choices.iter().enumerate() {
@@ -306,11 +326,11 @@ fn an_llmc_bin_scores_as_its_jsonl_does_with_the_gpt2_tokenizer() {
     let mut bytes = fs::read(&bin).unwrap();
     bytes.truncate(bytes.len() - 4);
     fs::write(&bad, bytes).unwrap();
-    assert_fails(&engine_in(dir.path(), &["eval", s(&run), "--task", "hellaswag", "--data", s(&bad)]), &["bad.bin", "example 2", "does not fit the file"]);
+    assert_fails(&engine_in(dir.path(), &["eval", s(&run), "--task", "hellaswag", "--data", s(&bad)]), &["bad.bin", "example 3", "does not fit the file"]);
     let mut bytes = fs::read(&bin).unwrap();
     bytes.extend([1, 0]);
     fs::write(&bad, bytes).unwrap();
-    assert_fails(&engine_in(dir.path(), &["eval", s(&run), "--task", "hellaswag", "--data", s(&bad)]), &["bad.bin", "2 bytes after the last of the header's 3 examples"]);
+    assert_fails(&engine_in(dir.path(), &["eval", s(&run), "--task", "hellaswag", "--data", s(&bad)]), &["bad.bin", "2 bytes after the last of the header's 4 examples"]);
 }
 
 #[test]
