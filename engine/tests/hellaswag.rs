@@ -428,3 +428,29 @@ fn training_logs_hellaswag_at_its_interval_and_the_report_shows_it() {
     let report = fs::read_to_string(run.join("report.html")).unwrap();
     assert!(report.contains("HellaSwag (last)") && report.contains("llmc_acc_norm"), "no HellaSwag in the report");
 }
+
+#[test]
+fn a_llama_scores_through_the_same_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/llama-tiny.toml");
+    let mut args = vec!["train".to_string(), s(&config).to_string(), "--quiet".into()];
+    args.extend(set_args(&tiny_sets(dir.path(), "l", 20)));
+    for set in ["model.n_kv_head=1", "model.intermediate_size=32", "model.context_length=64", "train.seq_len=32"] {
+        args.extend(["--set".to_string(), set.to_string()]);
+    }
+    assert_succeeds(&engine_in(dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let run = dir.path().join("l");
+    let cases = cases();
+    let data = write_jsonl(dir.path(), "hs.jsonl", &cases.iter().map(|c| c.example.clone()).collect::<Vec<_>>());
+    let per_example = dir.path().join("ex.jsonl");
+    assert_succeeds(&engine_in(dir.path(), &["eval", s(&run), "--task", "hellaswag", "--data", s(&data), "--examples-out", s(&per_example), "--device", "cpu"]));
+    let rows = json_lines(&per_example);
+    let mut loaded = load_model_for(&run, Device::Cpu, &Registry::builtin()).unwrap();
+    for (i, (case, row)) in cases.iter().zip(&rows).enumerate() {
+        for k in 0..4 {
+            let (ll, tokens) = loglik(loaded.model.as_mut(), case.query, case.choices[k]);
+            close(&row["harness"]["loglik"][k], ll, &format!("llama, example {i} ending {k}"));
+            assert_eq!(row["harness"]["tokens"][k], tokens);
+        }
+    }
+}
