@@ -454,3 +454,41 @@ fn a_llama_scores_through_the_same_path() {
         }
     }
 }
+
+/// With a usable GPU (a real one, or `scripts/cuda-sim`): the CUDA path scores as the CPU
+/// does, within bf16's rounding. Without one the test prints why and passes, unless
+/// ENGINE_REQUIRE_GPU=1.
+#[test]
+fn cuda_scores_as_the_cpu_does() {
+    let found = engine::kernels::cuda::probe(0).map_err(|reason| reason.to_string());
+    if let Err(reason) = found {
+        assert_ne!(std::env::var("ENGINE_REQUIRE_GPU").as_deref(), Ok("1"), "ENGINE_REQUIRE_GPU=1 but there is no usable CUDA device ({reason})");
+        eprintln!("skipped: no usable CUDA device ({reason})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // One head of 32: a head size the CUDA attention supports.
+    let run = memorizing_run(dir.path(), "m", &["--set", "model.n_head=1"]);
+    let data = write_jsonl(dir.path(), "hs.jsonl", &cases().iter().map(|c| c.example.clone()).collect::<Vec<_>>());
+    let eval = |device: &str| {
+        let per_example = dir.path().join(format!("{device}.jsonl"));
+        let out = engine_in(dir.path(), &["eval", s(&run), "--task", "hellaswag", "--data", s(&data), "--json", "--device", device, "--examples-out", s(&per_example)]);
+        assert_succeeds(&out);
+        (serde_json::from_slice::<Value>(&out.stdout).unwrap(), json_lines(&per_example))
+    };
+    let ((cpu, cpu_rows), (gpu, gpu_rows)) = (eval("cpu"), eval("cuda"));
+    assert!(gpu["device"].as_str().unwrap().starts_with("cuda"), "{gpu}");
+    assert_eq!(cpu["examples"], gpu["examples"]);
+    for (a, b) in cpu_rows.iter().zip(&gpu_rows) {
+        for rendering in ["harness", "llmc"] {
+            for k in 0..4 {
+                let (x, y) = (a[rendering]["loglik"][k].as_f64().unwrap(), b[rendering]["loglik"][k].as_f64().unwrap());
+                assert!((x - y).abs() <= 0.02 * x.abs() + 0.5, "{rendering} ending {k}: cpu {x}, cuda {y}");
+                assert_eq!(a[rendering]["tokens"][k], b[rendering]["tokens"][k]);
+            }
+        }
+    }
+    for pick in ["pred", "pred_norm", "llmc_pred", "llmc_pred_norm"] {
+        assert_eq!((&cpu_rows[0][pick], &gpu_rows[0][pick]), (&json!(2), &json!(2)), "{pick}");
+    }
+}
