@@ -161,9 +161,28 @@ enum Command {
         action: KernelsCommand,
     },
     /// Print a checkpoint's validation loss (a checkpoint, a run directory, or a Hugging Face
-    /// `save_pretrained` directory: its vocabulary picks the tokenizer).
+    /// `save_pretrained` directory: its vocabulary picks the tokenizer), or with `--task
+    /// hellaswag --data FILE` its HellaSwag accuracies (lm-eval-harness's acc and acc_norm,
+    /// llm.c's rendering and mean-token-loss acc_norm as llmc_acc and llmc_acc_norm).
     Eval {
         checkpoint: PathBuf,
+        /// "val" (the validation loss of the run's data) or "hellaswag" (needs --data).
+        #[arg(long, default_value = "val", value_parser = ["val", "hellaswag"])]
+        task: String,
+        /// For --task hellaswag: the official HellaSwag JSONL (e.g. hellaswag_val.jsonl) or
+        /// llm.c's hellaswag_val.bin.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// For --task hellaswag: score only the first N examples.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// For --task hellaswag: rows (a context and one ending) per forward (default 8).
+        #[arg(long, value_name = "N")]
+        rows: Option<usize>,
+        /// For --task hellaswag: also write one JSON line per example (each ending's summed
+        /// log-likelihood and tokens in both renderings, the picks) to FILE.
+        #[arg(long, value_name = "FILE")]
+        examples_out: Option<PathBuf>,
         /// Validation batches (default: the run's train.eval_batches).
         #[arg(long)]
         batches: Option<usize>,
@@ -404,7 +423,18 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             }
             Ok(report.ok()?)
         }
-        Command::Eval { checkpoint, batches, json, dump_tokens, device } => {
+        Command::Eval { checkpoint, task, data, limit, rows, examples_out, batches, json, dump_tokens, device } => {
+            if task == "hellaswag" {
+                if batches.is_some() || dump_tokens.is_some() {
+                    return Err(Error::Usage("--batches and --dump-tokens are for --task val, not --task hellaswag".into()));
+                }
+                let data = data.ok_or_else(|| Error::Usage("--task hellaswag needs --data FILE (the HellaSwag JSONL or llm.c's .bin)".into()))?;
+                let options = HellaSwagOptions { data, limit, rows, examples_out, json };
+                return eval_hellaswag(&checkpoint, &device, registry, options);
+            }
+            if data.is_some() || limit.is_some() || rows.is_some() || examples_out.is_some() {
+                return Err(Error::Usage("--data, --limit, --rows and --examples-out are for --task hellaswag".into()));
+            }
             let LoadedModel { dir, state, config, mut model, precision } = load_checkpoint_on(&checkpoint, &device, registry)?;
             let data = load_dataset(&config)?;
             let t = &config.train;
@@ -433,6 +463,91 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `engine eval --task hellaswag`'s options.
+struct HellaSwagOptions {
+    data: PathBuf,
+    limit: Option<usize>,
+    rows: Option<usize>,
+    examples_out: Option<PathBuf>,
+    json: bool,
+}
+
+/// `engine eval CHECKPOINT --task hellaswag --data FILE`: the accuracies, as one line of
+/// text or JSON; with --examples-out, each example's scores too (written at the end only).
+fn eval_hellaswag(checkpoint: &Path, device: &str, registry: &Registry, o: HellaSwagOptions) -> Result<()> {
+    use crate::hellaswag;
+    if o.limit == Some(0) || o.rows == Some(0) {
+        return Err(Error::Usage(format!("--{} must be at least 1", if o.limit == Some(0) { "limit" } else { "rows" })));
+    }
+    let LoadedModel { dir, state, config, mut model, precision } = load_checkpoint_on(checkpoint, device, registry)?;
+    let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
+    let task = hellaswag::load(&o.data, tokenizer.as_ref(), model.vocab_size())?;
+    let examples = &task.examples[..o.limit.unwrap_or(usize::MAX).min(task.examples.len())];
+    let started = std::time::Instant::now();
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(examples.len() as u64);
+        bar.set_style(indicatif::ProgressStyle::with_template("hellaswag {bar:30} {pos}/{len} examples, eta {eta}").expect("template"));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let scores = hellaswag::score(model.as_mut(), examples, o.rows.unwrap_or(hellaswag::DEFAULT_ROWS), &mut |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let s = hellaswag::summarize(&scores);
+    if let Some(path) = &o.examples_out {
+        let mut body = String::new();
+        for score in &scores {
+            body.push_str(&serde_json::to_string(score).expect("serializable"));
+            body.push('\n');
+        }
+        fs_write(path, body.as_bytes())?;
+    }
+    let (device, precision) = (model.device().to_string(), precision.name());
+    let format = match task.format {
+        hellaswag::Format::Jsonl => "jsonl",
+        hellaswag::Format::LlmcBin => "llmc_bin",
+    };
+    if o.json {
+        let mut line = serde_json::to_value(&s).expect("serializable");
+        let extra = serde_json::json!({
+            "task": "hellaswag", "data": task.path.display().to_string(), "format": format,
+            "context_length": model.context_length(), "seconds": seconds,
+            "step": state.as_ref().map(|s| s.step), "device": device, "precision": precision,
+        });
+        line.as_object_mut().expect("an object").extend(extra.as_object().expect("an object").clone());
+        println!("{line}");
+        return Ok(());
+    }
+    let source = match &state {
+        Some(state) => format!("checkpoint {}, step {}", dir.display(), state.step),
+        None => format!("Hugging Face directory {}", dir.display()),
+    };
+    let harness = match (s.acc, s.acc_norm) {
+        (Some(acc), Some(norm)) => format!("acc {acc:.4} acc_norm {norm:.4} (lm-eval-harness)"),
+        _ => "acc - acc_norm - (an llm.c .bin holds llm.c's rendering only)".into(),
+    };
+    println!(
+        "hellaswag: {} examples of {}: {harness}; llmc_acc {:.4} llmc_acc_norm {:.4} (llm.c: ctx, mean token loss); {} truncated to the \
+         context of {} tokens; {source}; {device}, {precision}; {seconds:.1}s",
+        s.examples,
+        task.path.display(),
+        s.llmc_acc,
+        s.llmc_acc_norm,
+        s.truncated,
+        model.context_length()
+    );
+    if s.endings_cut > 0 {
+        eprintln!("note: {} examples have an ending longer than the model's context: its first tokens were not scored", s.endings_cut);
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path`, the error naming it.
+fn fs_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))
 }
 
 /// A checkpoint's model on the device `--device` asks for, in the precision its run's

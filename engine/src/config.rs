@@ -226,6 +226,14 @@ pub struct TrainConfig {
     pub eval_interval: u64,
     /// Validation batches per evaluation, of `batch_size` windows each.
     pub eval_batches: usize,
+    /// HellaSwag accuracies (`hellaswag_acc`, `hellaswag_acc_norm`, ... in metrics.jsonl)
+    /// every this many steps and at the end; 0 (the default): never. Needs `hellaswag_data`.
+    pub hellaswag_interval: u64,
+    /// The HellaSwag file `hellaswag_interval` scores: the official JSONL or llm.c's `.bin`
+    /// (read and checked before the run starts).
+    pub hellaswag_data: Option<PathBuf>,
+    /// Score only the first this many HellaSwag examples; 0 (the default): all of them.
+    pub hellaswag_examples: usize,
     /// A progress line every this many steps when stderr is not a terminal (0 acts as 1);
     /// on a GPU also how often the host reads back the loss. metrics.log gets every step.
     pub log_interval: u64,
@@ -279,6 +287,9 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             eval_interval: 250,
             eval_batches: 20,
+            hellaswag_interval: 0,
+            hellaswag_data: None,
+            hellaswag_examples: 0,
             log_interval: 10,
             checkpoint_interval: 0,
             keep_checkpoints: 0,
@@ -554,6 +565,12 @@ impl Config {
         }
         if t.eval_batches.checked_mul(t.batch_size).is_none() {
             return Err(format!("keys `train.eval_batches` x `train.batch_size`: {} x {} windows overflow", t.eval_batches, t.batch_size));
+        }
+        if t.hellaswag_interval > 0 && t.hellaswag_data.is_none() {
+            return Err(format!(
+                "key `train.hellaswag_interval`: {} needs train.hellaswag_data (the HellaSwag JSONL or llm.c's .bin to score)",
+                t.hellaswag_interval
+            ));
         }
         if let Some(p) = self.logs.peak_tflops {
             if !(p.is_finite() && p > 0.0) {

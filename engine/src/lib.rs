@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod guard;
+pub mod hellaswag;
 pub mod hf;
 pub mod journal;
 pub mod lock;

@@ -60,6 +60,39 @@ pub struct StepRecord {
     pub grad_accum: usize,
     /// The recomputation policy the step ran with ("none", "selective", "full", "full:K").
     pub recompute: String,
+    /// HellaSwag after this step (`train.hellaswag_interval`); its fields are left out of
+    /// the line when not evaluated.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub hellaswag: Option<HellaSwagRecord>,
+}
+
+/// HellaSwag accuracies in a `metrics.jsonl` line (crate::hellaswag has the definitions).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HellaSwagRecord {
+    /// lm-eval-harness's `acc`; left out for an llm.c `.bin` (llm.c's rendering only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hellaswag_acc: Option<f64>,
+    /// lm-eval-harness's `acc_norm` (log-likelihood per character); left out for a `.bin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hellaswag_acc_norm: Option<f64>,
+    /// `acc` on llm.c's rendering.
+    pub hellaswag_llmc_acc: f64,
+    /// llm.c's `acc_norm` (mean token loss) on its rendering.
+    pub hellaswag_llmc_acc_norm: f64,
+    /// Examples scored.
+    pub hellaswag_examples: usize,
+}
+
+impl From<&crate::hellaswag::Summary> for HellaSwagRecord {
+    fn from(s: &crate::hellaswag::Summary) -> Self {
+        Self {
+            hellaswag_acc: s.acc,
+            hellaswag_acc_norm: s.acc_norm,
+            hellaswag_llmc_acc: s.llmc_acc,
+            hellaswag_llmc_acc_norm: s.llmc_acc_norm,
+            hellaswag_examples: s.examples,
+        }
+    }
 }
 
 /// Summary statistics of one metric over the summarized steps.
@@ -421,6 +454,7 @@ mod tests {
             micro_batch: 1,
             grad_accum: 1,
             recompute: "none".into(),
+            hellaswag: None,
         }
     }
 

@@ -224,6 +224,16 @@ pub fn evaluate_windows(model: &mut dyn Model, split: &Split, windows: usize, ch
     Ok(((total / count.max(1) as f64) as f32, seen))
 }
 
+/// The HellaSwag file of `train.hellaswag_interval`, read and tokenized with
+/// `data.tokenizer`; `None` when that is 0.
+pub fn hellaswag_task(config: &Config) -> Result<Option<crate::hellaswag::Task>> {
+    let t = &config.train;
+    let (Some(path), true) = (&t.hellaswag_data, t.hellaswag_interval > 0) else { return Ok(None) };
+    let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
+    let task = crate::hellaswag::load(path, tokenizer.as_ref(), tokenizer.vocab_size()).map_err(|e| Error::Usage(format!("train.hellaswag_data: {e}")))?;
+    Ok(Some(task))
+}
+
 /// The device `run.device` names (or `auto` picks) and the precision `train.precision`
 /// gives on it, with a one-line note saying both. bf16 on the CPU (`auto` having found no
 /// GPU) is an error naming `train.precision`.
@@ -712,6 +722,7 @@ impl Run<'_> {
             micro_batch: self.plan.micro_batch,
             grad_accum: self.plan.grad_accum,
             recompute: self.plan.policy.to_string(),
+            hellaswag: None,
         }
     }
 
@@ -798,6 +809,8 @@ impl Run<'_> {
 
 fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let run_started = Instant::now();
+    // Read and checked before anything is written.
+    let hellaswag = hellaswag_task(config)?;
     // Before anything is written to the run directory; held (by the OS) until we return.
     let _lock = crate::lock::RunLock::acquire(&config.run_dir())?;
     let (device, precision, device_note) = resolve_device(config)?;
@@ -1085,7 +1098,18 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             val = Some(v);
             run.last_val = Some(v);
         }
-        let record = run.record(done, lr, elapsed, wait_ms, val);
+        let mut record = run.record(done, lr, elapsed, wait_ms, val);
+        if let Some(task) = hellaswag.as_ref().filter(|_| last || done % t.hellaswag_interval == 0) {
+            // At most the tokens of a training micro-batch per forward.
+            let rows = (run.plan.micro_batch * t.seq_len / run.model.context_length().max(1)).clamp(1, crate::hellaswag::DEFAULT_ROWS);
+            let s = crate::hellaswag::evaluate(run.model.as_mut(), task, t.hellaswag_examples, rows)?;
+            let harness = s.acc.zip(s.acc_norm).map_or(String::new(), |(a, n)| format!("acc {a:.4} acc_norm {n:.4}, "));
+            run.monitor.say(format!(
+                "step {done}: hellaswag {harness}llmc_acc_norm {:.4} ({} examples)",
+                s.llmc_acc_norm, s.examples
+            ));
+            record.hellaswag = Some((&s).into());
+        }
         run.unread.push(Unread { record, loss, grad_norm, marks, optimizer: (optimizer_started, optimizer_done) });
         if reads {
             if let Err(e) = read_back(&mut run.unread, &mut run.summary, &mut run.monitor) {

@@ -46,6 +46,33 @@ pub fn host_mean(losses: &Tensor) -> Result<f32> {
     Ok((losses.try_to_vec()?.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32)
 }
 
+/// The cross-entropy of every position from `logits` (B,T,Vp) and `targets` (B,T), computed
+/// on the host in f64: -(logits[b,t,y] - logsumexp(logits[b,t,:vocab])) for y =
+/// targets[b,t], as f32, row-major. The default of
+/// [`Model::token_losses`](crate::Model::token_losses); a target at or past `vocab` is an
+/// [`Error::Input`].
+pub fn host_token_losses(logits: &Tensor, targets: &Tensor, vocab: usize) -> Result<Vec<f32>> {
+    let &[b, t, vp] = logits.shape() else {
+        return Err(Error::Input(format!("logits must be (B,T,V), got shape {:?}", logits.shape())));
+    };
+    if targets.shape() != [b, t] || vocab == 0 || vocab > vp {
+        return Err(Error::Input(format!("targets {:?} and vocabulary {vocab} must fit logits {:?}", targets.shape(), logits.shape())));
+    }
+    let (values, ids) = (logits.try_to_vec()?, targets.to_host()?.u32()?.to_vec());
+    let mut losses = Vec::with_capacity(b * t);
+    for (row, &y) in values.chunks(vp).zip(&ids) {
+        let y = y as usize;
+        if y >= vocab {
+            return Err(Error::Input(format!("target token {y} is not below the vocabulary size {vocab}")));
+        }
+        let row = &row[..vocab];
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        losses.push((max + sum.ln() - row[y] as f64) as f32);
+    }
+    Ok(losses)
+}
+
 /// [`Model::forward_loss`](crate::Model::forward_loss) from the per-row losses `losses`
 /// (N, f32): `loss` (1 element, on their device) becomes (`accumulate` ? `loss` : 0) +
 /// `scale` * mean, without the host waiting for the device.
@@ -55,7 +82,8 @@ pub fn device_mean(loss: &mut Tensor, losses: &Tensor, scale: f32, accumulate: b
 
 /// The [`Model`](crate::Model) methods every language model built on [`LmHead`] shares,
 /// for its `impl Model` block: `forward`, `forward_loss` (the mean kept on the device),
-/// `logits`, `vocab_size`, `context_length` and `flops_per_token`. The model provides:
+/// `token_losses` (the per-row losses, on the device), `logits`, `vocab_size`,
+/// `context_length` and `flops_per_token`. The model provides:
 ///
 /// - a method `fn forward_rows(&mut self, inputs: &Tensor, targets: Option<&Tensor>) ->
 ///   Result<Option<Tensor>>`: the forward pass, ending in [`LmHead::forward`], whose per-row
@@ -138,6 +166,10 @@ macro_rules! lm_model_methods {
         ) -> $crate::Result<()> {
             let losses = self.forward_rows(inputs, Some(targets))?.expect("targets given");
             $crate::lm_head::device_mean(loss, &losses, scale, accumulate)
+        }
+
+        fn token_losses(&mut self, inputs: &::kernels::Tensor, targets: &::kernels::Tensor) -> $crate::Result<::kernels::Tensor> {
+            Ok(self.forward_rows(inputs, Some(targets))?.expect("targets given"))
         }
 
         fn logits(&self) -> Option<&::kernels::Tensor> {

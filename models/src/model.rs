@@ -110,6 +110,31 @@ pub trait Model {
         Ok(())
     }
 
+    /// The cross-entropy of every position: `targets` (B,T) given `inputs` (B,T), as B*T
+    /// f32 values on the model's device, row-major (b, t), each -log softmax(logits[b,t,:V])
+    /// [targets[b,t]] over the first [`Model::vocab_size`] columns. What evaluations that
+    /// score spans of tokens need (the HellaSwag task of `engine eval`); a mean loss is not
+    /// enough. Like a forward with targets it may keep what `backward` needs: call
+    /// [`Model::release`] after it.
+    ///
+    /// The default runs [`Model::forward`] without targets and computes the log-softmax of
+    /// [`Model::logits`] on the host in f64 (on a GPU the whole (B,T,V) logits come back to
+    /// the host). Models built on [`LmHead`](crate::lm_head::LmHead) with
+    /// [`lm_model_methods!`](crate::lm_model_methods) compute it on their device with the
+    /// fused cross-entropy, the training loss's own kernel.
+    fn token_losses(&mut self, inputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        if inputs.shape() != targets.shape() {
+            return Err(Error::Input(format!("targets {:?} must match inputs {:?}", targets.shape(), inputs.shape())));
+        }
+        if self.forward(inputs, None)?.is_some() {
+            return Err(Error::Input("forward without targets returned a loss".into()));
+        }
+        let logits = self.logits().ok_or_else(|| Error::Input("forward without targets kept no logits".into()))?;
+        let (vocab, device) = (self.vocab_size(), self.device());
+        let losses = crate::lm_head::host_token_losses(logits, targets, vocab)?;
+        Ok(Tensor::from_vec(&[losses.len()], losses)?.to_device(device)?)
+    }
+
     /// Backward from the last forward's loss, times `loss_scale` (e.g. 1/accumulation
     /// steps). Parameter gradients accumulate.
     fn backward(&mut self, loss_scale: f32) -> Result<()>;

@@ -107,6 +107,20 @@ fn header(page: &mut String, run: &Run) {
     } else if let Some(last) = run.steps.last() {
         rows.push(("wall time", format!("{} at the last recorded step", duration(last.time_s))));
     }
+    if let Some(h) = run.steps.iter().rev().find(|s| s.hellaswag_examples.is_some()) {
+        let pct = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.2} %", 100.0 * v));
+        rows.push((
+            "HellaSwag (last)",
+            format!(
+                "step {}: acc_norm {}, acc {} (lm-eval-harness); llmc_acc_norm {} ({} examples)",
+                h.step,
+                pct(h.hellaswag_acc_norm),
+                pct(h.hellaswag_acc),
+                pct(h.hellaswag_llmc_acc_norm),
+                h.hellaswag_examples.unwrap_or(0)
+            ),
+        ));
+    }
     page.push_str("<table class=\"facts\">\n");
     for (key, value) in rows {
         let _ = writeln!(page, "<tr><th>{key}</th><td>{}</td></tr>", escape(&value));
@@ -264,6 +278,28 @@ fn charts(page: &mut String, run: &Run) {
         y_fmt: &plain,
     };
     figure(page, &loss, "no finite loss recorded");
+    let scored: Vec<&Step> = run.steps.iter().filter(|s| s.hellaswag_examples.is_some()).collect();
+    if !scored.is_empty() {
+        let points = |f: fn(&Step) -> Option<f64>| -> Vec<(f64, f64)> { scored.iter().filter_map(|s| Some((s.step as f64, 100.0 * f(s)?))).collect() };
+        let percent = |v: f64| format!("{v:.1}");
+        let chart = Chart {
+            title: "HellaSwag",
+            x_desc: "step",
+            y_desc: "accuracy (%)",
+            series: vec![
+                Series::new("acc_norm", chart::BLUE, Kind::Line, points(|s| s.hellaswag_acc_norm)),
+                Series::new("acc", chart::GREEN, Kind::Line, points(|s| s.hellaswag_acc)),
+                Series::new("llmc_acc_norm", chart::ORANGE, Kind::Line, points(|s| s.hellaswag_llmc_acc_norm)),
+            ]
+            .into_iter()
+            // An llm.c .bin has no lm-eval-harness rendering.
+            .filter(|s| !s.points.is_empty())
+            .collect(),
+            hlines: vec![("chance".to_string(), 25.0)],
+            y_fmt: &percent,
+        };
+        figure(page, &chart, "no HellaSwag accuracy recorded");
+    }
     let thousands_fmt = |v: f64| thousands(v);
     let throughput = Chart {
         title: "Throughput",
@@ -497,6 +533,10 @@ mod tests {
             micro_batch: 32,
             grad_accum: 1,
             recompute: "none".into(),
+            hellaswag_acc: None,
+            hellaswag_acc_norm: None,
+            hellaswag_llmc_acc_norm: None,
+            hellaswag_examples: None,
         }
     }
 
@@ -558,6 +598,22 @@ mod tests {
         }
         assert!(page.contains("NVIDIA H100 80GB HBM3") && page.contains("sw_thermal: 15 samples, first at step 2"));
         assert!(!page.contains("no GPU telemetry"));
+    }
+
+    #[test]
+    fn hellaswag_gets_a_chart_and_a_row_only_when_scored() {
+        let page = render(&run(50));
+        assert!(!page.contains("HellaSwag"));
+        let mut r = run(50);
+        for s in r.steps.iter_mut().filter(|s| s.step % 20 == 0) {
+            (s.hellaswag_acc, s.hellaswag_acc_norm, s.hellaswag_llmc_acc_norm, s.hellaswag_examples) = (Some(0.25), Some(0.3), Some(0.28), Some(100));
+        }
+        let page = render(&r);
+        let blocks = svgs(&page);
+        assert_eq!(blocks.len(), 5);
+        let chart = blocks.iter().find(|b| b.contains(">\nHellaSwag\n</text>")).expect("a HellaSwag chart");
+        assert!(chart.contains("acc_norm") && chart.contains("llmc_acc_norm") && chart.contains("chance"));
+        assert!(page.contains("step 40: acc_norm 30.00 %, acc 25.00 % (lm-eval-harness); llmc_acc_norm 28.00 % (100 examples)"), "{page}");
     }
 
     #[test]

@@ -61,6 +61,19 @@ pub struct Step {
     pub grad_accum: usize,
     /// The recomputation policy the step ran with ("none", "full:2", ...).
     pub recompute: String,
+    /// lm-eval-harness's HellaSwag `acc` after the step (`train.hellaswag_interval`);
+    /// `None` when not scored (or an llm.c `.bin` was).
+    #[serde(default)]
+    pub hellaswag_acc: Option<f64>,
+    /// lm-eval-harness's HellaSwag `acc_norm` after the step.
+    #[serde(default)]
+    pub hellaswag_acc_norm: Option<f64>,
+    /// llm.c's HellaSwag `acc_norm` (mean token loss) after the step.
+    #[serde(default)]
+    pub hellaswag_llmc_acc_norm: Option<f64>,
+    /// HellaSwag examples scored after the step.
+    #[serde(default)]
+    pub hellaswag_examples: Option<u64>,
 }
 
 /// The device pool after a step, bytes.
