@@ -1,4 +1,4 @@
-//! The page: header, statistics table, charts, alerts, plan changes, checkpoints.
+//! The page: header, statistics table, charts, alerts, samples of text, plan changes, checkpoints.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -35,6 +35,7 @@ pub fn render(run: &Run) -> String {
     summary_table(&mut page, run);
     charts(&mut page, run);
     alerts(&mut page, run);
+    samples(&mut page, run);
     events(&mut page, run);
     page.push_str("</body>\n</html>\n");
     page
@@ -419,6 +420,28 @@ fn alerts(page: &mut String, run: &Run) {
     page.push_str("<table class=\"alerts\">\n<tr><th class=\"num\">step</th><th>kind</th><th>message</th></tr>\n");
     for a in list {
         let _ = writeln!(page, "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>", a.step, escape(&a.kind), escape(&a.message));
+    }
+    page.push_str("</table>\n");
+}
+
+/// `train.sample_interval`'s samples, in step order: the prompt, then the generated text.
+fn samples(page: &mut String, run: &Run) {
+    let samples: Vec<&super::TextSample> =
+        run.events.iter().flatten().filter_map(|e| if let Event::TextSample(s) = e { Some(s) } else { None }).collect();
+    if samples.is_empty() {
+        return;
+    }
+    page.push_str("<h2>Samples</h2>\n<table>\n<tr><th class=\"num\">step</th><th class=\"num\">seed</th><th>prompt, then the generated text</th></tr>\n");
+    for s in samples {
+        let _ = writeln!(
+            page,
+            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td><pre style=\"white-space: pre-wrap; margin: 0\"><b>{}</b>{}</pre><span class=\"note\">{} tokens</span></td></tr>",
+            s.step,
+            s.seed,
+            escape(&s.prompt),
+            escape(&s.text),
+            s.tokens
+        );
     }
     page.push_str("</table>\n");
 }
