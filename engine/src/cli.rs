@@ -155,7 +155,8 @@ enum Command {
         /// "auto" (the GPU when usable, else the CPU), "cpu", "cuda" or "cuda:N".
         #[arg(long, default_value = "auto", value_name = "DEVICE")]
         device: String,
-        /// Print one JSON line: the prompt's and the generated token ids, and the text.
+        /// Print one JSON line: the prompt's and the generated token ids, the text, and the
+        /// seconds the generation took (the model's loading left out) with its tokens/s.
         #[arg(long)]
         json: bool,
     },
@@ -361,9 +362,15 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
             if json {
                 let prompt_tokens = prompt_ids(tokenizer.as_ref(), &options.prompt).len();
+                let started = std::time::Instant::now();
                 let ids = sample_ids(model.as_mut(), tokenizer.as_ref(), &options)?;
+                let seconds = started.elapsed().as_secs_f64();
                 let (given, generated) = ids.split_at(prompt_tokens);
-                println!("{}", serde_json::json!({"prompt_tokens": given, "tokens": generated, "text": tokenizer.decode(&ids)}));
+                let rate = generated.len() as f64 / seconds.max(1e-9);
+                println!(
+                    "{}",
+                    serde_json::json!({"prompt_tokens": given, "tokens": generated, "text": tokenizer.decode(&ids), "seconds": seconds, "tokens_per_s": rate})
+                );
                 return Ok(());
             }
             // The text as it is generated: the prompt, then each token once its characters
