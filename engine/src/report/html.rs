@@ -664,6 +664,22 @@ mod tests {
     }
 
     #[test]
+    fn samples_are_shown_in_step_order_and_escaped() {
+        let mut r = run(20);
+        assert!(!render(&r).contains("<h2>Samples</h2>"), "no section without samples");
+        let sample = |step: u64, text: &str| {
+            Event::TextSample(super::super::TextSample { step, seed: 1337 + step, prompt: "A<".into(), tokens: 3, text: text.into() })
+        };
+        r.events = Some(vec![sample(10, "x</pre><script>"), sample(20, "two & more")]);
+        let page = render(&r);
+        assert!(!page.contains("<script"), "the text is escaped");
+        let first = page.find("<b>A&lt;</b>x&lt;/pre&gt;&lt;script&gt;</pre>").expect("step 10's sample");
+        let second = page.find("<b>A&lt;</b>two &amp; more</pre>").expect("step 20's sample");
+        assert!(first < second);
+        assert!(page.contains("<td class=\"num\">10</td><td class=\"num\">1347</td>"));
+    }
+
+    #[test]
     fn step_time_split_or_not() {
         let page = render(&run(10));
         assert!(page.contains("Step time split (stacked)") && page.contains(">\nforward\n</text>"));
