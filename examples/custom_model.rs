@@ -186,7 +186,7 @@ fn demo(registry: &Registry) -> engine::Result<()> {
     println!("stopped after step 20 and resumed: steps 21..40 bit-identical to the uninterrupted run");
     let mut loaded = engine::checkpoint::load_model(&whole.checkpoint, Device::Cpu, Precision::Fp32, registry)?;
     let tokenizer = engine::datasets::tokenizer("byte")?;
-    let options = engine::sample::SampleOptions { prompt: "ROMEO:".into(), tokens: 80, temperature: 0.8, top_k: 0, seed: 1 };
+    let options = engine::sample::SampleOptions { prompt: "ROMEO:".into(), tokens: 80, ..Default::default() };
     println!("{}", engine::sample::sample(loaded.model.as_mut(), tokenizer.as_ref(), &options)?);
     Ok(())
 }

@@ -142,12 +142,21 @@ enum Command {
         temperature: f32,
         #[arg(long, default_value_t = 0)]
         top_k: usize,
+        /// Nucleus sampling: draw from the smallest set of most likely tokens whose
+        /// probability reaches P, in (0, 1]; 1 keeps all.
+        #[arg(long, default_value_t = 1.0, value_name = "P")]
+        top_p: f32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Run the whole window through the model for every token instead of decoding
+        /// through its key/value cache (same tokens, slower; for comparison).
+        #[arg(long)]
+        no_kv_cache: bool,
         /// "auto" (the GPU when usable, else the CPU), "cpu", "cuda" or "cuda:N".
         #[arg(long, default_value = "auto", value_name = "DEVICE")]
         device: String,
-        /// Print one JSON line: the prompt's and the generated token ids, and the text.
+        /// Print one JSON line: the prompt's and the generated token ids, the text, and the
+        /// seconds the generation took (the model's loading left out) with its tokens/s.
         #[arg(long)]
         json: bool,
     },
@@ -360,10 +369,9 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             );
             Ok(())
         }
-        Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, device, json } => {
-            if !(temperature.is_finite() && temperature >= 0.0) {
-                return Err(Error::Usage(format!("--temperature must be a number >= 0, got {temperature}")));
-            }
+        Command::Sample { checkpoint, prompt, tokens, temperature, top_k, top_p, seed, no_kv_cache, device, json } => {
+            let options = SampleOptions { prompt, tokens, temperature, top_k, top_p, seed, kv_cache: !no_kv_cache };
+            options.validate(|name| format!("--{}", name.replace('_', "-"))).map_err(Error::Usage)?;
             if json && tokens > MAX_JSON_TOKENS {
                 return Err(Error::Usage(format!(
                     "--tokens {tokens} with --json: at most {MAX_JSON_TOKENS} (the JSON holds every token; without --json any number is streamed)"
@@ -371,12 +379,17 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             }
             let LoadedModel { config, mut model, .. } = load_checkpoint_on(&checkpoint, &device, registry)?;
             let tokenizer = datasets::tokenizer(&config.data.tokenizer)?;
-            let options = SampleOptions { prompt, tokens, temperature, top_k, seed };
             if json {
                 let prompt_tokens = prompt_ids(tokenizer.as_ref(), &options.prompt).len();
+                let started = std::time::Instant::now();
                 let ids = sample_ids(model.as_mut(), tokenizer.as_ref(), &options)?;
+                let seconds = started.elapsed().as_secs_f64();
                 let (given, generated) = ids.split_at(prompt_tokens);
-                println!("{}", serde_json::json!({"prompt_tokens": given, "tokens": generated, "text": tokenizer.decode(&ids)}));
+                let rate = generated.len() as f64 / seconds.max(1e-9);
+                println!(
+                    "{}",
+                    serde_json::json!({"prompt_tokens": given, "tokens": generated, "text": tokenizer.decode(&ids), "seconds": seconds, "tokens_per_s": rate})
+                );
                 return Ok(());
             }
             // The text as it is generated: the prompt, then each token once its characters

@@ -267,7 +267,18 @@ pub struct TrainConfig {
     /// 16 steps are known); 0 (the default) turns it off. On a GPU it reads the loss and the
     /// norm back every step (two waits for the device per step).
     pub skip_update_zscore: f64,
+    /// Generate a sample of text every this many steps (and at the end) into events.jsonl
+    /// and the report; 0 (the default) turns it off. It draws from its own random generator
+    /// and changes nothing of training (losses and resumes stay bit-identical).
+    pub sample_interval: u64,
+    /// The text the samples continue (empty: a newline).
+    pub sample_prompt: String,
+    /// Tokens per sample, 1 to 4096.
+    pub sample_tokens: usize,
 }
+
+/// The most tokens `train.sample_tokens` accepts (each sample is one events.jsonl line).
+pub const MAX_SAMPLE_TOKENS: usize = 4096;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -300,6 +311,9 @@ impl Default for TrainConfig {
             max_rollbacks: 3,
             rollback_lr_factor: 0.5,
             skip_update_zscore: 0.0,
+            sample_interval: 0,
+            sample_prompt: String::new(),
+            sample_tokens: 64,
         }
     }
 }
@@ -522,6 +536,12 @@ impl Config {
         }
         if !(t.skip_update_zscore.is_finite() && t.skip_update_zscore >= 0.0) {
             return Err(format!("key `train.skip_update_zscore`: expected 0 (off) or a number of standard deviations > 0, got {}", t.skip_update_zscore));
+        }
+        if t.sample_interval > 0 && !(1..=MAX_SAMPLE_TOKENS).contains(&t.sample_tokens) {
+            return Err(format!(
+                "key `train.sample_tokens`: expected 1 to {MAX_SAMPLE_TOKENS} tokens per sample (train.sample_interval = {}), got {}",
+                t.sample_interval, t.sample_tokens
+            ));
         }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return Err(format!("key `data.val_fraction`: must be in (0, 1), got {}", self.data.val_fraction));

@@ -1098,6 +1098,9 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             val = Some(v);
             run.last_val = Some(v);
         }
+        if t.sample_interval > 0 && (last || done % t.sample_interval == 0) {
+            run.sample(done)?;
+        }
         let mut record = run.record(done, lr, elapsed, wait_ms, val);
         if let Some(task) = hellaswag.as_ref().filter(|_| last || done % t.hellaswag_interval == 0) {
             // At most the tokens of a training micro-batch per forward.
@@ -1148,4 +1151,45 @@ fn train_run(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         return Err(Error::Interrupted { signal, step: summary.steps, checkpoint: summary.checkpoint });
     }
     Ok(summary)
+}
+
+/// The random generator's seed of the sample after step `step` (`train.sample_interval`):
+/// `run.seed + step`, its own generator, so training's draws never see it. `engine sample
+/// <checkpoint of that step> --seed <it>` draws the same tokens.
+pub fn sample_seed(run_seed: u64, step: u64) -> u64 {
+    run_seed.wrapping_add(step)
+}
+
+impl Run<'_> {
+    /// `train.sample_interval`'s sample after step `done`: `train.sample_tokens` tokens after
+    /// `train.sample_prompt`, with `engine sample`'s defaults (temperature 0.8, no top-k or
+    /// top-p cut, the KV cache when the model has one), as a `sample` line of events.jsonl.
+    /// Only a forward without targets runs, its state released after, and the draws come from
+    /// a generator of their own: the next step computes exactly what it would have.
+    fn sample(&mut self, done: u64) -> Result<()> {
+        let t = &self.config.train;
+        let started = Instant::now();
+        let tokenizer = datasets::tokenizer(&self.config.data.tokenizer)?;
+        let seed = sample_seed(self.config.run.seed, done);
+        let options = crate::sample::SampleOptions { prompt: t.sample_prompt.clone(), tokens: t.sample_tokens, seed, ..Default::default() };
+        let prompt = crate::sample::prompt_ids(tokenizer.as_ref(), &options.prompt);
+        let ids = crate::sample::sample_ids(self.model.as_mut(), tokenizer.as_ref(), &options)?;
+        let generated = &ids[prompt.len()..];
+        // The f32 settings as their shortest decimals (0.8, not 0.800000011920929).
+        let decimal = |x: f32| x.to_string().parse::<f64>().expect("an f32's decimal form parses as an f64");
+        let line = serde_json::json!({
+            "step": done,
+            "seed": seed,
+            "prompt": options.prompt,
+            "prompt_tokens": prompt.len(),
+            "tokens": generated.len(),
+            "temperature": decimal(options.temperature),
+            "top_k": options.top_k,
+            "top_p": decimal(options.top_p),
+            "text": tokenizer.decode(generated),
+            "token_ids": generated,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        self.monitor.event("sample", "sample", &line)
+    }
 }

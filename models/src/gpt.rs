@@ -7,9 +7,11 @@
 //! The blocks are configurable beyond GPT-2 ([`GptConfig`]: biases, the MLP's width and
 //! activation, learned positions); the defaults are GPT-2 exactly.
 
+use kernels::ops::embedding::embedding_forward;
 use kernels::{Device, Tensor};
 
-use crate::layers::{Block, Embedding, Layer, LayerNorm};
+use crate::kv_cache::KvCache;
+use crate::layers::{empty_like, Block, Embedding, Layer, LayerNorm};
 use crate::lm_head::{check_batch, LmHead};
 use crate::param::{Placement, Precision};
 use crate::recompute::Recompute;
@@ -121,6 +123,8 @@ pub struct Gpt {
     pub ln_f: LayerNorm,
     recompute: Recompute,
     head: LmHead,
+    /// Incremental decoding's keys and values ([`Model::forward_cached`]).
+    kv: Option<KvCache>,
 }
 
 impl Gpt {
@@ -146,7 +150,7 @@ impl Gpt {
         };
         let blocks = (0..config.n_layer).map(|i| Block::new(at, &format!("h.{i}"), &config, std, proj_std, &mut rng)).collect::<Result<_>>()?;
         let ln_f = LayerNorm::new(at, "ln_f", c)?;
-        Ok(Self { embedding, blocks, ln_f, recompute: Recompute::None, head: LmHead::default(), config, precision })
+        Ok(Self { embedding, blocks, ln_f, recompute: Recompute::None, head: LmHead::default(), kv: None, config, precision })
     }
 
     /// Sets the recomputation policy (see [`crate::recompute`]); it takes effect at the next
@@ -176,6 +180,26 @@ impl Gpt {
         let x = self.ln_f.forward(&x)?;
         self.head.forward(x, self.embedding.wte.compute(), self.config.vocab_size, targets)
     }
+
+    /// [`Model::forward_cached`] on the CPU: the token embedding plus the position rows
+    /// `start .. start + n`, each block's cached attention, the logits of the new positions.
+    fn forward_cached_rows(&mut self, inputs: &Tensor, start: usize) -> Result<()> {
+        let (c, l, ctx) = (self.config.n_embd, self.config.n_layer, self.config.context_length);
+        let device = self.device();
+        let cache = KvCache::prepare(&mut self.kv, inputs, start, device, l, ctx, c)?;
+        let (b, n) = (inputs.shape()[0], inputs.shape()[1]);
+        let wte = self.embedding.wte.compute();
+        let mut x = empty_like(wte, &[b, n, c])?;
+        let wpe = self.embedding.wpe.as_ref().map(|p| p.compute().rows(start, n)).transpose()?;
+        embedding_forward(&mut x, inputs, wte, wpe.as_ref())?;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            x = block.forward_cached(&x, &mut cache.k[i], &mut cache.v[i], start)?;
+        }
+        cache.len = start + n;
+        let x = self.ln_f.forward(&x)?;
+        self.head.forward(x, self.embedding.wte.compute(), self.config.vocab_size, None)?;
+        Ok(())
+    }
 }
 
 impl Model for Gpt {
@@ -193,8 +217,17 @@ impl Model for Gpt {
 
     crate::layer_fields! {
         children: [embedding, blocks, ln_f],
-        saved: [head],
+        saved: [head, kv],
         config: [config, precision, recompute],
+    }
+
+    /// On the CPU (in fp32); `Ok(false)` on a CUDA device.
+    fn forward_cached(&mut self, inputs: &Tensor, start: usize) -> Result<bool> {
+        if self.device() != Device::Cpu {
+            return Ok(false);
+        }
+        self.forward_cached_rows(inputs, start)?;
+        Ok(true)
     }
 
     fn set_recompute(&mut self, policy: Recompute) -> Result<()> {

@@ -21,6 +21,7 @@
 pub mod error;
 pub mod gpt;
 pub mod gradcheck;
+pub mod kv_cache;
 pub mod layers;
 pub mod llama;
 pub mod lm_head;

@@ -8,6 +8,7 @@
 
 use kernels::{Device, Tensor};
 
+use crate::kv_cache::KvCache;
 use crate::layers::{AttentionShape, Embedding, Layer, LlamaBlock, RmsNorm};
 use crate::lm_head::{check_batch, LmHead};
 use crate::param::{vocab_rows, Placement, Precision};
@@ -105,6 +106,8 @@ pub struct Llama {
     pub lm_head: Option<Param>,
     recompute: Recompute,
     head: LmHead,
+    /// Incremental decoding's keys and values ([`Model::forward_cached`]).
+    kv: Option<KvCache>,
 }
 
 impl Llama {
@@ -138,7 +141,7 @@ impl Llama {
             w.weight_decay = true;
             Some(w)
         };
-        Ok(Self { embed_tokens, layers, norm, lm_head, recompute: Recompute::None, head: LmHead::default(), config, precision })
+        Ok(Self { embed_tokens, layers, norm, lm_head, recompute: Recompute::None, head: LmHead::default(), kv: None, config, precision })
     }
 
     /// The recomputation policy the next forward follows.
@@ -158,6 +161,26 @@ impl Llama {
         let classifier = self.lm_head.as_ref().unwrap_or(&self.embed_tokens.wte);
         self.head.forward(x, classifier.compute(), self.config.vocab_size, targets)
     }
+
+    /// [`Model::forward_cached`] on the CPU: the token embedding, each layer's cached
+    /// attention (RoPE at the new positions, the KV heads cached as they are), the logits
+    /// of the new positions.
+    fn forward_cached_rows(&mut self, inputs: &Tensor, start: usize) -> Result<()> {
+        let c = &self.config;
+        let (l, ctx, width) = (c.n_layer, c.context_length, c.n_kv_head * c.head_size());
+        let device = self.device();
+        let cache = KvCache::prepare(&mut self.kv, inputs, start, device, l, ctx, width)?;
+        let n = inputs.shape()[1];
+        let mut x = self.embed_tokens.forward(inputs)?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            x = layer.forward_cached(&x, &mut cache.k[i], &mut cache.v[i], start)?;
+        }
+        cache.len = start + n;
+        let x = self.norm.forward(&x)?;
+        let classifier = self.lm_head.as_ref().unwrap_or(&self.embed_tokens.wte);
+        self.head.forward(x, classifier.compute(), self.config.vocab_size, None)?;
+        Ok(())
+    }
 }
 
 impl Model for Llama {
@@ -176,8 +199,17 @@ impl Model for Llama {
 
     crate::layer_fields! {
         children: [embed_tokens, layers, norm, lm_head],
-        saved: [head],
+        saved: [head, kv],
         config: [config, precision, recompute],
+    }
+
+    /// On the CPU (in fp32); `Ok(false)` on a CUDA device.
+    fn forward_cached(&mut self, inputs: &Tensor, start: usize) -> Result<bool> {
+        if self.device() != Device::Cpu {
+            return Ok(false);
+        }
+        self.forward_cached_rows(inputs, start)?;
+        Ok(true)
     }
 
     /// [`Recompute::None`] and [`Recompute::Full`]; selective recomputation is GPT-2's.

@@ -135,6 +135,24 @@ pub trait Model {
         Ok(Tensor::from_vec(&[losses.len()], losses)?.to_device(device)?)
     }
 
+    /// Incremental decoding with a key/value cache: runs token ids `inputs` (B, n) as the
+    /// positions `start .. start + n` of sequences whose first `start` positions an earlier
+    /// call ran (`start` = 0 begins new sequences; a `start` below the positions cached
+    /// drops the rest first), extends the cache with theirs, and keeps the logits (B, n, V_stored)
+    /// of the n new positions for [`Model::logits`], as a forward without targets over the
+    /// whole sequences would (up to float rounding). `start + n` must not exceed
+    /// [`Model::context_length`]. [`Model::release`] drops the cache.
+    ///
+    /// Returns `Ok(false)`, having run nothing, when the model has no KV cache: the default,
+    /// so a model of your own works unchanged, and a caller (`engine sample`) runs
+    /// [`Model::forward`] over the whole window instead. GPT-2 and Llama have one on the
+    /// CPU; on a CUDA device they return `Ok(false)` (the cached attention has no CUDA
+    /// kernel yet).
+    fn forward_cached(&mut self, inputs: &Tensor, start: usize) -> Result<bool> {
+        let _ = (inputs, start);
+        Ok(false)
+    }
+
     /// Backward from the last forward's loss, times `loss_scale` (e.g. 1/accumulation
     /// steps). Parameter gradients accumulate.
     fn backward(&mut self, loss_scale: f32) -> Result<()>;

@@ -1,4 +1,4 @@
-//! The page: header, statistics table, charts, alerts, plan changes, checkpoints.
+//! The page: header, statistics table, charts, alerts, samples of text, plan changes, checkpoints.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -35,6 +35,7 @@ pub fn render(run: &Run) -> String {
     summary_table(&mut page, run);
     charts(&mut page, run);
     alerts(&mut page, run);
+    samples(&mut page, run);
     events(&mut page, run);
     page.push_str("</body>\n</html>\n");
     page
@@ -459,6 +460,28 @@ fn alerts(page: &mut String, run: &Run) {
     page.push_str("</table>\n");
 }
 
+/// `train.sample_interval`'s samples, in step order: the prompt, then the generated text.
+fn samples(page: &mut String, run: &Run) {
+    let samples: Vec<&super::TextSample> =
+        run.events.iter().flatten().filter_map(|e| if let Event::TextSample(s) = e { Some(s) } else { None }).collect();
+    if samples.is_empty() {
+        return;
+    }
+    page.push_str("<h2>Samples</h2>\n<table>\n<tr><th class=\"num\">step</th><th class=\"num\">seed</th><th>prompt, then the generated text</th></tr>\n");
+    for s in samples {
+        let _ = writeln!(
+            page,
+            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td><pre style=\"white-space: pre-wrap; margin: 0\"><b>{}</b>{}</pre><span class=\"note\">{} tokens</span></td></tr>",
+            s.step,
+            s.seed,
+            escape(&s.prompt),
+            escape(&s.text),
+            s.tokens
+        );
+    }
+    page.push_str("</table>\n");
+}
+
 fn events(page: &mut String, run: &Run) {
     let events = run.events.as_deref().unwrap_or_default();
     page.push_str("<h2>Plan changes</h2>\n");
@@ -694,6 +717,22 @@ mod tests {
             assert!(!page.contains(bad), "{bad} in the page");
         }
         assert!(page.contains("<td class=\"num\">3</td><td>loss_spike</td><td>&lt;script&gt;alert(1)&lt;/script&gt; &amp; more</td>"));
+    }
+
+    #[test]
+    fn samples_are_shown_in_step_order_and_escaped() {
+        let mut r = run(20);
+        assert!(!render(&r).contains("<h2>Samples</h2>"), "no section without samples");
+        let sample = |step: u64, text: &str| {
+            Event::TextSample(super::super::TextSample { step, seed: 1337 + step, prompt: "A<".into(), tokens: 3, text: text.into() })
+        };
+        r.events = Some(vec![sample(10, "x</pre><script>"), sample(20, "two & more")]);
+        let page = render(&r);
+        assert!(!page.contains("<script"), "the text is escaped");
+        let first = page.find("<b>A&lt;</b>x&lt;/pre&gt;&lt;script&gt;</pre>").expect("step 10's sample");
+        let second = page.find("<b>A&lt;</b>two &amp; more</pre>").expect("step 20's sample");
+        assert!(first < second);
+        assert!(page.contains("<td class=\"num\">10</td><td class=\"num\">1347</td>"));
     }
 
     #[test]

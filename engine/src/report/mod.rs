@@ -134,6 +134,21 @@ pub struct Checkpoint {
     pub path: String,
 }
 
+/// A sample of generated text (`train.sample_interval`), as in `events.jsonl`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TextSample {
+    /// Steps completed when it was drawn.
+    pub step: u64,
+    /// The seed of its random draws (`engine sample --seed`).
+    pub seed: u64,
+    /// The text it continues (`train.sample_prompt`).
+    pub prompt: String,
+    /// Tokens generated.
+    pub tokens: usize,
+    /// The generated text (the continuation, without the prompt).
+    pub text: String,
+}
+
 /// One line of `events.jsonl`; kinds this report does not know are kept as their JSON.
 #[derive(Clone, Debug)]
 pub enum Event {
@@ -143,6 +158,8 @@ pub enum Event {
     PlanChange(PlanChange),
     /// `{"event": "checkpoint", "checkpoint": {...}}`.
     Checkpoint(Checkpoint),
+    /// `{"event": "sample", "sample": {...}}`.
+    TextSample(TextSample),
     /// Any other `event`.
     Other {
         /// The line's `event` value ("(no kind)" when it has none).
@@ -417,6 +434,7 @@ fn parse_events(path: &Path, text: &str, notes: &mut Vec<String>) -> Result<Vec<
             "alert" => Event::Alert(serde_json::from_value(body("alert")).map_err(bad)?),
             "plan_change" => Event::PlanChange(serde_json::from_value(body("change")).map_err(bad)?),
             "checkpoint" => Event::Checkpoint(serde_json::from_value(body("checkpoint")).map_err(bad)?),
+            "sample" => Event::TextSample(serde_json::from_value(body("sample")).map_err(bad)?),
             _ => Event::Other { json: value.to_string(), kind },
         });
     }

@@ -79,6 +79,62 @@ pub fn attention_backward(dqkv: &mut Tensor, dout: &Tensor, qkv: &Tensor, out: &
     Ok(())
 }
 
+const OP_CACHED: &str = "attention_cached_forward";
+
+/// Causal attention of new queries against a key/value cache (incremental decoding).
+///
+/// `qkv` (B, n, (NH + 2 KV) HS) holds the fused [q | k | v] rows of the n new positions
+/// `start .. start + n`: NH query heads, KV key/value heads (KV divides NH; query head h reads
+/// key/value head h / (NH / KV): grouped-query attention; KV = NH is GPT-2's multi-head
+/// attention). Their k and v rows are first written into `k_cache` and `v_cache`
+/// (B, Tmax, KV HS) at rows `start .. start + n`; then `out` (B, n, NH HS) gets, for new
+/// position i, the softmax over the keys 0 ..= start + i of q k^T / sqrt(HS) applied to the
+/// values: the rows [`attention_forward`] computes for those positions over the whole
+/// sequence, up to float rounding. Rows of the cache past `start + n` are neither read nor
+/// written. f32 on the CPU only: on a CUDA device this is an error (the models then decode
+/// through the full forward).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached_forward(
+    out: &mut Tensor,
+    qkv: &Tensor,
+    k_cache: &mut Tensor,
+    v_cache: &mut Tensor,
+    start: usize,
+    n_head: usize,
+    n_kv_head: usize,
+) -> Result<()> {
+    let op = OP_CACHED;
+    let &[b, n, w] = qkv.shape() else {
+        return Err(Error::Invalid { op, msg: format!("qkv must be (B,n,(NH+2KV)HS), got {:?}", qkv.shape()) });
+    };
+    if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) || !w.is_multiple_of(n_head + 2 * n_kv_head) {
+        return Err(Error::Invalid {
+            op,
+            msg: format!("qkv width {w} is not (n_head + 2 n_kv_head) * HS with n_head ({n_head}) a multiple of n_kv_head ({n_kv_head})"),
+        });
+    }
+    let hs = w / (n_head + 2 * n_kv_head);
+    let &[kb, t_max, kw] = k_cache.shape() else {
+        return Err(Error::Invalid { op, msg: format!("k_cache must be (B,Tmax,KV*HS), got {:?}", k_cache.shape()) });
+    };
+    if kb != b || kw != n_kv_head * hs {
+        return Err(Error::Shape { op, arg: "k_cache", expected: vec![b, t_max, n_kv_head * hs], got: k_cache.shape().to_vec() });
+    }
+    v_cache.expect_shape(op, "v_cache", &[b, t_max, n_kv_head * hs])?;
+    out.expect_shape(op, "out", &[b, n, n_head * hs])?;
+    if start + n > t_max {
+        return Err(Error::Invalid { op, msg: format!("positions {start}..{} do not fit a cache of {t_max}", start + n) });
+    }
+    match same_device(op, &[out, qkv, k_cache, v_cache])? {
+        Device::Cuda(_) => Err(Error::Invalid { op, msg: "not implemented on CUDA (decode through attention_forward over the whole sequence)".into() }),
+        Device::Cpu => {
+            let dims = cpu::CachedDims { b, n, t_max, start, nh: n_head, kv: n_kv_head, hs };
+            cpu::attention_cached_forward(out.f32_mut()?, qkv.f32()?, k_cache.f32_mut()?, v_cache.f32_mut()?, &dims);
+            Ok(())
+        }
+    }
+}
+
 pub mod cpu {
     use super::*;
     use crate::ops::cpu_math::{self, exp, multiversion};
@@ -137,6 +193,65 @@ pub mod cpu {
                 }
             }
         });
+    }
+
+    /// The sizes of [`super::attention_cached_forward`]: batch B, n new positions from
+    /// `start`, a cache of `t_max` rows, NH query and KV key/value heads of HS columns.
+    pub struct CachedDims {
+        pub b: usize,
+        pub n: usize,
+        pub t_max: usize,
+        pub start: usize,
+        pub nh: usize,
+        pub kv: usize,
+        pub hs: usize,
+    }
+
+    /// [`super::attention_cached_forward`] on host slices: out (B,n,NH HS), qkv
+    /// (B,n,(NH+2KV)HS), the caches (B,Tmax,KV HS). The same steps as the full forward's
+    /// row blocks (scaled Q K^T by GEMM, the causal softmax, P V by GEMM), over the keys
+    /// 0 .. start + n; parallel over the (batch, head) pairs.
+    pub fn attention_cached_forward(out: &mut [f32], qkv: &[f32], k_cache: &mut [f32], v_cache: &mut [f32], d: &CachedDims) {
+        let CachedDims { b, n, t_max, start, nh, kv, hs } = *d;
+        let (w, kvw, c) = ((nh + 2 * kv) * hs, kv * hs, nh * hs);
+        for bi in 0..b {
+            for i in 0..n {
+                let row = &qkv[(bi * n + i) * w..][..w];
+                let at = (bi * t_max + start + i) * kvw;
+                k_cache[at..at + kvw].copy_from_slice(&row[c..c + kvw]);
+                v_cache[at..at + kvw].copy_from_slice(&row[c + kvw..c + 2 * kvw]);
+            }
+        }
+        let len = start + n;
+        let scale = 1.0 / (hs as f32).sqrt();
+        let group = nh / kv;
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let (k_cache, v_cache) = (&*k_cache, &*v_cache);
+        (0..b * nh).into_par_iter().for_each_init(
+            || vec![0.0f32; n * len],
+            |p, bh| {
+                let (bi, h) = (bh / nh, bh % nh);
+                let q = qkv[bi * n * w + h * hs..].as_ptr();
+                let k = k_cache[bi * t_max * kvw + (h / group) * hs..].as_ptr();
+                let v = v_cache[bi * t_max * kvw + (h / group) * hs..].as_ptr();
+                let o = out_ptr.get().wrapping_add(bi * n * c + h * hs);
+                // SAFETY: q addresses n rows of hs with stride w inside qkv, k and v len rows
+                // of hs with stride kvw inside this batch's cache (len <= t_max), p is this
+                // task's own n x len buffer, o this (b, h)'s column stripe of out.
+                unsafe {
+                    // S = scale * Q K[0..len]^T
+                    sgemm(n, len, hs, Mat { ptr: p.as_mut_ptr(), rs: len as isize, cs: 1 }, false, Mat::rows(q, w), Mat::trans(k, kvw), scale, false);
+                }
+                for i in 0..n {
+                    causal_softmax_row(&mut p[i * len..][..len], start + i);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    // O = P V[0..len]
+                    sgemm(n, hs, len, Mat { ptr: o, rs: c as isize, cs: 1 }, false, Mat::rows(p.as_ptr(), len), Mat::rows(v, kvw), 1.0, false);
+                }
+            },
+        );
     }
 
     multiversion! {

@@ -62,7 +62,26 @@ pub fn rope_forward(out: &mut Tensor, inp: &Tensor, rope: &Rope) -> Result<()> {
     match same_device(OP_FWD, &[out, inp])? {
         Device::Cuda(_) => cuda::rope(out, inp, rope, false),
         Device::Cpu => {
-            cpu::rope(out.f32_mut()?, inp.f32()?, t, w, rope, false);
+            cpu::rope(out.f32_mut()?, inp.f32()?, t, w, rope, 0, false);
+            Ok(())
+        }
+    }
+}
+
+/// [`rope_forward`] for rows at positions `start .. start + T` (incremental decoding: the
+/// new tokens after `start` cached ones). `start = 0` is [`rope_forward`]; a later start runs
+/// on the CPU only (on a CUDA device it is an error: the models then decode through the full
+/// forward).
+pub fn rope_forward_at(out: &mut Tensor, inp: &Tensor, rope: &Rope, start: usize) -> Result<()> {
+    if start == 0 {
+        return rope_forward(out, inp, rope);
+    }
+    let (_, t, w) = rope.dims(OP_FWD, inp)?;
+    out.expect_shape(OP_FWD, "out", inp.shape())?;
+    match same_device(OP_FWD, &[out, inp])? {
+        Device::Cuda(_) => Err(Error::Invalid { op: OP_FWD, msg: format!("positions from {start} are not implemented on CUDA") }),
+        Device::Cpu => {
+            cpu::rope(out.f32_mut()?, inp.f32()?, t, w, rope, start, false);
             Ok(())
         }
     }
@@ -75,7 +94,7 @@ pub fn rope_backward(dinp: &mut Tensor, dout: &Tensor, rope: &Rope) -> Result<()
     match same_device(OP_BWD, &[dinp, dout])? {
         Device::Cuda(_) => cuda::rope(dinp, dout, rope, true),
         Device::Cpu => {
-            cpu::rope(dinp.f32_mut()?, dout.f32()?, t, w, rope, true);
+            cpu::rope(dinp.f32_mut()?, dout.f32()?, t, w, rope, 0, true);
             Ok(())
         }
     }
@@ -87,15 +106,17 @@ pub mod cpu {
 
     use super::Rope;
 
-    /// `inverse`: the backward (rotation by -a).
-    pub fn rope(out: &mut [f32], inp: &[f32], t_len: usize, w: usize, rope: &Rope, inverse: bool) {
+    /// `inverse`: the backward (rotation by -a). Row r of each sequence is at position
+    /// `start + r`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(out: &mut [f32], inp: &[f32], t_len: usize, w: usize, rope: &Rope, start: usize, inverse: bool) {
         if w == 0 {
             return;
         }
         let inv_freq = rope.inv_freq();
         let (hs, half, cols) = (rope.head_size, rope.head_size / 2, rope.heads * rope.head_size);
         out.par_chunks_mut(w).zip(inp.par_chunks(w)).enumerate().for_each(|(row, (o, x))| {
-            let pos = (row % t_len) as f32;
+            let pos = (start + row % t_len) as f32;
             for col in 0..w {
                 if col >= cols {
                     o[col] = x[col];

@@ -1,4 +1,4 @@
-use kernels::ops::attention::{attention_backward, attention_forward, attention_saved_shape};
+use kernels::ops::attention::{attention_backward, attention_cached_forward, attention_forward, attention_saved_shape};
 use kernels::{DType, Tensor};
 
 use super::{empty_like, take_saved, Layer, Linear};
@@ -30,6 +30,19 @@ impl CausalSelfAttention {
             n_head,
             cache: None,
         })
+    }
+}
+
+impl CausalSelfAttention {
+    /// Incremental decoding: the output (B,n,C) of `x` (B,n,C) at positions
+    /// `start .. start + n`, attending to the keys and values `k_cache` and `v_cache`
+    /// (B,Tmax,C) hold for positions before `start`, after writing theirs there. Keeps
+    /// nothing for a backward beyond what the projections keep (released by `release`).
+    pub fn forward_cached(&mut self, x: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, start: usize) -> Result<Tensor> {
+        let qkv = self.c_attn.forward(x)?; // (B,n,3C)
+        let mut y = empty_like(x, x.shape())?;
+        attention_cached_forward(&mut y, &qkv, k_cache, v_cache, start, self.n_head, self.n_head)?;
+        self.c_proj.forward(&y)
     }
 }
 

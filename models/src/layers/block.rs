@@ -114,6 +114,19 @@ impl Block {
         self.recompute
     }
 
+    /// Incremental decoding (see [`CausalSelfAttention::forward_cached`]): the block's
+    /// output for `x` (B,n,C) at positions `start .. start + n`, its attention reading and
+    /// extending this layer's key/value cache.
+    pub fn forward_cached(&mut self, x: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, start: usize) -> Result<Tensor> {
+        let a = self.attn.forward_cached(&self.ln_1.forward(x)?, k_cache, v_cache, start)?;
+        let (x1, h) = self.ln_2.forward_residual(x, &a)?;
+        drop(a);
+        let m = self.mlp.forward(&h)?;
+        let mut x2 = empty_like(x, x.shape())?;
+        residual_forward(&mut x2, &x1, &m)?;
+        Ok(x2)
+    }
+
     /// The block's forward with every sublayer keeping its state (minus the LayerNorm and
     /// activation outputs under selective recomputation, which backward puts back).
     fn forward_saving(&mut self, x: &Tensor) -> Result<Tensor> {

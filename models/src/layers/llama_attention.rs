@@ -1,7 +1,7 @@
-use kernels::ops::attention::{attention_backward, attention_forward, attention_saved_shape};
+use kernels::ops::attention::{attention_backward, attention_cached_forward, attention_forward, attention_saved_shape};
 use kernels::ops::kv_expand::{kv_expand_backward, kv_expand_forward};
 use kernels::ops::matmul::WeightLayout;
-use kernels::ops::rope::{rope_backward, rope_forward, Rope};
+use kernels::ops::rope::{rope_backward, rope_forward, rope_forward_at, Rope};
 use kernels::{DType, Tensor};
 
 use super::{empty_like, take_saved, Layer, Linear};
@@ -60,6 +60,22 @@ impl LlamaAttention {
             .collect();
         let o_proj = Linear::with_layout(at, &format!("{name}.o_proj"), q_rows, c, WeightLayout::OutIn, false, proj_std, rng)?;
         Ok(Self { qkv_proj, o_proj, shape, cache: None })
+    }
+
+    /// Incremental decoding: the output (B,n,C) of `x` (B,n,C) at positions
+    /// `start .. start + n` (RoPE rotates q and k at those positions), attending to the
+    /// keys and values `k_cache` and `v_cache` (B,Tmax,KV HS) hold for positions before
+    /// `start`, after writing theirs there. The cache keeps the KV heads as they are (not
+    /// repeated per query head): query head h reads key/value head h / (NH / KV).
+    pub fn forward_cached(&mut self, x: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, start: usize) -> Result<Tensor> {
+        let qkv = self.qkv_proj.forward(x)?; // (B,n,(NH+2KV)HS)
+        let mut rotated = empty_like(&qkv, qkv.shape())?;
+        rope_forward_at(&mut rotated, &qkv, &self.rope(), start)?;
+        drop(qkv);
+        let (b, n) = (x.shape()[0], x.shape()[1]);
+        let mut y = empty_like(x, &[b, n, self.shape.n_head * self.shape.head_size()])?;
+        attention_cached_forward(&mut y, &rotated, k_cache, v_cache, start, self.shape.n_head, self.shape.n_kv_head)?;
+        self.o_proj.forward(&y)
     }
 
     fn rope(&self) -> Rope {

@@ -63,6 +63,20 @@ impl LlamaBlock {
         self.recompute
     }
 
+    /// Incremental decoding (see [`LlamaAttention::forward_cached`]): the layer's output for
+    /// `x` (B,n,C) at positions `start .. start + n`, its attention reading and extending
+    /// this layer's key/value cache.
+    pub fn forward_cached(&mut self, x: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, start: usize) -> Result<Tensor> {
+        let a = self.self_attn.forward_cached(&self.input_layernorm.forward(x)?, k_cache, v_cache, start)?;
+        let mut x1 = empty_like(x, x.shape())?;
+        residual_forward(&mut x1, x, &a)?;
+        drop(a);
+        let m = self.mlp.forward(&self.post_attention_layernorm.forward(&x1)?)?;
+        let mut x2 = empty_like(x, x.shape())?;
+        residual_forward(&mut x2, &x1, &m)?;
+        Ok(x2)
+    }
+
     /// The forward with every sublayer keeping its state.
     fn forward_saving(&mut self, x: &Tensor) -> Result<Tensor> {
         let a = self.self_attn.forward(&self.input_layernorm.forward(x)?)?;
