@@ -423,6 +423,7 @@ mod tests {
             micro_batch: 2,
             grad_accum: 1,
             recompute: "none".into(),
+            hellaswag: None,
         }
     }
 
