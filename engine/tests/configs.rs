@@ -36,4 +36,7 @@ fn the_fineweb_recipe_is_llm_c_s() {
     assert_eq!(c.train.max_steps * 524_288, 9_890_693_120);
     assert_eq!(c.data.tokenizer, "gpt2");
     assert!(c.memory.budget.is_some(), "the planner needs a budget to pick the micro-batch");
+    // llm.c's -v 250 -h 1: validation and HellaSwag together; -g 144 sample tokens.
+    assert_eq!((c.train.eval_interval, c.train.hellaswag_interval, c.train.sample_tokens), (250, 250, 144));
+    assert!(c.train.hellaswag_data.is_some() && c.logs.tensorboard);
 }
