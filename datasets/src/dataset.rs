@@ -240,7 +240,9 @@ impl Data {
 /// The shard files of a directory of llm.c shards, each list sorted by file name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmcShards {
+    /// The training shards (`*train*.bin`).
     pub train: Vec<PathBuf>,
+    /// The validation shards (`*val*.bin`).
     pub val: Vec<PathBuf>,
 }
 
