@@ -20,10 +20,10 @@ pub mod shard;
 pub mod split;
 pub mod tokenizer;
 
-pub use dataset::{Data, DatasetMeta, TextSource};
+pub use dataset::{find_llmc_shards, Data, DatasetMeta, LlmcShards, TextSource};
 pub use loader::{HostAllocator, HostBuffer, LoadedBatch, Loader, LoaderConfig, PageableAllocator};
 pub use sampler::{EpochSampler, Order, SamplerState};
-pub use shard::{Shard, TokenWidth};
+pub use shard::{Shard, ShardWriter, TokenWidth};
 pub use split::{Split, WindowIndex};
 pub use tokenizer::{tokenizer, ByteTokenizer, Gpt2Tokenizer, Tokenizer};
 
@@ -54,7 +54,7 @@ pub enum Error {
     ShardTooLarge { path: PathBuf, tokens: usize },
     #[error("{}: {msg}", path.display())]
     DatasetJson { path: PathBuf, msg: String },
-    #[error("{} is a directory without a dataset.json; make a data set directory with `engine prepare`, or point at a text file", path.display())]
+    #[error("{} is a directory without a dataset.json or llm.c shards (`*train*.bin` and `*val*.bin`); make a data set directory with `engine prepare`, or point at a text file", path.display())]
     NotADataset { path: PathBuf },
     #[error("data set {} was prepared with the {dataset} tokenizer (vocab {vocab}), not `{requested}`", path.display())]
     TokenizerMismatch { path: PathBuf, dataset: String, vocab: usize, requested: String },

@@ -11,11 +11,12 @@
 //! mid-run), and written atomically (a temporary file renamed into place).
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
@@ -65,41 +66,152 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 /// Writes `tokens` as a shard at `path`, atomically: the bytes go to a temporary file in
 /// the same directory, which is flushed to disk and then renamed over `path`.
 pub fn write_shard(path: &Path, tokens: &[u32], width: TokenWidth) -> Result<()> {
-    let max = tokens.iter().copied().max().unwrap_or(0);
-    if width == TokenWidth::U16 && max > u16::MAX as u32 {
-        return Err(Error::TokenTooWide { path: path.to_path_buf(), token: max });
-    }
-    let count = i32::try_from(tokens.len()).map_err(|_| Error::ShardTooLarge { path: path.to_path_buf(), tokens: tokens.len() })?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        let (magic, version) = width.magic_version();
-        let mut header = [0i32; HEADER_BYTES / 4];
-        header[0] = magic;
-        header[1] = version;
-        header[2] = count;
-        let mut bytes = Vec::with_capacity(HEADER_BYTES);
-        bytes.extend(header.iter().flat_map(|h| h.to_le_bytes()));
-        w.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        // Encode in blocks so a 100M-token shard never needs a second full copy in memory.
-        for block in tokens.chunks(1 << 16) {
-            bytes.clear();
-            match width {
-                TokenWidth::U16 => bytes.extend(block.iter().flat_map(|&t| (t as u16).to_le_bytes())),
-                TokenWidth::U32 => bytes.extend(block.iter().flat_map(|&t| t.to_le_bytes())),
-            }
-            w.write_all(&bytes).map_err(io_err("write", &tmp))?;
+    let mut w = ShardWriter::create(path, width, tokens.len())?;
+    w.push(tokens)?;
+    w.finish().map(|_| ())
+}
+
+/// The 1024-byte header of a shard of `count` tokens of `width`.
+pub fn header(width: TokenWidth, count: i32) -> [u8; HEADER_BYTES] {
+    let (magic, version) = width.magic_version();
+    let mut bytes = [0u8; HEADER_BYTES];
+    bytes[0..4].copy_from_slice(&magic.to_le_bytes());
+    bytes[4..8].copy_from_slice(&version.to_le_bytes());
+    bytes[8..12].copy_from_slice(&count.to_le_bytes());
+    bytes
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex SHA-256 of the file at `path`, read in 1 MiB blocks (memory stays small for any size).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            break;
         }
-        let file = w.into_inner().map_err(|e| Error::Io { op: "write", path: tmp.clone(), source: e.into_error() })?;
-        file.sync_all().map_err(io_err("sync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("rename into", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        hasher.update(&buf[..n]);
     }
-    result
+    Ok(hex(&hasher.finalize()))
+}
+
+/// A shard written as its tokens come, in bounded memory: [`ShardWriter::push`] appends to a
+/// temporary file beside `path` (hashing the bytes as they go), [`ShardWriter::finish`]
+/// flushes it to disk and renames it into place. Dropped unfinished, the temporary file is
+/// removed and `path` is untouched.
+pub struct ShardWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+    width: TokenWidth,
+    expected: usize,
+    count: usize,
+    hasher: Sha256,
+    buf: Vec<u8>,
+}
+
+impl ShardWriter {
+    /// Starts a shard at `path` that is expected to hold `expected` tokens (the header is
+    /// written with that count and rewritten by [`ShardWriter::finish`] if it ends shorter).
+    pub fn create(path: &Path, width: TokenWidth, expected: usize) -> Result<Self> {
+        let count = i32::try_from(expected).map_err(|_| Error::ShardTooLarge { path: path.to_path_buf(), tokens: expected })?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let mut w = Self {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            width,
+            expected,
+            count: 0,
+            hasher: Sha256::new(),
+            buf: Vec::with_capacity(1 << 17),
+        };
+        let head = header(width, count);
+        w.hasher.update(head);
+        let tmp = w.tmp.clone();
+        w.file.as_mut().expect("open").write_all(&head).map_err(io_err("write", &tmp))?;
+        Ok(w)
+    }
+
+    /// Tokens written so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no token was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The shard's final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `tokens`; an id too wide for the shard's width is an error naming the shard.
+    pub fn push(&mut self, tokens: &[u32]) -> Result<()> {
+        if self.count + tokens.len() > i32::MAX as usize {
+            return Err(Error::ShardTooLarge { path: self.path.clone(), tokens: self.count + tokens.len() });
+        }
+        for block in tokens.chunks(1 << 16) {
+            self.buf.clear();
+            match self.width {
+                TokenWidth::U16 => {
+                    if let Some(&t) = block.iter().find(|&&t| t > u16::MAX as u32) {
+                        return Err(Error::TokenTooWide { path: self.path.clone(), token: t });
+                    }
+                    self.buf.extend(block.iter().flat_map(|&t| (t as u16).to_le_bytes()));
+                }
+                TokenWidth::U32 => self.buf.extend(block.iter().flat_map(|&t| t.to_le_bytes())),
+            }
+            self.hasher.update(&self.buf);
+            let tmp = &self.tmp;
+            self.file.as_mut().expect("open until finish").write_all(&self.buf).map_err(io_err("write", tmp))?;
+        }
+        self.count += tokens.len();
+        Ok(())
+    }
+
+    /// Completes the shard: fixes the header if fewer tokens than expected came, flushes the
+    /// file to disk, renames it to its path and returns the hex SHA-256 of its bytes.
+    pub fn finish(mut self) -> Result<String> {
+        let tmp = self.tmp.clone();
+        let mut file = self
+            .file
+            .take()
+            .expect("open until finish")
+            .into_inner()
+            .map_err(|e| Error::Io { op: "write", path: tmp.clone(), source: e.into_error() })?;
+        let sha = if self.count == self.expected {
+            hex(&std::mem::take(&mut self.hasher).finalize())
+        } else {
+            file.seek(SeekFrom::Start(0)).map_err(io_err("seek in", &tmp))?;
+            file.write_all(&header(self.width, self.count as i32)).map_err(io_err("write", &tmp))?;
+            sha256_file(&tmp)?
+        };
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+        drop(file);
+        fs::rename(&tmp, &self.path).map_err(io_err("rename into", &self.path))?;
+        Ok(sha)
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        // Unfinished (an error, or the writer abandoned): leave nothing behind. After a
+        // successful finish the temporary file was renamed and this finds nothing.
+        if self.file.take().is_some() || self.tmp.exists() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// A shard's bytes: the file memory-mapped ([`Shard::open`]) or held in memory

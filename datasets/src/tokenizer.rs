@@ -107,15 +107,12 @@ pub fn tokenizer(name: &str) -> Result<Box<dyn Tokenizer>> {
 /// The test `chunked_gpt2_encoding_equals_whole_file_encoding` checks this on Tiny
 /// Shakespeare and on random text full of whitespace runs.
 pub fn safe_split_points(text: &[u8], target: usize) -> Vec<usize> {
-    let printable = |b: u8| b.is_ascii_graphic();
     let mut cuts = Vec::new();
     let mut next = target.max(1);
     while next + 2 < text.len() {
         // The first blank line `X\n\nY` at or after `next`; cut between its newlines.
-        let found = text[next..].windows(4).position(|w| printable(w[0]) && w[1] == b'\n' && w[2] == b'\n' && printable(w[3]));
-        match found {
-            Some(i) => {
-                let cut = next + i + 2;
+        match next_safe_split(text, next + 2) {
+            Some(cut) => {
                 cuts.push(cut);
                 next = cut + target.max(1);
             }
@@ -123,6 +120,37 @@ pub fn safe_split_points(text: &[u8], target: usize) -> Vec<usize> {
         }
     }
     cuts
+}
+
+/// Whether [`safe_split_points`] may cut `text` at byte `p`: `text[p-2..p+2]` is `X\n\nY`
+/// with X and Y printable ASCII (the cut goes between the newlines). Only the four bytes
+/// around `p` matter, so the answer for a slice equals the answer for the whole file.
+#[inline]
+pub fn is_safe_split(text: &[u8], p: usize) -> bool {
+    p >= 2
+        && p + 1 < text.len()
+        && text[p - 2].is_ascii_graphic()
+        && text[p - 1] == b'\n'
+        && text[p] == b'\n'
+        && text[p + 1].is_ascii_graphic()
+}
+
+/// The first cut `p >= from` where [`is_safe_split`] holds (the rule of
+/// [`safe_split_points`]), if `text` has one.
+pub fn next_safe_split(text: &[u8], from: usize) -> Option<usize> {
+    let start = from.max(2) - 2;
+    if start + 4 > text.len() {
+        return None;
+    }
+    text[start..]
+        .windows(4)
+        .position(|w| w[1] == b'\n' && w[2] == b'\n' && w[0].is_ascii_graphic() && w[3].is_ascii_graphic())
+        .map(|i| start + i + 2)
+}
+
+/// The last cut `p` with `lo < p < text.len()` where [`is_safe_split`] holds, if any.
+pub fn last_safe_split(text: &[u8], lo: usize) -> Option<usize> {
+    (lo + 1..text.len()).rev().find(|&p| is_safe_split(text, p))
 }
 
 /// Encodes `text` with `tokenizer`, in parallel (rayon) over chunks of about `chunk_bytes`
@@ -178,6 +206,22 @@ mod tests {
         for c in cuts {
             assert_eq!(&text[c - 1..c + 1], b"\n\n");
         }
+    }
+
+    #[test]
+    fn next_and_last_safe_split_follow_the_same_rule() {
+        let text = b"aaaa.\n\nBbbb\n\n\nCccc \n\nDddd.\n\nE";
+        let all: Vec<usize> = (0..text.len()).filter(|&p| is_safe_split(text, p)).collect();
+        assert_eq!(all, vec![6, 27]);
+        assert_eq!(next_safe_split(text, 0), Some(6));
+        assert_eq!(next_safe_split(text, 6), Some(6));
+        assert_eq!(next_safe_split(text, 7), Some(27));
+        assert_eq!(next_safe_split(text, 28), None);
+        assert_eq!(last_safe_split(text, 0), Some(27));
+        assert_eq!(last_safe_split(&text[..27], 0), Some(6));
+        assert_eq!(last_safe_split(text, 27), None);
+        // A cut needs the byte after it: at the very end of a slice it is not seen.
+        assert_eq!(next_safe_split(&text[..27], 7), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use kernels::device::{select, DeviceRequest};
 use crate::bench::BenchOptions;
 use crate::checkpoint::{self, LoadedModel};
 use crate::config::Config;
-use crate::prepare::{prepare, PrepareOptions, DEFAULT_SHARD_TOKENS};
+use crate::prepare::{prepare, InputFormat, PrepareOptions, ValSplit, DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION};
 use crate::registry::Registry;
 use crate::sample::{prompt_ids, sample_each, sample_ids, SampleOptions, Utf8Stream};
 
@@ -109,23 +109,38 @@ enum Command {
         /// A run directory (`<run.out_dir>/<run.name>`).
         run_dir: PathBuf,
     },
-    /// Tokenize text files into a data set directory (llm.c shards + dataset.json) for `data.path`.
+    /// Tokenize text or JSONL into a data set directory (llm.c shards + dataset.json) for
+    /// `data.path`, streaming and resumable; or describe existing llm.c shards (--import).
     Prepare {
-        /// Text files (UTF-8 for gpt2), concatenated in order.
-        #[arg(required = true, value_name = "INPUT")]
-        inputs: Vec<PathBuf>,
+        /// Text or JSONL files, directories (their files, sorted) or glob patterns, in order.
+        #[arg(required_unless_present = "import", value_name = "INPUT")]
+        inputs: Vec<String>,
         /// "byte" (vocab 256) or "gpt2" (GPT-2 BPE, vocab 50257).
         #[arg(long, value_parser = ["byte", "gpt2"])]
         tokenizer: String,
-        /// The data set directory to create.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// The last fraction of all tokens becomes the validation split; in (0, 1).
-        #[arg(long, default_value_t = 0.1, value_name = "F")]
-        val_fraction: f64,
-        /// Tokens per shard file at most.
+        /// The data set directory to create (or to continue, after an interruption).
+        #[arg(long, value_name = "DIR", required_unless_present = "import")]
+        out: Option<PathBuf>,
+        /// The first N tokens become the validation split (llm.c's shard 0).
+        #[arg(long, value_name = "N")]
+        val_tokens: Option<u64>,
+        /// The last fraction of all tokens becomes the validation split; in (0, 1). The
+        /// default (0.1) when --val-tokens is not given.
+        #[arg(long, value_name = "F")]
+        val_fraction: Option<f64>,
+        /// Tokens per shard file (the last of each split may hold fewer).
         #[arg(long, default_value_t = DEFAULT_SHARD_TOKENS, value_name = "N")]
         shard_tokens: usize,
+        /// "auto" (.jsonl and .json files are JSONL, others text), "text" or "jsonl".
+        #[arg(long, default_value = "auto", value_parser = ["auto", "text", "jsonl"])]
+        format: String,
+        /// The JSONL field that holds a document's text.
+        #[arg(long, default_value = "text", value_name = "NAME")]
+        text_field: String,
+        /// Write only a dataset.json over the llm.c shards of DIR (`*train*.bin`,
+        /// `*val*.bin`), checking them; no input, nothing re-tokenized.
+        #[arg(long, value_name = "DIR")]
+        import: Option<PathBuf>,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -351,11 +366,46 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             }
             Ok(())
         }
-        Command::Prepare { inputs, tokenizer, out, val_fraction, shard_tokens, quiet } => {
-            let s = prepare(&PrepareOptions { tokenizer, inputs, out, val_fraction, shard_tokens, progress: !quiet })?;
+        Command::Prepare { inputs, tokenizer, out, val_tokens, val_fraction, shard_tokens, format, text_field, import, quiet } => {
+            if let Some(dir) = import {
+                if !inputs.is_empty() || out.is_some() || val_tokens.is_some() || val_fraction.is_some() {
+                    return Err(Error::Usage(
+                        "--import DIR takes no inputs, --out, --val-tokens or --val-fraction: it describes the shards already in DIR".into(),
+                    ));
+                }
+                let s = crate::prepare::import(&dir, &tokenizer)?;
+                let m = &s.meta;
+                println!(
+                    "imported {}: {} tokenizer (vocab {}), {} train tokens in {} shard(s), {} val tokens in {} shard(s); wrote {}",
+                    s.dir.display(),
+                    m.tokenizer,
+                    m.vocab_size,
+                    m.train.tokens,
+                    m.train.shards.len(),
+                    m.val.tokens,
+                    m.val.shards.len(),
+                    s.dir.join(datasets::dataset::DATASET_JSON).display()
+                );
+                return Ok(());
+            }
+            let val = match (val_tokens, val_fraction) {
+                (Some(_), Some(_)) => return Err(Error::Usage("give --val-tokens or --val-fraction, not both".into())),
+                (Some(n), None) => ValSplit::Tokens(n),
+                (None, Some(f)) => ValSplit::Fraction(f),
+                (None, None) => ValSplit::Fraction(DEFAULT_VAL_FRACTION),
+            };
+            let format = match format.as_str() {
+                "text" => InputFormat::Text,
+                "jsonl" => InputFormat::Jsonl,
+                _ => InputFormat::Auto,
+            };
+            let out = out.expect("clap requires --out without --import");
+            let s = prepare(&PrepareOptions { tokenizer, inputs, out, val, shard_tokens, format, text_field, progress: !quiet })?;
             let m = &s.meta;
+            let mb = s.bytes_read as f64 / 1e6;
             println!(
-                "prepared {} in {:.1}s: {} tokenizer (vocab {}), {} train tokens in {} shard(s), {} val tokens in {} shard(s), from {} files ({} bytes)",
+                "prepared {} in {:.1}s: {} tokenizer (vocab {}), {} train tokens in {} shard(s), {} val tokens in {} shard(s), from {} files ({} bytes); \
+                 this run read {:.1} MB ({:.1} MB/s, {:.0} tokens/s){}",
                 s.out.display(),
                 s.seconds,
                 m.tokenizer,
@@ -365,7 +415,11 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
                 m.val.tokens,
                 m.val.shards.len(),
                 m.sources.len(),
-                m.sources.iter().map(|x| x.bytes).sum::<u64>()
+                m.sources.iter().map(|x| x.bytes).sum::<u64>(),
+                mb,
+                mb / s.seconds.max(1e-9),
+                s.tokens_made as f64 / s.seconds.max(1e-9),
+                if s.resumed_shards > 0 { format!(", {} shard(s) kept from the interrupted run", s.resumed_shards) } else { String::new() }
             );
             Ok(())
         }
