@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{assert_fails, assert_succeeds, command_in, engine_in, snapshot, train_tiny};
+use common::{assert_fails, assert_succeeds, command_in, engine_in, llmc_shard, snapshot, train_tiny};
 use datasets::{ByteTokenizer, Gpt2Tokenizer, Shard, Tokenizer, TINY_SHAKESPEARE};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -349,24 +349,6 @@ fn bad_input_is_one_clear_error_naming_file_and_line() {
     refused(d, "foreign", &gpt2("ok.jsonl").iter().map(|x| x.replace("ds", "foreign")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>(), &[
         "foreign holds shard files (x_train_000000.bin) but no prepare-state.json",
     ]);
-}
-
-/// An llm.c shard written by hand, as llm.c's `write_datafile` does (independently of
-/// `datasets::shard`): 256 int32 little-endian header words (magic 20240520, version 1, the
-/// token count, the rest zero), then the tokens as uint16 little-endian.
-fn llmc_shard(path: &Path, tokens: &[u32]) {
-    let mut bytes = Vec::with_capacity(1024 + 2 * tokens.len());
-    let mut header = [0i32; 256];
-    header[0] = 20240520;
-    header[1] = 1;
-    header[2] = tokens.len() as i32;
-    for h in header {
-        bytes.extend_from_slice(&h.to_le_bytes());
-    }
-    for &t in tokens {
-        bytes.extend_from_slice(&u16::try_from(t).unwrap().to_le_bytes());
-    }
-    fs::write(path, bytes).unwrap();
 }
 
 fn bin_snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

@@ -143,3 +143,21 @@ pub fn json_lines(file: &Path) -> Vec<serde_json::Value> {
         .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{} line {}: {e}: {l}", file.display(), i + 1)))
         .collect()
 }
+
+/// An llm.c shard written by hand, as llm.c's `write_datafile` does (independently of
+/// `datasets::shard`): 256 int32 little-endian header words (magic 20240520, version 1, the
+/// token count, the rest zero), then the tokens as uint16 little-endian.
+pub fn llmc_shard(path: &Path, tokens: &[u32]) {
+    let mut bytes = Vec::with_capacity(1024 + 2 * tokens.len());
+    let mut header = [0i32; 256];
+    header[0] = 20240520;
+    header[1] = 1;
+    header[2] = tokens.len() as i32;
+    for h in header {
+        bytes.extend_from_slice(&h.to_le_bytes());
+    }
+    for &t in tokens {
+        bytes.extend_from_slice(&u16::try_from(t).unwrap().to_le_bytes());
+    }
+    fs::write(path, bytes).unwrap();
+}
