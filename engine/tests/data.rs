@@ -4,42 +4,15 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use datasets::{ByteTokenizer, Gpt2Tokenizer, Shard, Tokenizer, TINY_SHAKESPEARE};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-const ENGINE: &str = env!("CARGO_BIN_EXE_engine");
-const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/shakespeare-char.toml");
+mod common;
 
-fn engine_in(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(ENGINE).args(args).current_dir(cwd).env_remove("RUST_BACKTRACE").output().expect("the engine binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn assert_succeeds(out: &Output) {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
-}
-
-/// Exit code 1, one stderr line `error: ...` containing every needle, no panic.
-#[track_caller]
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = text(&out.stderr);
-    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "panicked:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1; stderr:\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{stderr}");
-    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
-    for needle in needles {
-        assert!(lines[0].contains(needle), "stderr does not name {needle:?}: {}", lines[0]);
-    }
-    lines[0].to_string()
-}
+use common::{assert_fails, assert_succeeds, engine_in, text, train_tiny};
 
 /// Two small inputs cut from Tiny Shakespeare (blank lines inside, so GPT-2 chunks).
 fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
@@ -63,25 +36,11 @@ fn train(dir: &Path, steps: u64, extra: &[&str]) -> Output {
 
 /// As [`train`], plus command-line `flags` such as `--resume`.
 fn train_with(dir: &Path, steps: u64, extra: &[&str], flags: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["train".into(), SHIPPED_CONFIG.into(), "--quiet".into()];
-    args.extend(flags.iter().map(|f| f.to_string()));
-    let sets = [
-        "model.n_layer=1".to_string(),
-        "model.n_embd=16".into(),
-        "model.n_head=2".into(),
-        "model.context_length=16".into(),
-        "train.seq_len=16".into(),
-        "train.batch_size=2".into(),
-        format!("train.max_steps={steps}"),
-        "train.eval_batches=1".into(),
-        "run.name=tiny".into(),
-        format!("run.out_dir='{}'", dir.display()),
-    ];
-    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.push("--set".into());
-        args.push(s.into());
+    let mut args: Vec<&str> = flags.to_vec();
+    for set in extra {
+        args.extend(["--set", set]);
     }
-    engine_in(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    train_tiny(dir, "tiny", steps, &args)
 }
 
 fn json(path: &Path) -> serde_json::Value {
