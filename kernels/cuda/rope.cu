@@ -1,8 +1,8 @@
 // Rotary position embedding, the Hugging Face Llama convention (rotate_half), forward and
 // backward (sign = -1: the inverse rotation). CPU reference: kernels/src/ops/rope.rs.
 //
-// Each row of (B, T, W) is at position t = row % T. In the first `cols` columns (whole heads
-// of HS), column d = col % HS pairs i = d mod HS/2 with its partner HS/2 away:
+// Each row of (B, T, W) is at position t = start + row % T (start > 0: incremental decoding).
+// In the first `cols` columns (whole heads of HS), column d = col % HS pairs i = d mod HS/2 with its partner HS/2 away:
 //   d <  HS/2: y = x cos a - x[col + HS/2] sin a
 //   d >= HS/2: y = x cos a + x[col - HS/2] sin a,     a = t * inv_freq[i], sin taken times sign
 // Columns past `cols` are copied. inv_freq (HS/2) comes from the host (f64 rounded to f32),
@@ -14,7 +14,7 @@
 
 template <typename T>
 static __device__ void rope(T* out, const T* inp, const float* inv_freq, u64 total, int T_len, int W, int cols,
-                            int HS, float sign) {
+                            int HS, float sign, int start) {
     const u64 stride = (u64)gridDim.x * blockDim.x;
     const int half = HS / 2;
     for (u64 k = (u64)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += stride) {
@@ -24,7 +24,7 @@ static __device__ void rope(T* out, const T* inp, const float* inv_freq, u64 tot
             continue;
         }
         const u64 row = k / W;
-        const float pos = (float)(row % T_len);
+        const float pos = (float)(start + (int)(row % T_len));
         const int d = col % HS;
         const bool first = d < half;
         const float a = pos * inv_freq[first ? d : d - half];
@@ -37,12 +37,12 @@ static __device__ void rope(T* out, const T* inp, const float* inv_freq, u64 tot
     }
 }
 
-// out (B, T, W) from inp (B, T, W). Grid-stride, block 256.
+// out (B, T, W) from inp (B, T, W), rows at positions start .. start + T. Grid-stride, block 256.
 extern "C" __global__ void __launch_bounds__(256) rope_f32(float* out, const float* inp, const float* inv_freq,
-                                                           u64 total, int T, int W, int cols, int HS, float sign) {
-    rope(out, inp, inv_freq, total, T, W, cols, HS, sign);
+                                                           u64 total, int T, int W, int cols, int HS, float sign, int start) {
+    rope(out, inp, inv_freq, total, T, W, cols, HS, sign, start);
 }
 extern "C" __global__ void __launch_bounds__(256) rope_bf16(bf16* out, const bf16* inp, const float* inv_freq,
-                                                            u64 total, int T, int W, int cols, int HS, float sign) {
-    rope(out, inp, inv_freq, total, T, W, cols, HS, sign);
+                                                            u64 total, int T, int W, int cols, int HS, float sign, int start) {
+    rope(out, inp, inv_freq, total, T, W, cols, HS, sign, start);
 }

@@ -14,7 +14,8 @@ mod common;
 
 use common::{assert_close, assert_rel_norm, gpu_or_skip, poison};
 use half::bf16;
-use kernels::ops::attention::{attention_backward, attention_forward, attention_saved, attention_saved_shape};
+use kernels::ops::attention::{attention_backward, attention_cached_forward, attention_forward, attention_saved, attention_saved_shape};
+use kernels::ops::kv_expand::kv_expand_forward;
 use kernels::{DType, Device, Tensor};
 
 fn pair(device: Device, shape: &[usize], data: Vec<f32>, dtype: DType) -> (Tensor, Tensor) {
@@ -165,4 +166,139 @@ fn attention_saved_state_shape_depends_on_device() {
     assert_eq!(attention_saved_shape(Device::Cuda(0), 4, 1024, 768, 12), vec![4, 12, 1024]);
     let qkv = Tensor::zeros(Device::Cpu, &[2, 5, 36]);
     assert_eq!(attention_saved(&qkv, 3).unwrap().shape(), &[2, 3, 5, 5]);
+}
+
+// ---- incremental decoding: attention_cached_forward ------------------------------------------
+
+/// The reference for cached attention, independent of the op's CPU face: the KV heads
+/// repeated per query head (kv_expand), the full causal attention over all `len` positions of
+/// `qkv_ref` (B, len, (NH + 2KV) HS) on the CPU; its out (B, len, NH HS) as rows.
+fn full_reference(qkv_ref: &Tensor, nh: usize, kv: usize) -> Vec<f32> {
+    let &[b, len, w] = qkv_ref.shape() else { unreachable!() };
+    let hs = w / (nh + 2 * kv);
+    let mut expanded = Tensor::zeros(Device::Cpu, &[b, len, 3 * nh * hs]);
+    kv_expand_forward(&mut expanded, qkv_ref, nh, kv).unwrap();
+    let mut out = Tensor::zeros(Device::Cpu, &[b, len, nh * hs]);
+    let mut att = attention_saved(&expanded, nh).unwrap();
+    attention_forward(&mut out, &mut att, &expanded, nh).unwrap();
+    out.to_vec()
+}
+
+/// Rows `from .. to` of each batch of a (B, len, width) matrix.
+fn rows_of(data: &[f32], len: usize, width: usize, from: usize, to: usize) -> Vec<f32> {
+    data.chunks(len * width).flat_map(|seq| seq[from * width..to * width].iter().copied()).collect()
+}
+
+/// A (B, Tmax, KV HS) cache on `device` holding the k (part 0) or v (part 1) columns of
+/// `qkv_seen` (the values the GPU sees) for rows < `filled`, NaN after.
+fn cache_from(device: Device, dtype: DType, qkv_seen: &[f32], dims: (usize, usize, usize, usize, usize), filled: usize, part: usize) -> Tensor {
+    let (b, len, t_max, nh, kv) = dims;
+    let w = qkv_seen.len() / (b * len);
+    let hs = w / (nh + 2 * kv);
+    let kw = kv * hs;
+    let mut host = vec![f32::NAN; b * t_max * kw];
+    for bi in 0..b {
+        for r in 0..filled {
+            let src = &qkv_seen[(bi * len + r) * w + nh * hs + part * kw..][..kw];
+            host[(bi * t_max + r) * kw..][..kw].copy_from_slice(src);
+        }
+    }
+    let t = match dtype {
+        DType::Bf16 => Tensor::from_bf16(&[b, t_max, kw], host.iter().map(|&x| bf16::from_f32(x)).collect()).unwrap(),
+        _ => Tensor::from_vec(&[b, t_max, kw], host).unwrap(),
+    };
+    t.to_device(device).unwrap()
+}
+
+/// One decoding step at (B, start, n, NH, KV, HS): the cache holds positions 0 .. start
+/// (uploaded; NaN from there on, so a read past start + n shows), the op appends n rows and
+/// attends. out against the full attention's rows start .. start + n; the cache rows
+/// start .. start + n equal qkv's k and v bit for bit, and every row past them stays NaN.
+fn cached_case(device: Device, dtype: DType, (b, start, n, nh, kv, hs): (usize, usize, usize, usize, usize, usize), seed: u64) {
+    let tag = format!("attention_cached {dtype:?} B={b} start={start} n={n} NH={nh} KV={kv} HS={hs}");
+    let (len, t_max, w, kw) = (start + n, start + n + 3, (nh + 2 * kv) * hs, kv * hs);
+    let (_, qkv_ref) = random_pair(device, &[b, len, w], seed, 1.5, dtype);
+    let seen = qkv_ref.to_vec();
+    let reference = rows_of(&full_reference(&qkv_ref, nh, kv), len, nh * hs, start, len);
+    let new_rows = rows_of(&seen, len, w, start, len);
+    let (qkv, _) = pair(device, &[b, n, w], new_rows, dtype);
+    let dims = (b, len, t_max, nh, kv);
+    let mut k_cache = cache_from(device, dtype, &seen, dims, start, 0);
+    let mut v_cache = cache_from(device, dtype, &seen, dims, start, 1);
+    let mut out = poisoned(device, dtype, &[b, n, nh * hs]);
+    attention_cached_forward(&mut out, &qkv, &mut k_cache, &mut v_cache, start, nh, kv).unwrap();
+    check(&format!("{tag}: out"), dtype, &out.to_vec(), &reference);
+    for (name, cache, part) in [("k_cache", &k_cache, 0), ("v_cache", &v_cache, 1)] {
+        let want = cache_from(Device::Cpu, DType::F32, &seen, dims, len, part).to_vec();
+        let got = cache.to_vec();
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            let ok = if r.is_nan() { g.is_nan() } else { g.to_bits() == r.to_bits() };
+            assert!(ok, "{tag}: {name} element {i} (row {}) is {g}, expected {r}", (i / kw) % t_max);
+        }
+    }
+}
+
+#[test]
+fn attention_cached_matches_the_full_attention_on_gpu() {
+    let Some(dev) = gpu_or_skip() else { return };
+    // (B, start, n, NH, KV, HS): GPT-2 124M decoding its 1001st token (MHA, HS = 64); a
+    // prefill from 0; grouped-query (4 query heads a KV head, HS = 32) and multi-query
+    // attention at HS = 128; a chunk; HS = 48 (any head size works here)
+    let shapes = [
+        (2, 1000, 1, 12, 12, 64),
+        (1, 0, 37, 4, 2, 32),
+        (2, 300, 1, 8, 2, 32),
+        (3, 17, 5, 4, 1, 128),
+        (1, 9, 4, 2, 2, 48),
+    ];
+    for (i, &shape) in shapes.iter().enumerate() {
+        for dtype in [DType::F32, DType::Bf16] {
+            cached_case(dev.device(), dtype, shape, 400 + i as u64);
+        }
+    }
+}
+
+/// Prefill then one token at a time through the GPU's own appends (no cache uploaded), a
+/// Llama GQA shape: every step's out against the full attention's rows.
+#[test]
+fn attention_cached_decodes_token_by_token_on_gpu() {
+    let Some(dev) = gpu_or_skip() else { return };
+    let device = dev.device();
+    let (b, len, nh, kv, hs) = (2, 24, 4, 2, 32);
+    let w = (nh + 2 * kv) * hs;
+    for dtype in [DType::F32, DType::Bf16] {
+        let (_, qkv_ref) = random_pair(device, &[b, len, w], 450, 1.5, dtype);
+        let seen = qkv_ref.to_vec();
+        let reference = full_reference(&qkv_ref, nh, kv);
+        let mut k_cache = poisoned(device, dtype, &[b, len, kv * hs]);
+        let mut v_cache = poisoned(device, dtype, &[b, len, kv * hs]);
+        let mut steps = vec![(0, 5)];
+        steps.extend((5..len).map(|p| (p, 1)));
+        for (start, n) in steps {
+            let (qkv, _) = pair(device, &[b, n, w], rows_of(&seen, len, w, start, start + n), dtype);
+            let mut out = poisoned(device, dtype, &[b, n, nh * hs]);
+            attention_cached_forward(&mut out, &qkv, &mut k_cache, &mut v_cache, start, nh, kv).unwrap();
+            let want = rows_of(&reference, len, nh * hs, start, start + n);
+            check(&format!("attention_cached {dtype:?} step {start}+{n}"), dtype, &out.to_vec(), &want);
+        }
+    }
+}
+
+#[test]
+fn attention_cached_checks_dtypes_and_shared_memory_on_gpu() {
+    let Some(dev) = gpu_or_skip() else { return };
+    let device = dev.device();
+    let (nh, kv, hs) = (2, 1, 64);
+    let w = (nh + 2 * kv) * hs;
+    let (qkv, _) = random_pair(device, &[1, 1, w], 1, 1.0, DType::Bf16);
+    let mut out = poisoned(device, DType::Bf16, &[1, 1, nh * hs]);
+    let mut k32 = poisoned(device, DType::F32, &[1, 8, kv * hs]);
+    let mut v32 = poisoned(device, DType::F32, &[1, 8, kv * hs]);
+    let err = attention_cached_forward(&mut out, &qkv, &mut k32, &mut v32, 0, nh, kv).unwrap_err().to_string();
+    assert!(err.contains("k_cache"), "a cache of another dtype is named: {err}");
+    // 20000 positions do not fit the kernel's shared memory: one clear error, nothing launched.
+    let mut k = poisoned(device, DType::Bf16, &[1, 20000, kv * hs]);
+    let mut v = poisoned(device, DType::Bf16, &[1, 20000, kv * hs]);
+    let err = attention_cached_forward(&mut out, &qkv, &mut k, &mut v, 19999, nh, kv).unwrap_err().to_string();
+    assert!(err.contains("20000 cached positions at head size 64"), "{err}");
 }

@@ -21,7 +21,7 @@ use kernels::ops::gelu::{gelu_backward, gelu_forward};
 use kernels::ops::kv_expand::{kv_expand_backward, kv_expand_forward};
 use kernels::ops::layernorm::{layernorm_backward, layernorm_forward, residual_layernorm_forward};
 use kernels::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
-use kernels::ops::rope::{rope_backward, rope_forward, Rope};
+use kernels::ops::rope::{rope_backward, rope_forward, rope_forward_at, Rope};
 use kernels::ops::swiglu::{swiglu_backward, swiglu_forward};
 use kernels::ops::norm::{clip_coefficient, clip_grad_norm, global_norm};
 use kernels::ops::residual::{accumulate, residual_forward, scale};
@@ -340,6 +340,43 @@ fn rope_forward_backward_match_cpu() {
             check(&name("dinp"), dtype, &dinp_g, &dinp_c);
         }
     }
+}
+
+/// Incremental decoding's RoPE: rows at positions start .. start + T on the GPU against the
+/// CPU (which the model tests check against the full rotation), and the rows of a full
+/// rotation from 0 equal to the same rows rotated from their offset.
+#[test]
+fn rope_forward_at_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let dev = gpu.device();
+    // (B, T, W, rope, start): a Llama GQA qkv row decoding one token late in the context,
+    // a prefill chunk, HS = 128 at Llama 3's theta
+    let cases = [
+        (1, 1, 8 * 64, Rope { heads: 6, head_size: 64, theta: 10000.0 }, 1023),
+        (2, 7, 4 * 32, Rope { heads: 3, head_size: 32, theta: 10000.0 }, 9),
+        (1, 3, 3 * 128, Rope { heads: 2, head_size: 128, theta: 500000.0 }, 500),
+    ];
+    for (case, &(b, t, w, rope, start)) in cases.iter().enumerate() {
+        for dtype in DTYPES {
+            let name = format!("rope_forward_at {dtype} B={b} T={t} W={w} HS={} start={start}", rope.head_size);
+            let (x_g, x_c) = random_pair(dev, &[b, t, w], 950 + case as u64, 1.0, dtype);
+            let mut out_g = poisoned(dev, dtype, &[b, t, w]);
+            rope_forward_at(&mut out_g, &x_g, &rope, start).unwrap();
+            let mut out_c = Tensor::zeros(Device::Cpu, &[b, t, w]);
+            rope_forward_at(&mut out_c, &x_c, &rope, start).unwrap();
+            check(&name, dtype, &out_g, &out_c);
+        }
+    }
+    // The last row of a full rotation over 0 ..= start is the one row rotated at `start`.
+    let (rope, start, w) = (Rope { heads: 2, head_size: 64, theta: 10000.0 }, 40, 3 * 64);
+    let (full_g, _) = random_pair(dev, &[1, start + 1, w], 990, 1.0, DType::F32);
+    let mut all = poisoned(dev, DType::F32, &[1, start + 1, w]);
+    rope_forward(&mut all, &full_g, &rope).unwrap();
+    let last = full_g.to_vec()[start * w..].to_vec();
+    let one = Tensor::from_vec(&[1, 1, w], last).unwrap().to_device(dev).unwrap();
+    let mut at = poisoned(dev, DType::F32, &[1, 1, w]);
+    rope_forward_at(&mut at, &one, &rope, start).unwrap();
+    assert_eq!(at.to_vec(), all.to_vec()[start * w..].to_vec(), "row {start} rotated alone differs from the full rotation");
 }
 
 // kv_expand

@@ -181,12 +181,13 @@ impl Gpt {
         self.head.forward(x, self.embedding.wte.compute(), self.config.vocab_size, targets)
     }
 
-    /// [`Model::forward_cached`] on the CPU: the token embedding plus the position rows
+    /// [`Model::forward_cached`]: the token embedding plus the position rows
     /// `start .. start + n`, each block's cached attention, the logits of the new positions.
     fn forward_cached_rows(&mut self, inputs: &Tensor, start: usize) -> Result<()> {
         let (c, l, ctx) = (self.config.n_embd, self.config.n_layer, self.config.context_length);
         let device = self.device();
-        let cache = KvCache::prepare(&mut self.kv, inputs, start, device, l, ctx, c)?;
+        let dtype = self.embedding.wte.compute().dtype();
+        let cache = KvCache::prepare(&mut self.kv, inputs, start, device, dtype, l, ctx, c)?;
         let (b, n) = (inputs.shape()[0], inputs.shape()[1]);
         let wte = self.embedding.wte.compute();
         let mut x = empty_like(wte, &[b, n, c])?;
@@ -221,11 +222,8 @@ impl Model for Gpt {
         config: [config, precision, recompute],
     }
 
-    /// On the CPU (in fp32); `Ok(false)` on a CUDA device.
+    /// On the CPU and on CUDA, in the model's activation dtype (the cache too).
     fn forward_cached(&mut self, inputs: &Tensor, start: usize) -> Result<bool> {
-        if self.device() != Device::Cpu {
-            return Ok(false);
-        }
         self.forward_cached_rows(inputs, start)?;
         Ok(true)
     }

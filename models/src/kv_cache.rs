@@ -13,7 +13,8 @@ use kernels::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
-/// Per layer, keys and values (B, Tmax, KV HS) of positions `0 .. len`, f32.
+/// Per layer, keys and values (B, Tmax, KV HS) of positions `0 .. len`, on the model's device
+/// in its activation dtype (f32 on the CPU; bf16 on CUDA in mixed precision).
 #[derive(Debug)]
 pub struct KvCache {
     /// Keys of layer l: `k[l]` (B, Tmax, KV HS); rows past `len` are unspecified.
@@ -26,9 +27,9 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache of `layers` layers for `batch` sequences of up to `t_max` positions,
-    /// `width` = KV HS columns, on `device`.
-    pub fn new(device: Device, layers: usize, batch: usize, t_max: usize, width: usize) -> Result<Self> {
-        let make = || (0..layers).map(|_| Tensor::try_zeros(device, DType::F32, &[batch, t_max, width])).collect::<kernels::Result<Vec<_>>>();
+    /// `width` = KV HS columns, on `device` in `dtype`.
+    pub fn new(device: Device, dtype: DType, layers: usize, batch: usize, t_max: usize, width: usize) -> Result<Self> {
+        let make = || (0..layers).map(|_| Tensor::try_zeros(device, dtype, &[batch, t_max, width])).collect::<kernels::Result<Vec<_>>>();
         Ok(Self { k: make()?, v: make()?, len: 0 })
     }
 
@@ -38,7 +39,8 @@ impl KvCache {
     }
 
     /// The cache `inputs` (B, n) at positions `start .. start + n` extend, checked and
-    /// truncated to `start` (a fresh one when `start` is 0 or the batch changed): token ids on
+    /// truncated to `start` (a fresh one, in `dtype`, when `start` is 0 or the batch or dtype
+    /// changed): token ids on
     /// `device`, n >= 1, `start` at most the positions cached, `start + n` at most
     /// `t_max`. Errors are [`Error::Input`] naming what is wrong.
     #[allow(clippy::too_many_arguments)]
@@ -47,6 +49,7 @@ impl KvCache {
         inputs: &Tensor,
         start: usize,
         device: Device,
+        dtype: DType,
         layers: usize,
         t_max: usize,
         width: usize,
@@ -66,12 +69,13 @@ impl KvCache {
                 start + n
             )));
         }
-        let cached = slot.as_ref().filter(|c| c.batch() == b).map_or(0, |c| c.len);
+        let fits = |c: &KvCache| c.batch() == b && c.k.first().is_none_or(|k| k.dtype() == dtype);
+        let cached = slot.as_ref().filter(|c| fits(c)).map_or(0, |c| c.len);
         if start > cached {
             return Err(Error::Input(format!("start position {start} is past the {cached} positions the KV cache holds")));
         }
-        if start == 0 || slot.as_ref().is_none_or(|c| c.batch() != b) {
-            *slot = Some(KvCache::new(device, layers, b, t_max, width)?);
+        if start == 0 || slot.as_ref().is_none_or(|c| !fits(c)) {
+            *slot = Some(KvCache::new(device, dtype, layers, b, t_max, width)?);
         }
         let cache = slot.as_mut().expect("just set");
         cache.len = start;

@@ -162,14 +162,15 @@ impl Llama {
         self.head.forward(x, classifier.compute(), self.config.vocab_size, targets)
     }
 
-    /// [`Model::forward_cached`] on the CPU: the token embedding, each layer's cached
+    /// [`Model::forward_cached`]: the token embedding, each layer's cached
     /// attention (RoPE at the new positions, the KV heads cached as they are), the logits
     /// of the new positions.
     fn forward_cached_rows(&mut self, inputs: &Tensor, start: usize) -> Result<()> {
         let c = &self.config;
         let (l, ctx, width) = (c.n_layer, c.context_length, c.n_kv_head * c.head_size());
         let device = self.device();
-        let cache = KvCache::prepare(&mut self.kv, inputs, start, device, l, ctx, width)?;
+        let dtype = self.embed_tokens.wte.compute().dtype();
+        let cache = KvCache::prepare(&mut self.kv, inputs, start, device, dtype, l, ctx, width)?;
         let n = inputs.shape()[1];
         let mut x = self.embed_tokens.forward(inputs)?;
         for (i, layer) in self.layers.iter_mut().enumerate() {
@@ -203,11 +204,8 @@ impl Model for Llama {
         config: [config, precision, recompute],
     }
 
-    /// On the CPU (in fp32); `Ok(false)` on a CUDA device.
+    /// On the CPU and on CUDA, in the model's activation dtype (the cache too).
     fn forward_cached(&mut self, inputs: &Tensor, start: usize) -> Result<bool> {
-        if self.device() != Device::Cpu {
-            return Ok(false);
-        }
         self.forward_cached_rows(inputs, start)?;
         Ok(true)
     }

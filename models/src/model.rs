@@ -145,9 +145,9 @@ pub trait Model {
     ///
     /// Returns `Ok(false)`, having run nothing, when the model has no KV cache: the default,
     /// so a model of your own works unchanged, and a caller (`engine sample`) runs
-    /// [`Model::forward`] over the whole window instead. GPT-2 and Llama have one on the
-    /// CPU; on a CUDA device they return `Ok(false)` (the cached attention has no CUDA
-    /// kernel yet).
+    /// [`Model::forward`] over the whole window instead. GPT-2 and Llama have one, on the
+    /// CPU and on CUDA (the cache on the model's device in its activation dtype: bf16 in
+    /// mixed precision).
     fn forward_cached(&mut self, inputs: &Tensor, start: usize) -> Result<bool> {
         let _ = (inputs, start);
         Ok(false)

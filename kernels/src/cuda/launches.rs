@@ -47,6 +47,11 @@ const fn tc_bwd_smem_bytes(hs: u32) -> u32 {
     crate::ops::attention::gpu::tc_bwd_smem_bytes(hs as usize) as u32
 }
 
+/// ops/attention.rs's cached attention: its block size, and its shared memory at HS = 64
+/// over a full context of T = 1024.
+const CACHED_THREADS: u32 = crate::ops::attention::gpu::CACHED_THREADS;
+const CACHED_SMEM: u32 = crate::ops::attention::gpu::cached_smem_bytes(64, 1024) as u32;
+
 /// Issue 14's budget for attention at HS = 64: at most 128 registers, 2 blocks per SM.
 const fn attention_budget(l: Launch) -> Launch {
     Launch { max_registers: Some(128), min_blocks_per_sm: Some(2), ..l }
@@ -103,6 +108,13 @@ pub const LAUNCHES: &[Launch] = &[
     launch("kv_expand_fwd_f32", 256, 0, GRID_STRIDE),
     launch("kv_expand_bwd_bf16", 256, 0, GRID_STRIDE),
     launch("kv_expand_bwd_f32", 256, 0, GRID_STRIDE),
+    // kv_cache.cu (ops/attention.rs `gpu::attention_cached_forward`): the append, and the
+    // attention a block per (new row, head, batch) with q and the scores of start + n <= T
+    // positions in f32 shared memory (at the reference shape, a full context: T = 1024).
+    launch("kv_cache_append_bf16", 256, 0, GRID_STRIDE),
+    launch("kv_cache_append_f32", 256, 0, GRID_STRIDE),
+    launch("attention_cached_fwd_bf16", CACHED_THREADS, CACHED_SMEM, "HS = 64, start + n = 1024"),
+    launch("attention_cached_fwd_f32", CACHED_THREADS, CACHED_SMEM, "HS = 64, start + n = 1024"),
     // layernorm.cu
     launch("layernorm_fwd_bf16", 256, 0, "grid-stride, a warp a row"),
     launch("layernorm_fwd_f32", 256, 0, "grid-stride, a warp a row"),

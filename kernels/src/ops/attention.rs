@@ -91,8 +91,9 @@ const OP_CACHED: &str = "attention_cached_forward";
 /// position i, the softmax over the keys 0 ..= start + i of q k^T / sqrt(HS) applied to the
 /// values: the rows [`attention_forward`] computes for those positions over the whole
 /// sequence, up to float rounding. Rows of the cache past `start + n` are neither read nor
-/// written. f32 on the CPU only: on a CUDA device this is an error (the models then decode
-/// through the full forward).
+/// written. f32 on the CPU; f32 or bf16 on CUDA (every tensor of one dtype; scores and
+/// softmax in f32; any head size; the `start + n` scores of a row must fit the kernel's
+/// shared memory, about 12,000 positions).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cached_forward(
     out: &mut Tensor,
@@ -126,7 +127,10 @@ pub fn attention_cached_forward(
         return Err(Error::Invalid { op, msg: format!("positions {start}..{} do not fit a cache of {t_max}", start + n) });
     }
     match same_device(op, &[out, qkv, k_cache, v_cache])? {
-        Device::Cuda(_) => Err(Error::Invalid { op, msg: "not implemented on CUDA (decode through attention_forward over the whole sequence)".into() }),
+        Device::Cuda(ordinal) => {
+            let dims = cpu::CachedDims { b, n, t_max, start, nh: n_head, kv: n_kv_head, hs };
+            gpu::attention_cached_forward(&*cuda::device(ordinal)?, out, qkv, k_cache, v_cache, &dims)
+        }
         Device::Cpu => {
             let dims = cpu::CachedDims { b, n, t_max, start, nh: n_head, kv: n_kv_head, hs };
             cpu::attention_cached_forward(out.f32_mut()?, qkv.f32()?, k_cache.f32_mut()?, v_cache.f32_mut()?, &dims);
@@ -561,6 +565,88 @@ pub mod gpu {
         // int HS, int nsplit)`; one thread per 8 d of each (b, t, h), threads past the end return;
         // reads only the partials the main kernel wrote (s <= t / BKT).
         unsafe { launch.launch(launch_cfg((threads.div_ceil(256), 1, 1), 256, 0)) }.map_err(dev.launch_error(kernel))?;
+        Ok(())
+    }
+
+    /// Threads of kv_cache.cu's `attention_cached_fwd_*` (its `CACHED_THREADS`).
+    pub const CACHED_THREADS: u32 = 128;
+
+    /// Dynamic shared memory of `attention_cached_fwd_*` for `len` = start + n cached
+    /// positions at head size `hs`: q and the scores, in f32.
+    pub const fn cached_smem_bytes(hs: usize, len: usize) -> usize {
+        (hs + len) * FLOAT
+    }
+
+    /// The shared memory every CUDA device grants a block without opting in (48 KiB).
+    const DEFAULT_SMEM: usize = 48 * 1024;
+
+    /// [`super::attention_cached_forward`] on CUDA (kernels/cuda/kv_cache.cu): the append
+    /// kernel writes the new k and v rows into the caches, then one block per (new row,
+    /// head, batch) attends over the cached keys. Every tensor f32, or every tensor bf16.
+    pub fn attention_cached_forward(dev: &CudaDevice, out: &mut Tensor, qkv: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, d: &super::cpu::CachedDims) -> Result<()> {
+        const OP: &str = "attention_cached_forward (cuda)";
+        let dtype = qkv.dtype();
+        if !matches!(dtype, DType::F32 | DType::Bf16) {
+            return Err(Error::DType { op: OP, arg: "qkv", expected: DType::Bf16, got: dtype });
+        }
+        crate::ops::expect_dtype(OP, "out", out, dtype)?;
+        crate::ops::expect_dtype(OP, "k_cache", k_cache, dtype)?;
+        crate::ops::expect_dtype(OP, "v_cache", v_cache, dtype)?;
+        let super::cpu::CachedDims { b, n, t_max, start, nh, kv, hs } = *d;
+        if b == 0 || n == 0 {
+            return Ok(());
+        }
+        let len = start + n;
+        let smem = cached_smem_bytes(hs, len);
+        if smem > DEFAULT_SMEM {
+            return Err(Error::Invalid {
+                op: OP,
+                msg: format!("{len} cached positions at head size {hs} need {smem} bytes of shared memory, more than the kernel's {DEFAULT_SMEM}"),
+            });
+        }
+        if nh > 65535 || b > 65535 {
+            return Err(Error::Invalid { op: OP, msg: format!("grid ({nh} heads, batch {b}) exceeds 65535") });
+        }
+        let int = |what: &str, v: usize| crate::ops::kernel_int(OP, what, v);
+        let (n_i, t_i, start_i, nh_i, kv_i, hs_i) = (int("n", n)?, int("Tmax", t_max)?, int("start", start)?, int("NH", nh)?, int("KV", kv)?, int("HS", hs)?);
+        int("B*Tmax*KV*HS", b.checked_mul(t_max * kv * hs).unwrap_or(usize::MAX))?;
+        let scale = 1.0 / (hs as f32).sqrt();
+        let suffix = if dtype == DType::Bf16 { "bf16" } else { "f32" };
+
+        let kernel = format!("kv_cache_append_{suffix}");
+        let f = dev.function("kv_cache", &kernel)?;
+        let rows = (b * n) as u64;
+        let cfg = dev.grid_stride(b * n * kv * hs, 256)?;
+        let (n64, t64, s64, nh64, kv64, hs64) = (n as u64, t_max as u64, start as u64, nh as u64, kv as u64, hs as u64);
+        let mut launch = dev.stream().launch_builder(&f);
+        if dtype == DType::Bf16 {
+            launch.arg(k_cache.cuda_slice_mut::<bf16>()?).arg(v_cache.cuda_slice_mut::<bf16>()?).arg(qkv.cuda_slice::<bf16>()?);
+        } else {
+            launch.arg(k_cache.cuda_slice_mut::<f32>()?).arg(v_cache.cuda_slice_mut::<f32>()?).arg(qkv.cuda_slice::<f32>()?);
+        }
+        launch.arg(&rows).arg(&n64).arg(&t64).arg(&s64).arg(&nh64).arg(&kv64).arg(&hs64);
+        // SAFETY: matches kv_cache.cu `kv_cache_append_<T>(T* kc, T* vc, const T* qkv, u64 rows, u64 n,
+        // u64 t_max, u64 start, u64 NH, u64 KV, u64 HS)`; qkv (B,n,(NH+2KV)HS), the caches
+        // (B,Tmax,KV HS) with start + n <= Tmax (checked by attention_cached_forward); the
+        // kernel writes cache rows start .. start + n only.
+        unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
+
+        let kernel = format!("attention_cached_fwd_{suffix}");
+        let f = dev.function("kv_cache", &kernel)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        if dtype == DType::Bf16 {
+            launch.arg(out.cuda_slice_mut::<bf16>()?).arg(qkv.cuda_slice::<bf16>()?).arg(k_cache.cuda_slice::<bf16>()?).arg(v_cache.cuda_slice::<bf16>()?);
+        } else {
+            launch.arg(out.cuda_slice_mut::<f32>()?).arg(qkv.cuda_slice::<f32>()?).arg(k_cache.cuda_slice::<f32>()?).arg(v_cache.cuda_slice::<f32>()?);
+        }
+        launch.arg(&n_i).arg(&t_i).arg(&start_i).arg(&nh_i).arg(&kv_i).arg(&hs_i).arg(&scale);
+        // SAFETY: matches kv_cache.cu `attention_cached_fwd_<T>(T* out, const T* qkv, const T* kc,
+        // const T* vc, int n, int t_max, int start, int NH, int KV, int HS, float scale)`; out
+        // (B,n,NH HS), qkv and the caches as above, NH % KV == 0; grid (n, NH, B), CACHED_THREADS
+        // threads, (HS + start + n) floats of dynamic shared memory (within the default 48 KiB,
+        // checked above); it reads cache rows 0 .. start + n, all written by now (the append
+        // above runs first on this stream).
+        unsafe { launch.launch(launch_cfg((n, nh, b), CACHED_THREADS, smem)) }.map_err(dev.launch_error(&kernel))?;
         Ok(())
     }
 }

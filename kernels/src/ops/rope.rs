@@ -60,7 +60,7 @@ pub fn rope_forward(out: &mut Tensor, inp: &Tensor, rope: &Rope) -> Result<()> {
     let (_, t, w) = rope.dims(OP_FWD, inp)?;
     out.expect_shape(OP_FWD, "out", inp.shape())?;
     match same_device(OP_FWD, &[out, inp])? {
-        Device::Cuda(_) => cuda::rope(out, inp, rope, false),
+        Device::Cuda(_) => cuda::rope(out, inp, rope, 0, false),
         Device::Cpu => {
             cpu::rope(out.f32_mut()?, inp.f32()?, t, w, rope, 0, false);
             Ok(())
@@ -69,9 +69,8 @@ pub fn rope_forward(out: &mut Tensor, inp: &Tensor, rope: &Rope) -> Result<()> {
 }
 
 /// [`rope_forward`] for rows at positions `start .. start + T` (incremental decoding: the
-/// new tokens after `start` cached ones). `start = 0` is [`rope_forward`]; a later start runs
-/// on the CPU only (on a CUDA device it is an error: the models then decode through the full
-/// forward).
+/// new tokens after `start` cached ones). `start = 0` is [`rope_forward`]. On the CPU and on
+/// CUDA; `start + T` must fit an i32 on CUDA.
 pub fn rope_forward_at(out: &mut Tensor, inp: &Tensor, rope: &Rope, start: usize) -> Result<()> {
     if start == 0 {
         return rope_forward(out, inp, rope);
@@ -79,7 +78,7 @@ pub fn rope_forward_at(out: &mut Tensor, inp: &Tensor, rope: &Rope, start: usize
     let (_, t, w) = rope.dims(OP_FWD, inp)?;
     out.expect_shape(OP_FWD, "out", inp.shape())?;
     match same_device(OP_FWD, &[out, inp])? {
-        Device::Cuda(_) => Err(Error::Invalid { op: OP_FWD, msg: format!("positions from {start} are not implemented on CUDA") }),
+        Device::Cuda(_) => cuda::rope(out, inp, rope, start, false),
         Device::Cpu => {
             cpu::rope(out.f32_mut()?, inp.f32()?, t, w, rope, start, false);
             Ok(())
@@ -92,7 +91,7 @@ pub fn rope_backward(dinp: &mut Tensor, dout: &Tensor, rope: &Rope) -> Result<()
     let (_, t, w) = rope.dims(OP_BWD, dout)?;
     dinp.expect_shape(OP_BWD, "dinp", dout.shape())?;
     match same_device(OP_BWD, &[dinp, dout])? {
-        Device::Cuda(_) => cuda::rope(dinp, dout, rope, true),
+        Device::Cuda(_) => cuda::rope(dinp, dout, rope, 0, true),
         Device::Cpu => {
             cpu::rope(dinp.f32_mut()?, dout.f32()?, t, w, rope, 0, true);
             Ok(())
@@ -143,13 +142,14 @@ pub mod cuda {
 
     const OP: &str = "rope (cuda)";
 
-    /// The rotation (`inverse`: the backward) on CUDA tensors (f32 or bf16).
-    pub fn rope(out: &mut Tensor, inp: &Tensor, rope: &Rope, inverse: bool) -> Result<()> {
+    /// The rotation (`inverse`: the backward) on CUDA tensors (f32 or bf16), rows at
+    /// positions `start .. start + T`.
+    pub fn rope(out: &mut Tensor, inp: &Tensor, rope: &Rope, start: usize, inverse: bool) -> Result<()> {
         expect_dtype(OP, "out", out, inp.dtype())?;
-        dispatch_float!(inp.dtype(), OP, "inp", typed(out, inp, rope, inverse))
+        dispatch_float!(inp.dtype(), OP, "inp", typed(out, inp, rope, start, inverse))
     }
 
-    fn typed<T: CudaElement>(out: &mut Tensor, inp: &Tensor, rope: &Rope, inverse: bool) -> Result<()> {
+    fn typed<T: CudaElement>(out: &mut Tensor, inp: &Tensor, rope: &Rope, start: usize, inverse: bool) -> Result<()> {
         let (t, w) = (inp.shape()[1], inp.shape()[2]);
         let total = inp.numel() as u64;
         if total == 0 {
@@ -158,6 +158,7 @@ pub mod cuda {
         let dev = cuda_device(OP, inp)?;
         let inv_freq = Tensor::from_vec(&[rope.head_size / 2], rope.inv_freq())?.to_device(dev.device())?;
         let (t_i, w_i) = (kernel_int(OP, "T", t)?, kernel_int(OP, "W", w)?);
+        let start_i = kernel_int(OP, "start + T", start + t).map(|_| start as i32)?;
         let (cols, hs) = (kernel_int(OP, "rotated columns", rope.heads * rope.head_size)?, kernel_int(OP, "HS", rope.head_size)?);
         let sign: f32 = if inverse { -1.0 } else { 1.0 };
         let kernel = format!("rope_{}", T::NAME);
@@ -165,9 +166,9 @@ pub mod cuda {
         let cfg = dev.grid_stride(total as usize, 256)?;
         let mut launch = dev.stream().launch_builder(&f);
         launch.arg(out.cuda_slice_mut::<T>()?).arg(inp.cuda_slice::<T>()?).arg(inv_freq.cuda_slice::<f32>()?);
-        launch.arg(&total).arg(&t_i).arg(&w_i).arg(&cols).arg(&hs).arg(&sign);
+        launch.arg(&total).arg(&t_i).arg(&w_i).arg(&cols).arg(&hs).arg(&sign).arg(&start_i);
         // SAFETY: matches rope.cu `rope_<T>(T* out, const T* inp, const float* inv_freq, u64 total, int T,
-        // int W, int cols, int HS, float sign)`; out/inp hold total = B*T*W elements, inv_freq HS/2
+        // int W, int cols, int HS, float sign, int start)`; out/inp hold total = B*T*W elements, inv_freq HS/2
         // floats; cols <= W and HS even (checked by Rope::dims).
         unsafe { launch.launch(cfg) }.map_err(dev.launch_error(&kernel))?;
         Ok(())
