@@ -609,7 +609,7 @@ pub mod gpu {
         }
         let int = |what: &str, v: usize| crate::ops::kernel_int(OP, what, v);
         let (n_i, t_i, start_i, nh_i, kv_i, hs_i) = (int("n", n)?, int("Tmax", t_max)?, int("start", start)?, int("NH", nh)?, int("KV", kv)?, int("HS", hs)?);
-        int("B*Tmax*KV*HS", b.checked_mul(t_max * kv * hs).unwrap_or(usize::MAX))?;
+        int("B*Tmax*KV*HS", b.saturating_mul(t_max * kv * hs))?;
         let scale = 1.0 / (hs as f32).sqrt();
         let suffix = if dtype == DType::Bf16 { "bf16" } else { "f32" };
 
