@@ -68,6 +68,11 @@ impl LlamaBlock {
     /// this layer's key/value cache.
     pub fn forward_cached(&mut self, x: &Tensor, k_cache: &mut Tensor, v_cache: &mut Tensor, start: usize) -> Result<Tensor> {
         let a = self.self_attn.forward_cached(&self.input_layernorm.forward(x)?, k_cache, v_cache, start)?;
+        self.residual_mlp(x, a)
+    }
+
+    /// The block after its attention: `x1 = x + a`, then `x1 + mlp(norm(x1))`.
+    fn residual_mlp(&mut self, x: &Tensor, a: Tensor) -> Result<Tensor> {
         let mut x1 = empty_like(x, x.shape())?;
         residual_forward(&mut x1, x, &a)?;
         drop(a);
@@ -80,13 +85,7 @@ impl LlamaBlock {
     /// The forward with every sublayer keeping its state.
     fn forward_saving(&mut self, x: &Tensor) -> Result<Tensor> {
         let a = self.self_attn.forward(&self.input_layernorm.forward(x)?)?;
-        let mut x1 = empty_like(x, x.shape())?;
-        residual_forward(&mut x1, x, &a)?;
-        drop(a);
-        let m = self.mlp.forward(&self.post_attention_layernorm.forward(&x1)?)?;
-        let mut x2 = empty_like(x, x.shape())?;
-        residual_forward(&mut x2, &x1, &m)?;
-        Ok(x2)
+        self.residual_mlp(x, a)
     }
 }
 
