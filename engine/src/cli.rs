@@ -375,17 +375,7 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
                 }
                 let s = crate::prepare::import(&dir, &tokenizer)?;
                 let m = &s.meta;
-                println!(
-                    "imported {}: {} tokenizer (vocab {}), {} train tokens in {} shard(s), {} val tokens in {} shard(s); wrote {}",
-                    s.dir.display(),
-                    m.tokenizer,
-                    m.vocab_size,
-                    m.train.tokens,
-                    m.train.shards.len(),
-                    m.val.tokens,
-                    m.val.shards.len(),
-                    s.dir.join(datasets::dataset::DATASET_JSON).display()
-                );
+                println!("imported {}: {}; wrote {}", s.dir.display(), describe_splits(m), s.dir.join(datasets::dataset::DATASET_JSON).display());
                 return Ok(());
             }
             let val = match (val_tokens, val_fraction) {
@@ -404,16 +394,10 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
             let m = &s.meta;
             let mb = s.bytes_read as f64 / 1e6;
             println!(
-                "prepared {} in {:.1}s: {} tokenizer (vocab {}), {} train tokens in {} shard(s), {} val tokens in {} shard(s), from {} files ({} bytes); \
-                 this run read {:.1} MB ({:.1} MB/s, {:.0} tokens/s){}",
+                "prepared {} in {:.1}s: {}, from {} files ({} bytes); this run read {:.1} MB ({:.1} MB/s, {:.0} tokens/s){}",
                 s.out.display(),
                 s.seconds,
-                m.tokenizer,
-                m.vocab_size,
-                m.train.tokens,
-                m.train.shards.len(),
-                m.val.tokens,
-                m.val.shards.len(),
+                describe_splits(m),
                 m.sources.len(),
                 m.sources.iter().map(|x| x.bytes).sum::<u64>(),
                 mb,
@@ -656,4 +640,18 @@ fn bench(suite: String, files: Vec<PathBuf>, options: BenchOptions, out: Option<
     print!("{}", results.table());
     println!("results: {}", path.display());
     Ok(())
+}
+
+/// `gpt2 tokenizer (vocab 50257), N train tokens in K shard(s), M val tokens in J shard(s)`:
+/// what `engine prepare` (and `--import`) reports of a data set.
+fn describe_splits(m: &datasets::DatasetMeta) -> String {
+    format!(
+        "{} tokenizer (vocab {}), {} train tokens in {} shard(s), {} val tokens in {} shard(s)",
+        m.tokenizer,
+        m.vocab_size,
+        m.train.tokens,
+        m.train.shards.len(),
+        m.val.tokens,
+        m.val.shards.len()
+    )
 }
